@@ -1,0 +1,76 @@
+"""models/model.pt: weights, resolved params and normalization, readable without unpickling code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_mlp import files
+from mnist_mlp.errors import UserError
+from mnist_mlp.data import Normalization
+from mnist_mlp.model import MLP, PixelClassifier
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError, ValueError):
+    """A model file that cannot be loaded; the message names the file and why."""
+
+
+@dataclass
+class Checkpoint:
+    model: MLP
+    normalization: Normalization
+    params: dict[str, Any]  # the resolved params.yaml, every section
+    info: dict[str, Any]  # best epoch, best val accuracy, seconds, mlflow run id, ...
+
+    def classifier(self) -> PixelClassifier:
+        """Pixels in [0, 1] -> probabilities, with this checkpoint's own normalization."""
+        return PixelClassifier(self.model, self.normalization.mean, self.normalization.std).eval()
+
+
+def save_checkpoint(path: str | Path, model: MLP, normalization: Normalization, params: dict, info: dict) -> None:
+    files.save_torch(
+        path,
+        {
+            "format_version": FORMAT_VERSION,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "architecture": {
+                "hidden_sizes": list(model.hidden_sizes),
+                "activation": model.activation,
+                "dropout": float(model.dropout),
+            },
+            "normalization": normalization.as_dict(),
+            "params": params,
+            "info": info,
+        },
+    )
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load with `weights_only=True`: a file that would run code on unpickling is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: model file not found; run `dvc repro` to train one")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle.UnpicklingError and friends
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: not a plain-tensor checkpoint ({first_line}); "
+            "expected a models/model.pt written by the train stage"
+        ) from None
+    if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a mnist-mlp checkpoint (format_version {FORMAT_VERSION} expected)")
+    arch = blob["architecture"]
+    model = MLP(arch["hidden_sizes"], arch["activation"], arch["dropout"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture {arch}: {exc}") from None
+    model.eval()
+    norm = Normalization(**blob["normalization"])
+    return Checkpoint(model=model, normalization=norm, params=blob["params"], info=blob["info"])

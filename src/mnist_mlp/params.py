@@ -1,0 +1,169 @@
+"""Typed, validated pipeline parameters.
+
+`params.yaml` is parsed once into `Params`; every unknown key, wrong type and
+out-of-range value is reported with its dotted key and what is allowed, before
+any stage does work.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional, get_args
+
+import yaml
+from mnist_mlp.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Normalization = Literal["standardize", "max", "tutorial"]
+Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"]
+Loss = Literal["cross_entropy", "mse"]
+Optimizer = Literal["sgd", "rmsprop", "adam", "adamw"]
+Schedule = Literal["none", "cosine", "onecycle"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ParamsError(UserError, ValueError):
+    """A parameter file that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+class DownloadParams(_Section):
+    mirror: Optional[str] = Field(
+        default=None,
+        description="folder or URL holding the four MNIST files; MNIST_MIRROR overrides it",
+    )
+
+
+class PreprocessParams(_Section):
+    normalization: Normalization = "standardize"
+    val_size: int = Field(default=5000, ge=1, le=59999)
+    split_seed: int = Field(default=0, ge=0)
+
+
+class TrainParams(_Section):
+    hidden_sizes: list[int] = Field(default=[512, 512], min_length=1)
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+    loss: Loss = "cross_entropy"
+    optimizer: Optimizer = "adamw"
+    lr: float = Field(default=0.001, gt=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    schedule: Schedule = "onecycle"
+    batch_size: int = Field(default=128, gt=0)
+    epochs: int = Field(default=20, gt=0)
+    seed: int = Field(default=0, ge=0)
+    device: Device = "auto"
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size <= 0 for size in sizes):
+            raise ValueError("every hidden size must be a positive integer")
+        return sizes
+
+    @field_validator("dropout", "lr", "momentum", "weight_decay", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, value: Any) -> Any:
+        # YAML reads `lr: 1` as an int; strict mode would refuse it as a float.
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(default=10000, gt=0)
+    gallery_size: int = Field(default=36, ge=1, le=400)
+
+
+class TrackingParams(_Section):
+    experiment: str = Field(default="mnist-mlp", min_length=1)
+
+
+class Params(_Section):
+    download: DownloadParams = DownloadParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+def _model_at(location: tuple) -> type[BaseModel] | None:
+    """The section model that owns the key at `location` (None past a leaf)."""
+    model: type[BaseModel] | None = Params
+    for part in location[:-1]:
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _allowed(model: type[BaseModel] | None, key: str) -> str:
+    if model is None or key not in model.model_fields:
+        return ""
+    field = model.model_fields[key]
+    choices = get_args(field.annotation)
+    if choices and all(isinstance(choice, str) for choice in choices):
+        return "allowed: " + ", ".join(choices)
+    bounds = []
+    for meta in field.metadata:
+        for name, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, name, None) is not None:
+                bounds.append(f"{symbol} {getattr(meta, name)}")
+    return ("allowed: " + " and ".join(bounds)) if bounds else ""
+
+
+def _describe(error: dict, source: str) -> str:
+    location = tuple(str(part) for part in error["loc"])
+    # list items come out as ('train', 'hidden_sizes', '0'): report the list's key
+    while len(location) > 1 and location[-1].isdigit():
+        location = location[:-1]
+    key = ".".join(location)
+    model = _model_at(location)
+    if error["type"] == "extra_forbidden":
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(location[-1], known, n=1)
+        hint = f"did you mean '{'.'.join(location[:-1] + (close[0],))}'? " if close else ""
+        return f"{source}: unknown key '{key}'; {hint}known keys: {', '.join(known)}"
+    allowed = _allowed(model, location[-1])
+    got = error.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{source}: invalid '{key}'{got_text}: {message}" + (f"; {allowed}" if allowed else "")
+
+
+def validate_params(raw: Any, source: str = "params") -> Params:
+    """Turn a parsed mapping into `Params`, or raise ParamsError naming each bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError("\n".join(_describe(error, source) for error in exc.errors())) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; every problem names the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return validate_params(raw, source=str(path))
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """One flat dict for tracking: train keys bare (activation, dropout, ...), others dotted."""
+    flat: dict[str, Any] = {}
+    for section, values in params.model_dump().items():
+        if section == "download":
+            continue  # where the bytes came from does not change them; md5s are tagged instead
+        for key, value in values.items():
+            flat[key if section == "train" else f"{section}.{key}"] = value
+    return flat

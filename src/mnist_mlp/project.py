@@ -1,0 +1,34 @@
+"""Where the project is, and how a command line reports a failure the user can fix."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from mnist_mlp.errors import UserError
+
+
+def repo_root(start: Optional[Path] = None) -> Path:
+    """DVC_ROOT when DVC runs us (experiments run in a temp copy), else the nearest folder with `.dvc/`."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def run_cli(name: str, main: Callable[[], object]) -> None:
+    """Run `main`; a known failure prints `name: error: ...` and exits 1, Ctrl-C/SIGTERM exits 130."""
+    try:
+        main()
+    except UserError as exc:
+        for line in str(exc).splitlines():
+            print(f"{name}: error: {line}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; outputs of earlier runs are left as they were", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,202 @@
+"""Everything MLflow: where the store is, the run of one train+evaluate, what gets logged.
+
+The store is `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlflow.db` with
+artifacts in `<repo>/mlartifacts`, both absolute. `<repo>` is `DVC_ROOT` when DVC sets
+it: queued and temp experiments run in a throwaway copy under `.dvc/tmp/exps/`, and a
+store relative to that copy would be deleted with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from mnist_mlp.project import repo_root
+
+EXPERIMENT_DEFAULT = "mnist-mlp"
+
+
+def tracking_uri(root: Optional[Path] = None) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def artifact_root(root: Optional[Path] = None) -> str:
+    return ((root or repo_root()) / "mlartifacts").as_uri()
+
+
+def _local_sqlite_path(uri: str) -> Optional[Path]:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def ensure_experiment(name: str = EXPERIMENT_DEFAULT, root: Optional[Path] = None) -> str:
+    """Create (once) the store and the experiment with an absolute artifact location; return its id.
+
+    A file lock serializes the first creation: two queue workers migrating a new
+    SQLite schema at once corrupt it.
+    """
+    import mlflow
+    from filelock import FileLock
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    db = _local_sqlite_path(uri)
+    lock = FileLock(str(db) + ".lock") if db else contextlib.nullcontext()
+    with lock:
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # a server decides its own artifact store; a local store gets an absolute folder
+        location = artifact_root(root) if not uri.startswith(("http://", "https://")) else None
+        return client.create_experiment(name, artifact_location=location)
+
+
+def git_commit(cwd: Path) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_tags(extra: dict[str, str]) -> dict[str, str]:
+    import torch
+
+    tags = {
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "sweep_id": os.environ.get("MNIST_MLP_SWEEP_ID", ""),
+        "torch_version": torch.__version__,
+        **extra,
+    }
+    commit = git_commit(Path.cwd()) or os.environ.get("DVC_EXP_BASELINE_REV")
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return {key: value for key, value in tags.items() if value}
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _active(run) -> Iterator["Run"]:
+    """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM: never left RUNNING."""
+    import mlflow
+
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield Run(run.info.run_id)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def training_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator["Run"]:
+    """Open a run named by the DVC experiment, with all params and tags logged up front."""
+    import mlflow
+
+    experiment_id = ensure_experiment(experiment)
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=os.environ.get("DVC_EXP_NAME") or "workspace",
+        tags=run_tags(tags),
+        log_system_metrics=False,
+    )
+    with _active(run) as active:
+        mlflow.log_params({key: str(value) for key, value in params.items()})
+        yield active
+
+
+@contextlib.contextmanager
+def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iterator["Run"]:
+    """Reopen the train stage's run to add test metrics, figures and the model.
+
+    When that run is not in this store (a model restored from a DVC cache, a deleted
+    store), a new run is opened with the checkpoint's params, so nothing is lost.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = ensure_experiment(experiment)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
+    except MlflowException:
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=os.environ.get("DVC_EXP_NAME") or "workspace",
+            tags=run_tags({"trained_in_run": run_id}),
+            log_system_metrics=False,
+        )
+        mlflow.log_params({key: str(value) for key, value in params.items()})
+    with _active(run) as active:
+        yield active
+
+
+class Run:
+    """The active run of a train or evaluate stage."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def log_epoch(self, record: dict[str, float]) -> None:
+        """All of one epoch's metrics in a single batch call, at step = epoch."""
+        import mlflow
+
+        metrics = {key: float(value) for key, value in record.items() if key != "epoch"}
+        mlflow.log_metrics(metrics, step=int(record["epoch"]))
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+
+    def log_files(self, paths: list[Path], folder: str) -> None:
+        import mlflow
+
+        for path in paths:
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        import mlflow
+        import pandas as pd
+
+        mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
+
+    def log_model(self, classifier, input_example) -> str:
+        """Log the pixels -> probabilities module (eval mode) with signature and input example."""
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        import mnist_mlp
+
+        classifier.eval()
+        with torch.no_grad():
+            output = classifier(torch.as_tensor(input_example)).numpy()
+        info = mlflow.pytorch.log_model(
+            classifier,
+            name="model",
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            # pinned here, so MLflow does not spend seconds inferring them
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
+            code_paths=[str(Path(mnist_mlp.__file__).parent)],
+        )
+        return info.model_uri

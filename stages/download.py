@@ -1,0 +1,30 @@
+"""DVC stage `download`: the four MNIST files, md5-verified, uncompressed into data/raw/.
+
+Sources, in order: $MNIST_MIRROR, else `download.mirror` in params.yaml (a folder or
+URL with the files, gzip or raw), then torchvision's official mirrors.
+"""
+
+import argparse
+import os
+
+from mnist_mlp.download import download_mnist, redact, resolve_sources
+from mnist_mlp.params import load_params
+from mnist_mlp.project import repo_root, run_cli
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default="data/raw")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    sources = resolve_sources(params.download.mirror, os.environ.get("MNIST_MIRROR"), repo_root())
+    print(f"download: sources in order: {', '.join(redact(s) for s in sources)}")
+    checksums = download_mnist(args.out, sources)
+    for name, md5 in checksums.items():
+        print(f"download: {args.out}/{name} md5 {md5} verified")
+
+
+if __name__ == "__main__":
+    run_cli("download", main)

@@ -1,0 +1,50 @@
+"""DVC stage `evaluate`: test-set metrics, confusion matrix and figures, logged to the training run."""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from mnist_mlp import tracking
+from mnist_mlp.checkpoint import load_checkpoint
+from mnist_mlp.data import load_split
+from mnist_mlp.evaluate import confusion_figure, evaluate, misclassified_figure, summary_metrics
+from mnist_mlp.files import save_figure, write_csv, write_json
+from mnist_mlp.params import flatten, load_params, validate_params
+from mnist_mlp.project import run_cli
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model", default="models/model.pt")
+    parser.add_argument("--test", default="data/processed/test.pt")
+    parser.add_argument("--reports", default="reports", type=Path)
+    args = parser.parse_args()
+
+    settings = load_params(args.params).evaluate
+    checkpoint = load_checkpoint(args.model)
+    test = load_split(args.test)
+    metrics, predictions = evaluate(checkpoint.model, test, settings.batch_size)
+    labels = test.labels.numpy()
+
+    figures = args.reports / "figures"
+    save_figure(figures / "confusion_matrix.png", confusion_figure(metrics["confusion_matrix"]))
+    save_figure(figures / "misclassified.png", misclassified_figure(test.images, labels, predictions, settings.gallery_size))
+    write_csv(args.reports / "predictions.csv", [{"actual": int(a), "predicted": int(p)} for a, p in zip(labels, predictions)])
+
+    trained = validate_params(checkpoint.params, source=f"{args.model} params")
+    with tracking.evaluation_run(checkpoint.info["mlflow_run_id"], trained.tracking.experiment, flatten(trained)) as run:
+        report = summary_metrics(metrics, checkpoint.info, run.run_id)
+        run.log_metrics({f"test_{k}": v for k, v in report["test"].items() if k != "per_class"})
+        run.log_metrics({f"test_{m}_{c}": v for c, row in report["test"]["per_class"].items() for m, v in row.items()})
+        run.log_table([{"class": int(c), **row} for c, row in metrics["per_class"].items()], "per_class_metrics.json")
+        run.log_files([figures / "confusion_matrix.png", figures / "misclassified.png"], "figures")
+        run.log_model(checkpoint.classifier(), test.images[:2].reshape(2, -1).numpy().astype(np.float32) / 255.0)
+        write_json(args.reports / "metrics.json", report)
+    print(f"evaluate: test accuracy {report['test']['accuracy']:.4f}, loss {report['test']['loss']:.4f}; "
+          f"MLflow run {run.run_id}")
+
+
+if __name__ == "__main__":
+    run_cli("evaluate", main)

@@ -1,0 +1,56 @@
+"""DVC stage `train`: fit the MLP from params.yaml, keep the best-on-validation weights.
+
+Writes models/model.pt (weights, resolved params, normalization, MLflow run id) and the
+per-epoch log reports/training_log.csv; the same numbers go to one MLflow run.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from mnist_mlp import tracking
+from mnist_mlp.checkpoint import save_checkpoint
+from mnist_mlp.data import load_split
+from mnist_mlp.files import md5_of, write_csv
+from mnist_mlp.model import MLP, count_parameters
+from mnist_mlp.params import flatten, load_params
+from mnist_mlp.project import run_cli
+from mnist_mlp.train import fit, format_epoch, resolve_device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/processed", type=Path)
+    parser.add_argument("--model", default="models/model.pt")
+    parser.add_argument("--log", default="reports/training_log.csv")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    settings = params.train
+    device = resolve_device(settings.device)
+    train, val = load_split(args.data / "train.pt"), load_split(args.data / "val.pt")
+    model = MLP(settings.hidden_sizes, settings.activation, settings.dropout)
+    sizes = "-".join(map(str, [784, *settings.hidden_sizes, 10]))
+    print(f"train: {sizes} {settings.activation} MLP, {count_parameters(model):,} parameters, on {device}")
+
+    data_tags = {f"data_md5_{split}": md5_of(args.data / f"{split}.pt") for split in ("train", "val")}
+    with tracking.training_run(params.tracking.experiment, flatten(params), {"device": str(device), **data_tags}) as run:
+
+        def report(record: dict) -> None:
+            run.log_epoch(record)
+            print(f"train: {format_epoch(record, settings.epochs)}", flush=True)
+
+        result = fit(model, train, val, settings, device, on_epoch=report, progress=sys.stderr.isatty())
+        model.load_state_dict(result.best_state)
+        summary = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "train_seconds": result.seconds}
+        run.log_metrics(summary)
+        info = {**summary, "epochs": settings.epochs, "device": str(device), "mlflow_run_id": run.run_id}
+        save_checkpoint(args.model, model, train.normalization, params.model_dump(), info)
+        write_csv(args.log, result.history)
+    print(f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}, "
+          f"{result.seconds:.1f}s; MLflow run {run.run_id}")
+
+
+if __name__ == "__main__":
+    run_cli("train", main)
