@@ -22,14 +22,13 @@ from mnist_mlp.errors import UserError
 class MnistFile:
     name: str  # uncompressed file name, as the IDX files are published
     md5: str  # md5 of the uncompressed content (canonical)
-    size: int
 
 
 MNIST_FILES = (
-    MnistFile("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb", 47040016),
-    MnistFile("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624", 60008),
-    MnistFile("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea", 7840016),
-    MnistFile("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637", 10008),
+    MnistFile("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb"),
+    MnistFile("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624"),
+    MnistFile("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea"),
+    MnistFile("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637"),
 )
 
 
@@ -94,7 +93,26 @@ def _fetch(source: str, name: str, into: Path, timeout: float) -> None:
         _fetch_from_folder(folder, name, into)
 
 
-def download_mnist(out_dir: str | Path, sources: list[str], timeout: float = 30.0) -> dict[str, str]:
+def expected_files(checksums_file: str | None = None) -> tuple[MnistFile, ...]:
+    """MNIST's canonical checksums, or those of a YAML {file name: md5} (another MNIST-format data set)."""
+    if not checksums_file:
+        return MNIST_FILES
+    import yaml
+
+    path = Path(checksums_file)
+    try:
+        sums = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DownloadError(f"{path}: unreadable checksums file ({exc})") from None
+    names = [item.name for item in MNIST_FILES]
+    if not isinstance(sums, dict) or sorted(sums) != sorted(names):
+        raise DownloadError(f"{path}: expected a mapping of exactly {', '.join(names)} to md5 hex digests")
+    return tuple(MnistFile(name, str(sums[name])) for name in names)
+
+
+def download_mnist(
+    out_dir: str | Path, sources: list[str], expected: tuple[MnistFile, ...] = MNIST_FILES, timeout: float = 30.0
+) -> dict[str, str]:
     """Write the four verified IDX files into `out_dir`; return {file name: md5}.
 
     A file already present with the right md5 is kept. Each file is verified
@@ -102,7 +120,7 @@ def download_mnist(out_dir: str | Path, sources: list[str], timeout: float = 30.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for item in MNIST_FILES:
+    for item in expected:
         target = out_dir / item.name
         if target.is_file() and files.md5_of(target) == item.md5:
             continue
@@ -124,7 +142,7 @@ def download_mnist(out_dir: str | Path, sources: list[str], timeout: float = 30.
                 break
         else:
             raise DownloadError(f"could not get a verified {item.name}; tried: " + "; ".join(tried))
-    return {item.name: item.md5 for item in MNIST_FILES}
+    return {item.name: item.md5 for item in expected}
 
 
 def resolve_sources(mirror: str | None, environ_mirror: str | None, repo_root: Path | None) -> list[str]:
