@@ -5,9 +5,15 @@ BIN := $(abspath $(VENV))/bin
 # stages run `python`: make it the venv's, whatever the caller's PATH holds
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
+SERVE_PORT ?= 5001
+SAMPLES ?= build/samples
+BASELINE_REV ?= main
+ACTIVATIONS ?= relu tanh sigmoid
+DROPOUTS ?= 0.0 0.2 0.5
+JOBS ?= 2
 STORE = $(shell $(BIN)/python -c "from mnist_mlp.tracking import tracking_uri; print(tracking_uri())")
 
-.PHONY: install repro test ui clean
+.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench sweep sweep-quick compare test-browser browser-deps close-stale-runs
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +31,41 @@ test: install  ## the test suite (no network, no real MNIST)
 
 ui: install  ## the MLflow UI on 127.0.0.1 against the project's store
 	$(BIN)/mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(UI_PORT)
+
+demo: install  ## draw ten real test digits as PNG/JPEG in different styles into $(SAMPLES), then classify them
+	$(BIN)/mnist-mlp render-samples $(SAMPLES)
+	$(BIN)/mnist-mlp predict $(SAMPLES)/*
+
+serve: install  ## the evaluated model as a REST API on 127.0.0.1:$(SERVE_PORT) (MODEL_URI=runs:/<run id>/model for another)
+	$(BIN)/mnist-mlp serve --port $(SERVE_PORT) $(if $(MODEL_URI),--model-uri "$(MODEL_URI)")
+
+check-metrics: install  ## fail when reports/metrics.json regressed against $(BASELINE_REV) (rules: metrics_rules.yaml)
+	$(BIN)/mnist-mlp check-metrics --baseline-rev $(BASELINE_REV)
+
+check-reproducible: install  ## train a 1-epoch config twice on data/processed; fail unless bit-identical
+	$(BIN)/mnist-mlp check-reproducible
+
+bench: install  ## lecture's loop vs `fit` vs the matmul bound, the fast preset, the train stage -> reports/benchmarks.{json,md}
+	$(BIN)/python -m mnist_mlp.bench $(BENCH_ARGS)
+
+sweep: install  ## queue activation x dropout experiments ($(ACTIVATIONS) x $(DROPOUTS)), run them on $(JOBS) workers
+	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --jobs $(JOBS)
+
+sweep-quick: install  ## the same sweep with 2 epochs per run (CI)
+	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --jobs $(JOBS) --set train.epochs=2
+
+compare: install  ## reports/compare.md and reports/figures/compare.png from the latest sweep's MLflow runs
+	$(BIN)/mnist-mlp compare
+
+browser-deps:  ## headless Chromium and its driver for test-browser (Debian, as root)
+	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
+		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+
+test-browser: install  ## the MLflow UI in headless Chromium against a small real sweep
+	$(BIN)/pytest -m browser
+
+close-stale-runs: install  ## end MLflow runs a crash left RUNNING as KILLED (OLDER_THAN=minutes, for other hosts' runs)
+	$(BIN)/mnist-mlp close-stale-runs --older-than $(or $(OLDER_THAN),60)
 
 clean:  ## remove outputs (not the MLflow store)
 	rm -rf data models reports/figures reports/*.csv reports/metrics.json

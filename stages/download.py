@@ -1,14 +1,15 @@
 """DVC stage `download`: the four MNIST files, md5-verified, uncompressed into data/raw/.
 
 Sources, in order: $MNIST_MIRROR, else `download.mirror` in params.yaml (a folder or
-URL with the files, gzip or raw), then torchvision's official mirrors. $MNIST_CHECKSUMS
+URL with the files, gzip or raw), then torchvision's official mirrors ($MNIST_OFFICIAL_MIRRORS:
+`none` skips them, a comma-separated list of URLs replaces them). $MNIST_CHECKSUMS
 (a YAML of file name -> md5) replaces MNIST's canonical checksums for another MNIST-format set.
 """
 
 import argparse
 import os
 
-from mnist_mlp.download import download_mnist, expected_files, redact, resolve_sources
+from mnist_mlp.download import download_mnist, expected_files, official_sources, redact, resolve_sources
 from mnist_mlp.params import load_params
 from mnist_mlp.project import repo_root, run_cli
 
@@ -20,7 +21,8 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    sources = resolve_sources(params.download.mirror, os.environ.get("MNIST_MIRROR"), repo_root())
+    official = official_sources(os.environ.get("MNIST_OFFICIAL_MIRRORS"))
+    sources = resolve_sources(params.download.mirror, os.environ.get("MNIST_MIRROR"), repo_root(), official)
     print(f"download: sources in order: {', '.join(redact(s) for s in sources)}")
     checksums = download_mnist(args.out, sources, expected_files(os.environ.get("MNIST_CHECKSUMS")))
     for name, md5 in checksums.items():

@@ -12,10 +12,10 @@ from mnist_mlp import tracking
 from mnist_mlp.checkpoint import save_checkpoint
 from mnist_mlp.data import load_split
 from mnist_mlp.files import md5_of, write_csv
-from mnist_mlp.model import MLP, count_parameters
+from mnist_mlp.model import count_parameters
 from mnist_mlp.params import flatten, load_params
 from mnist_mlp.project import run_cli
-from mnist_mlp.train import fit, format_epoch, resolve_device
+from mnist_mlp.train import fit, format_epoch, resolve_device, seeded_model
 
 
 def main() -> None:
@@ -30,12 +30,13 @@ def main() -> None:
     settings = params.train
     device = resolve_device(settings.device)
     train, val = load_split(args.data / "train.pt"), load_split(args.data / "val.pt")
-    model = MLP(settings.hidden_sizes, settings.activation, settings.dropout)
+    model = seeded_model(settings, device)  # unseeded init weights made every run differ
     sizes = "-".join(map(str, [784, *settings.hidden_sizes, 10]))
     print(f"train: {sizes} {settings.activation} MLP, {count_parameters(model):,} parameters, on {device}")
 
     data_tags = {f"data_md5_{split}": md5_of(args.data / f"{split}.pt") for split in ("train", "val")}
-    with tracking.training_run(params.tracking.experiment, flatten(params), {"device": str(device), **data_tags}) as run:
+    sweep_tag = {"sweep_id": params.tracking.sweep_id} if params.tracking.sweep_id else {}
+    with tracking.training_run(params.tracking.experiment, flatten(params), {"device": str(device), **data_tags, **sweep_tag}) as run:
 
         def report(record: dict) -> None:
             run.log_epoch(record)

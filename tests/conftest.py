@@ -111,6 +111,7 @@ def project(tmp_path: Path, monkeypatch) -> Path:
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "MNIST_MIRROR": str(mirror),
+        "MNIST_OFFICIAL_MIRRORS": "none",  # a test never reaches the network
         "MNIST_CHECKSUMS": str(_checksum_file(mirror, tmp_path / "checksums.yaml")),
         "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
         "OMP_NUM_THREADS": "1",
@@ -138,3 +139,43 @@ def _checksum_file(mirror: Path, out: Path) -> Path:
             sums[path.name.removesuffix(".gz")] = hashlib.md5(handle.read()).hexdigest()
     out.write_text(yaml.safe_dump(sums))
     return out
+
+
+@pytest.fixture
+def tiny_processed(tiny_raw: Path, tmp_path: Path) -> Path:
+    """data/processed as the preprocess stage leaves it, from the tiny raw files (val 100)."""
+    from mnist_mlp.data import preprocess
+
+    out = tmp_path / "processed"
+    preprocess(tiny_raw, out, "standardize", val_size=100, split_seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """A new MLflow SQLite store with its schema migrated, made once: a migration takes 10-15 s here.
+
+    Copy it where a test's store goes (`shutil.copy(empty_mlflow_db, store / "mlflow.db")`).
+    """
+    import mlflow
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch, empty_mlflow_db: Path) -> str:
+    """MLFLOW_TRACKING_URI at a fresh SQLite store in the temp folder; this process's MLflow state reset after."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "store" / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for key in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(key, raising=False)
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run("FAILED")
+    mlflow.set_tracking_uri(None)

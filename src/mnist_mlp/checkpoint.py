@@ -10,7 +10,7 @@ import torch
 
 from mnist_mlp import files
 from mnist_mlp.errors import UserError
-from mnist_mlp.data import Normalization
+from mnist_mlp.data import Normalization, load_error_reason
 from mnist_mlp.model import MLP, PixelClassifier
 
 FORMAT_VERSION = 1
@@ -58,9 +58,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle.UnpicklingError and friends
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: refused to load: not a plain-tensor checkpoint ({first_line}); "
+            f"{path}: refused to load: not a plain-tensor checkpoint ({load_error_reason(exc)}); "
             "expected a models/model.pt written by the train stage"
         ) from None
     if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
@@ -70,7 +69,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         model.load_state_dict(blob["state_dict"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the recorded architecture {arch}: {exc}") from None
+        # torch lists every mismatch on its own line; the first one says enough on one line
+        details = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = details[1] if len(details) > 1 else details[0] if details else type(exc).__name__
+        raise CheckpointError(f"{path}: weights do not fit the recorded architecture {arch}: {reason}") from None
     model.eval()
     norm = Normalization(**blob["normalization"])
     return Checkpoint(model=model, normalization=norm, params=blob["params"], info=blob["info"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import shlex
+import json
 from pathlib import Path
 
 import yaml
@@ -23,9 +23,16 @@ def _preset_overrides(name: str) -> list[str]:
     arguments = []
     for section, values in overrides.items():
         for key, value in values.items():
-            # YAML flow style keeps lists as [512, 512]; `...` is its end-of-document marker
-            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-            arguments += ["-S", shlex.quote(f"{section}.{key}={text}")]
+            # `dvc exp run $(mnist-mlp preset NAME)` splits the output on whitespace and removes
+            # no quotes: a list goes as compact JSON ([512,512], also YAML), nothing is quoted
+            if isinstance(value, (list, dict)):
+                text = json.dumps(value, separators=(",", ":"))
+            else:  # `...` is YAML's end-of-document marker
+                text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+            if any(char.isspace() or char in "'\"" for char in text):
+                raise ParamsError(f"{path}: '{section}.{key}' = {text}: a value with spaces or quotes cannot pass "
+                                  "through `$(mnist-mlp preset ...)`; give it with -S on the command line")
+            arguments += ["-S", f"{section}.{key}={text}"]
     return arguments
 
 
@@ -40,6 +47,132 @@ def cmd_init_store(args: argparse.Namespace) -> None:
     print(f"MLflow store {tracking.tracking_uri()}, experiment '{args.experiment}' (id {experiment_id})")
 
 
+def cmd_close_stale_runs(args: argparse.Namespace) -> None:
+    from mnist_mlp import runs, tracking
+
+    closed = runs.close_stale_runs(args.older_than, dry_run=args.dry_run)
+    verb = "would close" if args.dry_run else "closed"
+    for run in closed:
+        print(f"{verb} run {run.run_id} ({run.experiment}/{run.run_name}) as KILLED: {run.reason}")
+    print(f"{len(closed)} stale run(s) {verb} in {tracking.tracking_uri()}")
+
+
+def _minutes(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected minutes >= 0")
+    return value
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import sys
+
+    from mnist_mlp import predict
+
+    results = predict.predict_files(args.images, predict.load_classifier(args.model), args.top_k)
+    output = predict.format_json(results, args.model) if args.json else predict.format_text(results)
+    if output:
+        print(output)
+    failed = [result for result in results if result.error is not None]
+    for result in failed:
+        print(f"mnist-mlp predict: error: {result.error}", file=sys.stderr)
+    if failed:
+        raise predict.ImageError(f"{len(failed)} of {len(results)} image(s) could not be classified")
+
+
+def _top_k(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 10")
+    return int(text)
+
+
+def cmd_render_samples(args: argparse.Namespace) -> None:
+    from mnist_mlp.samples import render_samples
+
+    for path in render_samples(args.test, args.out_dir):
+        print(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+    import sys
+
+    from mnist_mlp import serve, tracking
+
+    model_uri = args.model_uri or serve.default_model_uri(args.metrics)
+    store = tracking.tracking_uri()
+    print(f"serving {model_uri} from {store} at http://{args.host}:{args.port}/invocations", file=sys.stderr)
+    command = serve.serve_command(model_uri, args.host, args.port)
+    # exec: Ctrl-C and a signal to this pid reach the server itself
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    os.execve(command[0], command, {**quiet, **os.environ, "MLFLOW_TRACKING_URI": store, **tracking.NO_PICKLE_ENV})
+
+
+def cmd_check_metrics(args: argparse.Namespace) -> None:
+    from mnist_mlp import gate
+
+    report = gate.run_gate(args.metrics, args.rules, args.baseline, args.baseline_rev)
+    print(report.markdown(), flush=True)
+    if report.failures:
+        raise gate.MetricsRegressed("\n".join(report.failures))
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(size) for size in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64 or 256,128, got {text!r}") from None
+
+
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of threads, 1 or more")
+    return int(text)
+
+
+def cmd_check_reproducible(args: argparse.Namespace) -> None:
+    from mnist_mlp.params import load_params
+    from mnist_mlp.reproducible import check_reproducible
+
+    configured = load_params(args.params).train.model_dump()
+    short = {**configured, "epochs": args.epochs, "hidden_sizes": args.hidden_sizes, "device": "cpu"}
+    params = validate_params({"train": short}, source="check-reproducible options").train
+    sizes = "-".join(map(str, [784, *params.hidden_sizes, 10]))
+    print(f"training {sizes}, {params.epochs} epoch(s), seed {params.seed}, {args.threads} thread(s) twice, "
+          f"each in a fresh process, on {args.data}", flush=True)
+    outcome = check_reproducible(args.data, params, args.threads)
+    print(f"reproducible: test accuracy {outcome.test_accuracy!r} and loss {outcome.test_loss!r} in both runs; "
+          f"all {len(outcome.state)} weight tensors bit-identical")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from mnist_mlp import sweep
+
+    from mnist_mlp.params import load_params
+
+    planned = sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.sweep_id)
+    experiment = planned.override("tracking.experiment") or load_params(repo_root() / "params.yaml").tracking.experiment
+    table = sweep.run_sweep(repo_root(), planned, args.jobs, experiment, args.force, args.poll)
+    print(f"sweep {planned.sweep_id} done; dvc exp show for its experiments:")
+    print(table.to_string())
+    print(f"next: mnist-mlp compare --sweep-id {planned.sweep_id}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from mnist_mlp import compare
+
+    result = compare.compare(args.experiment, compare.ALL if args.all else args.sweep_id)
+    table, picture = compare.write_report(result, args.reports)
+    print(result.summary[["activation", "dropout", "runs", *compare.VALUES]].to_string(index=False))
+    print(f"wrote {table} and {picture} ({len(result.runs)} runs, sweep {result.sweep_id})")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 1 or more")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-mlp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +184,92 @@ def build_parser() -> argparse.ArgumentParser:
     init_store = commands.add_parser("init-store", help="create the MLflow store and experiment (absolute paths)")
     init_store.add_argument("--experiment", default="mnist-mlp")
     init_store.set_defaults(func=cmd_init_store)
+
+    stale = commands.add_parser(
+        "close-stale-runs",
+        help="end RUNNING runs left by a crash as KILLED: those whose process is gone from this host, "
+        "and those from elsewhere started over --older-than minutes ago",
+    )
+    stale.add_argument("--older-than", type=_minutes, default=60.0, metavar="MINUTES")
+    stale.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    stale.set_defaults(func=cmd_close_stale_runs)
+
+    predict = commands.add_parser(
+        "predict", help="classify your own digit images (PNG/JPEG, any size, colors, dark-on-light or light-on-dark)"
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument(
+        "--model", default="models/model.pt",
+        help="checkpoint file, or MLflow model URI: runs:/<run id>/model, models:/<model id> (default %(default)s)",
+    )  # fmt: skip
+    predict.add_argument("--top-k", type=_top_k, default=3, metavar="K", help="probabilities shown (default 3)")
+    predict.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    predict.set_defaults(func=cmd_predict)
+
+    samples = commands.add_parser(
+        "render-samples", help="write ten real MNIST test digits as PNG/JPEG in different styles, to try `predict`"
+    )
+    samples.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    samples.add_argument("--test", type=Path, default=Path("data/processed/test.pt"), help="default %(default)s")
+    samples.set_defaults(func=cmd_render_samples)
+
+    serve = commands.add_parser("serve", help="serve the evaluated model over REST (mlflow models serve)")
+    serve.add_argument("--model-uri", help="default: runs:/<mlflow_run_id in --metrics>/model")
+    serve.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"), help="default %(default)s")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001, help="default %(default)s (the MLflow UI has 5000)")
+    serve.set_defaults(func=cmd_serve)
+    check = commands.add_parser(
+        "check-metrics",
+        help="fail (exit 1) when reports/metrics.json regressed against a baseline or broke a floor; prints a markdown table",
+    )
+    check.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"), help="default %(default)s")
+    check.add_argument("--rules", type=Path, default=Path("metrics_rules.yaml"), help="default %(default)s")
+    baseline = check.add_mutually_exclusive_group()
+    baseline.add_argument("--baseline", type=Path, metavar="FILE", help="compare with this metrics file instead of git")
+    baseline.add_argument(
+        "--baseline-rev", default="main", metavar="REV",
+        help="git revision whose committed metrics file is the baseline (default %(default)s)",
+    )  # fmt: skip
+    check.set_defaults(func=cmd_check_metrics)
+
+    reproducible = commands.add_parser(
+        "check-reproducible",
+        help="train a short config twice on CPU from data/processed; fail unless accuracy and weights are bit-identical",
+    )
+    reproducible.add_argument("--data", type=Path, default=Path("data/processed"), help="default %(default)s")
+    reproducible.add_argument("--params", default="params.yaml", help="train settings to start from (default %(default)s)")
+    reproducible.add_argument("--epochs", type=int, default=1, help="default %(default)s")
+    reproducible.add_argument("--hidden-sizes", type=_sizes, default=[64], metavar="N[,N...]", help="default 64")
+    reproducible.add_argument(
+        "--threads", type=_threads, default=1,
+        help="CPU threads of both runs (default %(default)s); results are bit-identical only at equal thread counts",
+    )  # fmt: skip
+    reproducible.set_defaults(func=cmd_check_reproducible)
+
+    sweep = commands.add_parser(
+        "sweep", help="queue activation x dropout experiments (dvc exp run --queue), run them, wait, show them"
+    )
+    sweep.add_argument("--activations", nargs="+", default=["relu", "tanh", "sigmoid"], metavar="NAME")
+    sweep.add_argument("--dropouts", nargs="+", type=float, default=[0.0, 0.2, 0.5], metavar="P")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[], metavar="N",
+                       help="several seeds per setting (default: params.yaml's train.seed)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="another override for every experiment, e.g. --set train.epochs=2 (repeatable)")
+    sweep.add_argument("--jobs", "-j", type=_positive, default=2, help="queue workers (default %(default)s)")
+    sweep.add_argument("--sweep-id", help="default: the current time, YYYYMMDD-HHMMSS")
+    sweep.add_argument("--force", action="store_true",
+                       help="queue with `dvc exp run --force`: re-run every stage, download and preprocess too")
+    sweep.add_argument("--poll", type=float, default=10.0, metavar="SECONDS", help="queue polling interval")
+    sweep.set_defaults(func=cmd_sweep)
+
+    compare = commands.add_parser("compare", help="reports/compare.md and figures/compare.png from the MLflow runs of a sweep")
+    which = compare.add_mutually_exclusive_group()
+    which.add_argument("--sweep-id", default="latest", help="default: the latest sweep")
+    which.add_argument("--all", action="store_true", help="every run of the experiment, swept or not")
+    compare.add_argument("--experiment", default="mnist-mlp", help="MLflow experiment (default %(default)s)")
+    compare.add_argument("--reports", type=Path, default=Path("reports"), help="default %(default)s")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

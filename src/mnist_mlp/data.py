@@ -106,8 +106,9 @@ class Normalization:
 
 def normalize(images: torch.Tensor, stats: Normalization) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 784), normalized, on the images' device."""
-    flat = images.reshape(len(images), -1).float()  # (N, 784)
-    return (flat / 255.0 - stats.mean) / stats.std
+    flat = images.reshape(len(images), -1).to(torch.float32, copy=True)  # (N, 784), never the caller's tensor
+    # in place: the same result bit for bit, with one float copy alive instead of three (~0.3 GB less peak for 55,000)
+    return flat.div_(255.0).sub_(stats.mean).div_(stats.std)
 
 
 def one_hot(labels: torch.Tensor) -> torch.Tensor:
@@ -161,6 +162,19 @@ def preprocess(raw_dir: str | Path, out_dir: str | Path, normalization: str, val
     return summary
 
 
+def load_error_reason(exc: Exception) -> str:
+    """One line on why `torch.load(weights_only=True)` failed, without torch's advice to load it unsafely."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        detail = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error:" in line), "")
+        detail = detail.removeprefix("WeightsUnpickler error:").split(". ")[0].strip()
+        return "it holds pickled objects, not only tensors; refused unread" + (f": {detail}" if detail else "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_split(path: str | Path) -> Split:
     """Load a cached split written by `preprocess` (tensors only, no pickled objects)."""
     path = Path(path)
@@ -169,7 +183,9 @@ def load_split(path: str | Path) -> Split:
     except FileNotFoundError:
         raise DataError(f"{path}: cached split not found; run the preprocess stage") from None
     except Exception as exc:  # noqa: BLE001 - a torn or foreign file
-        raise DataError(f"{path}: not a cached split written by preprocess ({exc})") from None
+        raise DataError(f"{path}: not a cached split written by preprocess ({load_error_reason(exc)})") from None
+    if not isinstance(blob, dict):
+        raise DataError(f"{path}: holds a {type(blob).__name__}; expected a file written by preprocess")
     missing = {"images", "labels", "mean", "std"} - set(blob)
     if missing:
         raise DataError(f"{path}: missing {sorted(missing)}; expected a file written by preprocess")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import tempfile
 import urllib.parse
 import zlib
 from dataclasses import dataclass
@@ -65,15 +64,31 @@ def _fetch_from_folder(folder: Path, name: str, into: Path) -> None:
     raise FileNotFoundError(f"neither {name}.gz nor {name} in {folder}")
 
 
+def _without_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """(the URL minus user:password, an Authorization header carrying them): urllib cannot
+    take credentials inside a URL, and an error message quoting it would leak them."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.username is None and parsed.password is None:
+        return url, {}
+    import base64
+
+    host = parsed.hostname or ""
+    netloc = f"{host}:{parsed.port}" if parsed.port else host
+    user = urllib.parse.unquote(parsed.username or "")
+    password = urllib.parse.unquote(parsed.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
 def _fetch_from_url(base: str, name: str, into: Path, timeout: float) -> None:
     import urllib.request
 
     base = base if base.endswith("/") else base + "/"
     errors = []
     for suffix in (".gz", ""):
-        url = base + name + suffix
+        url, headers = _without_credentials(base + name + suffix)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
                 payload = response.read()
         except Exception as exc:  # noqa: BLE001 - every network error means "try the next"
             errors.append(f"{redact(url)}: {exc}")
@@ -124,10 +139,15 @@ def download_mnist(
         target = out_dir / item.name
         if target.is_file() and files.md5_of(target) == item.md5:
             continue
+        if not sources:
+            raise DownloadError(
+                f"no source to download {item.name} from: set $MNIST_MIRROR or download.mirror to a folder or URL, "
+                "or allow the official mirrors (MNIST_OFFICIAL_MIRRORS is 'none')"
+            )
         tried = []
-        for source in sources:
-            with tempfile.TemporaryDirectory(dir=out_dir, prefix=".download-") as tmp:
-                staged = Path(tmp) / item.name
+        # the temp file (.name.*.tmp beside the target) becomes the target only once verified
+        with files.atomic_path(target) as staged:
+            for source in sources:
                 try:
                     _fetch(source, item.name, staged, timeout)
                 except (OSError, EOFError, zlib.error) as exc:
@@ -137,16 +157,26 @@ def download_mnist(
                 if got != item.md5:
                     tried.append(f"{redact(source)} (md5 {got}, expected {item.md5})")
                     continue
-                with files.atomic_path(target) as final:
-                    shutil.move(staged, final)
                 break
-        else:
-            raise DownloadError(f"could not get a verified {item.name}; tried: " + "; ".join(tried))
+            else:
+                raise DownloadError(f"could not get a verified {item.name}; tried: " + "; ".join(tried))
     return {item.name: item.md5 for item in expected}
 
 
-def resolve_sources(mirror: str | None, environ_mirror: str | None, repo_root: Path | None) -> list[str]:
-    """The mirror (environment first, then the param) followed by torchvision's mirrors."""
+def official_sources(setting: str | None) -> list[str]:
+    """$MNIST_OFFICIAL_MIRRORS: unset = torchvision's mirrors; `none` or empty = none (offline,
+    air-gapped, tests); else a comma-separated list of URLs that replaces them."""
+    if setting is None:
+        return official_mirrors()
+    if setting.strip().lower() in ("", "none"):
+        return []
+    return [url.strip() for url in setting.split(",") if url.strip()]
+
+
+def resolve_sources(
+    mirror: str | None, environ_mirror: str | None, repo_root: Path | None, official: list[str] | None = None
+) -> list[str]:
+    """The mirror (environment first, then the param) followed by `official` (default: torchvision's mirrors)."""
     sources = []
     chosen = environ_mirror or mirror
     if chosen:
@@ -155,5 +185,5 @@ def resolve_sources(mirror: str | None, environ_mirror: str | None, repo_root: P
             local = Path(chosen)
             chosen = str(local if local.exists() else repo_root / local)
         sources.append(chosen)
-    sources.extend(official_mirrors())
+    sources.extend(official_mirrors() if official is None else official)
     return sources

@@ -17,6 +17,26 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class MaskDropout(nn.Dropout):
+    """nn.Dropout whose mask on the CPU costs a third: 16 random bits per unit, 64 bits per draw.
+
+    torch's CPU dropout draws one 32-bit number per unit (bernoulli_), then divides and
+    multiplies: ~5x the cost of the ReLU it follows, ~10% of a training step of the default
+    net. Here one 64-bit draw serves four units, so the drop probability is p rounded to a
+    multiple of 1/65536 (0.2 -> 0.199997) and kept units are scaled by exactly 1/(1 - that).
+    Same generator, so seeded runs stay bit-identical. On a GPU, torch's fused kernel is faster.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        dropped = min(round(self.p * 65536), 65535)  # of 65536 equally likely 16-bit values
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        bits = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform in [-32768, 32767]
+        keep = (bits >= dropped - 32768).to(x.dtype).mul_(65536 / (65536 - dropped))
+        return x * keep
+
+
 class MLP(nn.Module):
     """784 -> hidden sizes (activation, dropout after each) -> 10 logits."""
 
@@ -29,7 +49,7 @@ class MLP(nn.Module):
         for size in hidden_sizes:
             layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(MaskDropout(dropout))
             width = size
         layers.append(nn.Linear(width, NUM_CLASSES))
         self.layers = nn.Sequential(*layers)
@@ -58,7 +78,9 @@ class PixelClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(float(std)))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = (pixels.reshape(len(pixels), -1) - self.mean) / self.std  # (B, 784)
+        # flatten, not reshape(len(pixels), -1): len() pins the batch size when torch.export
+        # traces the model for MLflow, and the served model would accept only that many rows
+        x = (pixels.flatten(1) - self.mean) / self.std  # (B, 784)
         return torch.softmax(self.mlp(x), dim=1)  # (B, 10)
 
 

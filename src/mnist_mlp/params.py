@@ -37,6 +37,16 @@ class DownloadParams(_Section):
         description="folder or URL holding the four MNIST files; MNIST_MIRROR overrides it",
     )
 
+    @field_validator("mirror")
+    @classmethod
+    def _no_credentials(cls, mirror: Optional[str]) -> Optional[str]:
+        # params.yaml is committed and copied into dvc.lock and the model file
+        from urllib.parse import urlsplit
+
+        if mirror and (urlsplit(mirror).password or urlsplit(mirror).username):
+            raise ValueError("a URL with user:password must not be committed; put it in $MNIST_MIRROR instead")
+        return mirror
+
 
 class PreprocessParams(_Section):
     normalization: Normalization = "standardize"
@@ -50,9 +60,9 @@ class TrainParams(_Section):
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     loss: Loss = "cross_entropy"
     optimizer: Optimizer = "adamw"
-    lr: float = Field(default=0.001, gt=0.0)
+    lr: float = Field(default=0.002, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=0.01, ge=0.0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
     schedule: Schedule = "onecycle"
     batch_size: int = Field(default=128, gt=0)
     epochs: int = Field(default=20, gt=0)
@@ -80,6 +90,10 @@ class EvaluateParams(_Section):
 
 class TrackingParams(_Section):
     experiment: str = Field(default="mnist-mlp", min_length=1)
+    # A param, not only $MNIST_MLP_SWEEP_ID: it travels with a queued experiment whatever
+    # worker runs it, and a new id changes the train stage's params, so the DVC run-cache
+    # cannot restore an earlier training and leave the sweep without its MLflow run.
+    sweep_id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Params(_Section):
@@ -129,6 +143,10 @@ def _describe(error: dict, source: str) -> str:
         return f"{source}: unknown key '{key}'; {hint}known keys: {', '.join(known)}"
     allowed = _allowed(model, location[-1])
     got = error.get("input")
+    if isinstance(got, str):
+        from mnist_mlp.download import redact
+
+        got = redact(got)  # an error message must not repeat a password
     got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
     message = error["msg"].removeprefix("Value error, ")
     return f"{source}: invalid '{key}'{got_text}: {message}" + (f"; {allowed}" if allowed else "")

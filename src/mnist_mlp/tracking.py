@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from mnist_mlp.errors import UserError
 from mnist_mlp.project import repo_root
 
 EXPERIMENT_DEFAULT = "mnist-mlp"
@@ -24,6 +26,13 @@ def tracking_uri(root: Optional[Path] = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def client():
+    """An MlflowClient on the project's store."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri())
 
 
 def artifact_root(root: Optional[Path] = None) -> str:
@@ -54,7 +63,8 @@ def ensure_experiment(name: str = EXPERIMENT_DEFAULT, root: Optional[Path] = Non
             return experiment.experiment_id
         # a server decides its own artifact store; a local store gets an absolute folder
         location = artifact_root(root) if not uri.startswith(("http://", "https://")) else None
-        return client.create_experiment(name, artifact_location=location)
+        # a model-training experiment: the UI opens on its runs table, not the GenAI traces overview
+        return client.create_experiment(name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def git_commit(cwd: Path) -> Optional[str]:
@@ -73,6 +83,11 @@ def run_tags(extra: dict[str, str]) -> dict[str, str]:
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "sweep_id": os.environ.get("MNIST_MLP_SWEEP_ID", ""),
         "torch_version": torch.__version__,
+        # seconds per epoch depend on it; queue workers must not oversubscribe the cores
+        "torch_threads": str(torch.get_num_threads()),
+        # lets `mnist-mlp close-stale-runs` tell a crashed run from a live one
+        "mnist_mlp.host": socket.gethostname(),
+        "mnist_mlp.pid": str(os.getpid()),
         **extra,
     }
     commit = git_commit(Path.cwd()) or os.environ.get("DVC_EXP_BASELINE_REV")
@@ -180,12 +195,15 @@ class Run:
         mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
 
     def log_model(self, classifier, input_example) -> str:
-        """Log the pixels -> probabilities module (eval mode) with signature and input example."""
+        """Log the pixels -> probabilities module (eval mode) with signature and input example.
+
+        As a torch.export program ("pt2"): loading and `mlflow models serve` never unpickle
+        code, and need no copy of this package. The example needs 2+ rows, or the exported
+        batch size is pinned to 1.
+        """
         import mlflow
         import torch
         from mlflow.models import infer_signature
-
-        import mnist_mlp
 
         classifier.eval()
         with torch.no_grad():
@@ -195,8 +213,52 @@ class Run:
             name="model",
             signature=infer_signature(input_example, output),
             input_example=input_example,
+            # explicit: MLflow falls back to pickle on Databricks stores
+            serialization_format="pt2",
             # pinned here, so MLflow does not spend seconds inferring them
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"],
-            code_paths=[str(Path(mnist_mlp.__file__).parent)],
         )
         return info.model_uri
+
+
+# MLflow 3.17 unpickles by default: a pickled model, and the weights inside a pt2 archive.
+# With this it refuses the first and loads the second only after checking it holds no pickle.
+NO_PICKLE_ENV = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class ModelURIError(UserError, ValueError):
+    """An MLflow model that cannot be loaded; the message names the URI and why."""
+
+
+def load_pixel_classifier(model_uri: str):
+    """The logged pixels -> probabilities module of `model_uri` (runs:/..., models:/..., a folder).
+
+    Never unpickles, whatever MLFLOW_ALLOW_PICKLE_DESERIALIZATION says: a pickled model is
+    refused; a pt2 model (what `log_model` writes) loads once its archive is found pickle-free.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    # a progress bar per download would bury predict's one-line-per-file output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        with _environment(NO_PICKLE_ENV):
+            return mlflow.pytorch.load_model(model_uri)
+    except (MlflowException, OSError, RuntimeError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({reason})") from None

@@ -35,6 +35,15 @@ def seed_everything(seed: int, device: torch.device) -> None:
     if device.type == "cpu":
         # identical params + seed give identical weights on the same CPU
         torch.use_deterministic_algorithms(True)
+        # ... without its NaN-filling of every new tensor (~11 fills per step): our kernels
+        # write every element they allocate, and the fills cost time, not determinism
+        torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def seeded_model(params: TrainParams, device: torch.device) -> MLP:
+    """The MLP with its initial weights drawn from train.seed: `fit` seeds only after the model exists."""
+    seed_everything(params.seed, device)
+    return MLP(params.hidden_sizes, params.activation, params.dropout)
 
 
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -125,12 +134,13 @@ def fit(
             batches = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", leave=False, unit="batch")
         for step in batches:
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
-            inputs, labels = x_train[idx], y_train[idx]  # (B, 784), (B,)
+            # index_select: ~4x cheaper than x_train[idx] (advanced indexing) on the CPU
+            inputs, labels = x_train.index_select(0, idx), y_train.index_select(0, idx)  # (B, 784), (B,)
 
             # forward
             logits = model(inputs)  # (B, 10)
             loss = compute_loss(logits, labels, params.loss)
-            if check_every_step and not torch.isfinite(loss):
+            if check_every_step and not math.isfinite(loss.item()):
                 raise _non_finite(loss, epoch, step + 1, params.lr)
 
             # backward and update
@@ -141,8 +151,8 @@ def fit(
                 schedule.step()
 
             # running train metrics, kept on the device (no host sync per step)
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
+            loss_sum.add_(loss.detach(), alpha=len(idx))
+            correct.add_((logits.detach().argmax(dim=1) == labels).sum())
 
         train_loss = float(loss_sum) / n
         if not math.isfinite(train_loss):
@@ -176,7 +186,7 @@ def fit(
 
 def _non_finite(loss: torch.Tensor, epoch: int, step: int, lr: float) -> TrainingError:
     return TrainingError(
-        f"loss became {float(loss)} at epoch {epoch}, step {step}; training stopped. "
+        f"loss became {float(loss.detach())} at epoch {epoch}, step {step}; training stopped. "
         f"Hint: lower train.lr (now {lr}) or use a schedule with warm-up (onecycle)."
     )
 

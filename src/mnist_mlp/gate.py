@@ -1,0 +1,296 @@
+"""The metric gate: reports/metrics.json against a baseline, under the rules in metrics_rules.yaml.
+
+`dvc metrics diff` shows differences but always exits 0; this turns them into a verdict.
+A rule names a metric by its dotted path in metrics.json (`test.accuracy`; `*` stands for
+every key at one level, `test.per_class.*.recall`) and sets what counts as worse:
+
+    better: higher | lower     the direction of improvement (needed for a baseline comparison)
+    abs_tolerance: 0.002       a worse value passes while the change stays within
+    rel_tolerance: 0.1         max(abs_tolerance, rel_tolerance * |baseline|); none given = 0
+    floor: 0.984               the value must be >= floor, baseline or not
+    ceiling: 0.1               the value must be <= ceiling
+
+The baseline is the metrics file as committed at a git revision (default `main`), or a file.
+With no baseline yet (the first commit) only floors and ceilings apply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mnist_mlp.errors import UserError
+
+WILDCARD = "*"
+
+
+class GateError(UserError, ValueError):
+    """A metrics, baseline or rules file the gate cannot use."""
+
+
+class MetricsRegressed(UserError):
+    """The new metrics broke a rule; the message names each broken one."""
+
+
+class MetricRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    better: Optional[Literal["higher", "lower"]] = None
+    abs_tolerance: Optional[float] = Field(default=None, ge=0)
+    rel_tolerance: Optional[float] = Field(default=None, ge=0)
+    floor: Optional[float] = None
+    ceiling: Optional[float] = None
+
+    @field_validator("abs_tolerance", "rel_tolerance", "floor", "ceiling", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, value: Any) -> Any:
+        # YAML reads `floor: 1` as an int; strict mode would refuse it as a float.
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MetricRule":
+        if self.better is None and (self.abs_tolerance is not None or self.rel_tolerance is not None):
+            raise ValueError("a tolerance needs 'better: higher' or 'better: lower'")
+        if self.better is None and self.floor is None and self.ceiling is None:
+            raise ValueError("a rule needs 'better' (compare with the baseline), 'floor' or 'ceiling'")
+        if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
+            raise ValueError(f"floor {self.floor} is above ceiling {self.ceiling}")
+        return self
+
+    def allowed_worsening(self, baseline: float) -> float:
+        return max(self.abs_tolerance or 0.0, (self.rel_tolerance or 0.0) * abs(baseline))
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    metrics: dict[str, MetricRule] = Field(min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _paths(cls, metrics: dict[str, MetricRule]) -> dict[str, MetricRule]:
+        for path in metrics:
+            parts = path.split(".")
+            if any(not part or (WILDCARD in part and part != WILDCARD) for part in parts):
+                raise ValueError(
+                    f"bad metric path {path!r}: expected dotted keys such as test.accuracy, "
+                    f"'{WILDCARD}' standing alone for every key at one level"
+                )
+        return metrics
+
+
+def load_rules(path: str | Path) -> Rules:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise GateError(f"{path}: rules file not found") from None
+    except yaml.YAMLError as exc:
+        raise GateError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    try:
+        return Rules.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        problems = [
+            f"{path}: {'.'.join(str(part) for part in error['loc']) or 'top level'}: "
+            f"{error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors()
+        ]
+        raise GateError("\n".join(problems)) from None
+
+
+def parse_metrics(text: str, source: str) -> dict:
+    try:
+        metrics = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GateError(f"{source}: not valid JSON ({exc}); expected the metrics written by the evaluate stage") from None
+    if not isinstance(metrics, dict):
+        raise GateError(f"{source}: expected a JSON object of metrics, got {type(metrics).__name__}")
+    return metrics
+
+
+def load_metrics(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise GateError(f"{path}: metrics file not found; run `dvc repro` (or `make repro`) first") from None
+    return parse_metrics(text, str(path))
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise GateError("git not found on PATH; install git or pass --baseline FILE") from None
+
+
+def read_baseline_from_git(rev: str, metrics_path: str | Path) -> tuple[Optional[dict], str]:
+    """(metrics committed at `rev`, "rev:path"); None when there are none yet (no commits, or not in `rev`)."""
+    path = Path(metrics_path).resolve()
+    folder = path.parent if path.parent.is_dir() else Path.cwd()
+    top = _git(["rev-parse", "--show-toplevel"], folder)
+    if top.returncode != 0:
+        raise GateError(f"{folder}: not inside a git repository; pass --baseline FILE to compare with a file")
+    try:
+        relative = path.relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+    except ValueError:
+        raise GateError(f"{path}: outside the git repository {top.stdout.strip()}; pass --baseline FILE") from None
+    source = f"{rev}:{relative}"
+    if _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], folder).returncode != 0:
+        if _git(["rev-parse", "--verify", "--quiet", "HEAD"], folder).returncode != 0:
+            return None, source  # a repository without commits: nothing to compare with yet
+        raise GateError(f"unknown git revision {rev!r}; pass --baseline-rev with a branch, tag or commit (e.g. origin/main)")
+    shown = _git(["show", source], folder)
+    if shown.returncode != 0:
+        return None, source  # the file is not committed at that revision yet
+    return parse_metrics(shown.stdout, source), source
+
+
+def _sort_key(key: str) -> tuple:
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+def expand(pattern: str, metrics: dict, source: str) -> dict[str, float]:
+    """Concrete dotted names and their values for one rule's path; a missing metric is an error."""
+    found: dict[str, Any] = {"": metrics}
+    for part in pattern.split("."):
+        step: dict[str, Any] = {}
+        for prefix, node in found.items():
+            where = prefix or "the top level"
+            if not isinstance(node, dict):
+                raise GateError(f"{source}: no metric '{pattern}' ({where} is a value, not an object)")
+            keys = sorted(node, key=_sort_key) if part == WILDCARD else [part]
+            if part == WILDCARD and not keys:
+                raise GateError(f"{source}: no metric '{pattern}' ({where} is empty)")
+            for key in keys:
+                if key not in node:
+                    raise GateError(f"{source}: no metric '{pattern}' (no key '{key}' under {where})")
+                step[f"{prefix}.{key}" if prefix else key] = node[key]
+        found = step
+    for name, value in found.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise GateError(f"{source}: metric '{name}' is {value!r}, expected a finite number")
+    return {name: float(value) for name, value in found.items()}
+
+
+def lookup(name: str, metrics: dict) -> Optional[float]:
+    node: Any = metrics
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        return None
+    return float(node)
+
+
+@dataclass
+class Row:
+    metric: str
+    baseline: Optional[float]
+    new: float
+    verdict: str = "ok"
+    failures: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[str]:
+        if self.baseline is None:
+            return [self.metric, "—", f"{self.new:.4f}", "—", self.verdict]
+        change = self.new - self.baseline
+        relative = f" ({change / abs(self.baseline):+.2%})" if self.baseline else ""
+        return [self.metric, f"{self.baseline:.4f}", f"{self.new:.4f}", f"{change:+.4f}{relative}", self.verdict]
+
+
+def _exceeds(amount: float, limit: float) -> bool:
+    # 0.9857 - 0.9837 is 0.0020000000000000018 in floats: exactly at the tolerance still passes
+    return amount > limit and not math.isclose(amount, limit, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def judge(name: str, rule: MetricRule, new: float, baseline: Optional[float], new_metric: bool = False) -> Row:
+    """`new_metric`: the baseline file exists but lacks this metric, so only bounds apply."""
+    row = Row(name, baseline, new)
+    notes = ["new metric, not in the baseline"] if new_metric else []
+    if rule.better is not None and baseline is not None:
+        worse_by = (baseline - new) if rule.better == "higher" else (new - baseline)
+        allowed = rule.allowed_worsening(baseline)
+        if _exceeds(worse_by, allowed):
+            notes.append(f"REGRESSION: worse by {worse_by:.4f}, tolerance {allowed:.4f}")
+            row.failures.append(
+                f"{name} regressed: {baseline:.4f} -> {new:.4f} (worse by {worse_by:.4f}, tolerance {allowed:.4f})"
+            )
+        elif worse_by < 0:
+            notes.append("better")
+        elif worse_by > 0:
+            notes.append(f"ok (worse by {worse_by:.4f}, within {allowed:.4f})")
+    if rule.floor is not None and new < rule.floor:
+        notes.append(f"BELOW FLOOR {rule.floor:g}")
+        row.failures.append(f"{name} is {new:.4f}, below its floor {rule.floor:g}")
+    if rule.ceiling is not None and new > rule.ceiling:
+        notes.append(f"ABOVE CEILING {rule.ceiling:g}")
+        row.failures.append(f"{name} is {new:.4f}, above its ceiling {rule.ceiling:g}")
+    row.verdict = "; ".join(notes) or "ok"
+    if row.failures:
+        row.verdict = f"**{row.verdict}**"
+    return row
+
+
+def compare(rules: Rules, metrics: dict, baseline: Optional[dict], source: str = "metrics") -> list[Row]:
+    """One row per concrete metric, in rules order; every metric a rule names must be in `metrics`."""
+    rows = []
+    for pattern, rule in rules.metrics.items():
+        for name, value in expand(pattern, metrics, source).items():
+            old = lookup(name, baseline) if baseline is not None else None
+            rows.append(judge(name, rule, value, old, new_metric=baseline is not None and old is None))
+    return rows
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| metric | baseline | new | change | verdict |", "|---|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class GateReport:
+    metrics_source: str
+    baseline_source: str
+    has_baseline: bool
+    rows: list[Row]
+
+    @property
+    def failures(self) -> list[str]:
+        return [failure for row in self.rows for failure in row.failures]
+
+    def markdown(self) -> str:
+        if self.has_baseline:
+            against = f"against `{self.baseline_source}`"
+        else:
+            against = f"no baseline yet (`{self.baseline_source}` does not exist): only floors and ceilings apply"
+        if self.failures:
+            outcome = f"**FAIL**: {len(self.failures)} broken rule(s) in {len(self.rows)} metrics"
+        else:
+            outcome = f"**PASS**: {len(self.rows)} metrics, no regression, every floor and ceiling held"
+        return "\n".join([f"### Metric gate: `{self.metrics_source}`, {against}", "", markdown_table(self.rows), "", outcome])
+
+
+def run_gate(
+    metrics_path: str | Path,
+    rules_path: str | Path,
+    baseline_path: Optional[str | Path] = None,
+    baseline_rev: str = "main",
+) -> GateReport:
+    """Load everything, refuse unusable input, and judge every metric the rules name."""
+    rules = load_rules(rules_path)
+    metrics = load_metrics(metrics_path)
+    if baseline_path is not None:
+        baseline, baseline_source = load_metrics(baseline_path), str(baseline_path)
+    else:
+        baseline, baseline_source = read_baseline_from_git(baseline_rev, metrics_path)
+    rows = compare(rules, metrics, baseline, str(metrics_path))
+    return GateReport(str(metrics_path), baseline_source, baseline is not None, rows)

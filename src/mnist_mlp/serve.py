@@ -1,0 +1,41 @@
+"""Serving the evaluated model over REST with `mlflow models serve`.
+
+The served model is the PixelClassifier the evaluate stage logged: POST
+{"inputs": [[784 pixel values in [0, 1], row by row, light digit on black], ...]}
+to /invocations and get {"predictions": [[10 probabilities], ...]}.
+`mnist_mlp.predict.image_pixels` turns an image file into such a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mnist_mlp.errors import UserError
+
+DEFAULT_PORT = 5001  # 5000 is the MLflow UI's
+
+
+class ServeError(UserError, ValueError):
+    """No model to serve; the message says where it was looked for."""
+
+
+def default_model_uri(metrics_path: str | Path) -> str:
+    """`runs:/<id>/model` of the run recorded in reports/metrics.json by the evaluate stage."""
+    metrics_path = Path(metrics_path)
+    try:
+        run_id = json.loads(metrics_path.read_text())["mlflow_run_id"]
+    except FileNotFoundError:
+        raise ServeError(f"{metrics_path}: not found; run `dvc repro` first, or pass --model-uri runs:/<run id>/model") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ServeError(f"{metrics_path}: no mlflow_run_id; expected the evaluate stage's metrics.json") from None
+    return f"runs:/{run_id}/model"
+
+
+def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
+    # this interpreter's mlflow, and --env-manager local: no virtualenv built per model
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+        "--env-manager", "local", "-h", host, "-p", str(port),
+    ]  # fmt: skip

@@ -1,0 +1,23 @@
+"""Helpers shared by the sweep and browser tests: a real queued sweep, the runs in a store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+
+from conftest import BIN, run
+
+
+def run_sweep(repo: Path, activations: list[str], dropouts: list[str], *extra: str) -> str:
+    """`mnist-mlp sweep` for real (dvc exp run --queue, dvc queue start -j 2); return its output."""
+    command = [str(BIN / "mnist-mlp"), "sweep", "--activations", *activations, "--dropouts", *dropouts,
+               "--jobs", "2", "--poll", "2", *extra]  # fmt: skip
+    return run(command, repo).stdout
+
+
+def sweep_runs(sweep_id: str) -> list:
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("mnist-mlp")
+    return client.search_runs([experiment.experiment_id], f"tags.sweep_id = '{sweep_id}'", max_results=1000)

@@ -1,0 +1,139 @@
+"""params.py: every bad key fails before any work, naming the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnist_mlp.params import Params, ParamsError, flatten, load_params, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ParamsError) as caught:
+        validate_params(raw, source="params.yaml")
+    return str(caught.value)
+
+
+def test_defaults_are_valid_and_match_params_yaml():
+    defaults = validate_params({})
+    assert defaults == Params()
+    assert defaults.train.hidden_sizes == [512, 512]
+    # the shipped params.yaml is valid and spells out every default
+    shipped = load_params(ROOT / "params.yaml")
+    assert shipped.model_dump() == defaults.model_dump()
+
+
+def test_presets_are_valid():
+    presets = sorted((ROOT / "params").glob("*.yaml"))
+    assert presets, "params/ holds at least the tutorial preset"
+    for preset in presets:
+        validate_params(yaml.safe_load(preset.read_text()), source=str(preset))
+
+
+def test_misspelled_key_names_the_key_and_suggests_the_right_one():
+    message = error_of({"train": {"dropuot": 0.1}})
+    assert "'train.dropuot'" in message
+    assert "did you mean 'train.dropout'" in message
+    assert message.startswith("params.yaml: ")
+
+
+def test_misspelled_section_is_suggested():
+    assert "did you mean 'train'" in error_of({"trian": {"epochs": 1}})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "allowed"),
+    [
+        ("train", "dropout", 1.5, "< 1.0"),
+        ("train", "dropout", -0.1, ">= 0.0"),
+        ("train", "activation", "foo", "relu, tanh, sigmoid, gelu, leaky_relu"),
+        ("train", "lr", -1, "> 0"),
+        ("train", "lr", 0, "> 0"),
+        ("train", "optimizer", "adagrad", "sgd, rmsprop, adam, adamw"),
+        ("train", "schedule", "step", "none, cosine, onecycle"),
+        ("train", "loss", "hinge", "cross_entropy, mse"),
+        ("train", "device", "tpu", "auto, cpu, cuda"),
+        ("train", "epochs", 0, "> 0"),
+        ("train", "batch_size", -8, "> 0"),
+        ("preprocess", "normalization", "zscore", "standardize, max, tutorial"),
+        ("preprocess", "val_size", 60000, "<= 59999"),
+        ("evaluate", "gallery_size", 0, ">= 1"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_what_is_allowed(section, key, value, allowed):
+    message = error_of({section: {key: value}})
+    assert f"'{section}.{key}'" in message
+    assert "; allowed: " in message and allowed in message.split("; allowed: ")[1]
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("epochs", "ten", "valid integer"),
+        ("epochs", 2.5, "valid integer"),
+        ("batch_size", True, "valid integer"),
+        ("dropout", "0.5", "valid number"),
+        ("hidden_sizes", "512", "valid list"),
+        ("hidden_sizes", [512.0], "valid integer"),
+        ("activation", 3, "relu"),
+    ],
+)
+def test_wrong_types_name_the_key(key, value, expected):
+    message = error_of({"train": {key: value}})
+    assert f"'train.{key}'" in message
+    assert expected in message
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [512, -1]])
+def test_empty_or_non_positive_hidden_sizes_fail(sizes):
+    message = error_of({"train": {"hidden_sizes": sizes}})
+    assert "'train.hidden_sizes'" in message
+    assert "at least 1 item" in message or "positive integer" in message
+
+
+def test_yaml_ints_are_accepted_where_floats_are_expected():
+    params = validate_params({"train": {"lr": 1, "dropout": 0, "weight_decay": 0}})
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+    assert params.train.dropout == 0.0
+
+
+def test_every_bad_key_is_reported_once_per_line():
+    message = error_of({"train": {"dropout": 2.0, "lr": -1}})
+    lines = message.splitlines()
+    assert len(lines) == 2
+    assert any("'train.dropout'" in line for line in lines)
+    assert any("'train.lr'" in line for line in lines)
+
+
+def test_not_a_mapping_is_refused():
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        validate_params([1, 2], source="x.yaml")
+
+
+def test_load_params_reports_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match=f"{broken}: not valid YAML"):
+        load_params(broken)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  dropuot: 0.3\n")
+    with pytest.raises(ParamsError, match=f"^{bad}: unknown key 'train.dropuot'"):
+        load_params(bad)
+
+
+def test_flatten_makes_train_keys_plain_columns_and_others_dotted():
+    flat = flatten(validate_params({"train": {"activation": "tanh", "dropout": 0.5}}))
+    assert flat["activation"] == "tanh"
+    assert flat["dropout"] == 0.5
+    assert flat["hidden_sizes"] == [512, 512]
+    assert flat["preprocess.normalization"] == "standardize"
+    assert flat["tracking.experiment"] == "mnist-mlp"
+    assert not any(key.startswith("download") for key in flat)
+    assert "train.dropout" not in flat

@@ -1,0 +1,94 @@
+"""The model the pipeline logs to MLflow, served by `mlflow models serve`, answers like `predict`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BIN, run
+from digit_images import write_styled_digits
+from mnist_mlp.predict import image_pixels
+
+pytestmark = pytest.mark.slow  # a pipeline run, then a server start: about a minute here
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(port: int, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def wait_until_up(server: subprocess.Popen, port: int, log: Path, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    raise AssertionError(f"server not up after {seconds} s:\n{log.read_text()}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """The server and the uvicorn worker it starts share the session we gave it."""
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
+    run([str(BIN / "dvc"), "repro", "-q"], project)
+    # logged as a torch.export program: serving never unpickles code
+    assert list(project.glob("mlartifacts/**/data/model.pt2")) and not list(project.glob("mlartifacts/**/model.pth"))
+
+    images = list(write_styled_digits(tmp_path / "digits"))[::5]  # ten: every digit, every style
+    local = run([str(BIN / "mnist-mlp"), "predict", "--json", "--top-k", "10", *map(str, images)], project)
+    expected = np.zeros((len(images), 10))
+    for row, entry in enumerate(json.loads(local.stdout)["predictions"]):
+        for item in entry["top_k"]:
+            expected[row, item["label"]] = item["probability"]
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as output:
+        # `make serve` runs this: the model of reports/metrics.json's run, from the fixture's store
+        server = subprocess.Popen(
+            [str(BIN / "mnist-mlp"), "serve", "--port", str(port)],
+            cwd=project, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until_up(server, port, log)
+        pixels = np.stack([image_pixels(path) for path in images])
+        served = np.array(post(port, {"inputs": pixels.tolist()})["predictions"])
+        assert served.shape == (len(images), 10)
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+        assert served.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
+        one = np.array(post(port, {"inputs": pixels[:1].tolist()})["predictions"])  # batch size is free
+        np.testing.assert_allclose(one, expected[:1], atol=1e-5)
+    finally:
+        stop(server)
+    assert server.returncode is not None

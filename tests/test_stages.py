@@ -1,0 +1,142 @@
+"""The four stage scripts, each a subprocess as DVC runs it, on tiny synthetic MNIST."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, TINY_PARAMS, _checksum_file, merge, run, write_tiny_mnist
+
+RAW_FILES = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+STAGES = {
+    "download": ["--out", "data/raw"],
+    "preprocess": ["--raw", "data/raw", "--out", "data/processed"],
+    "train": ["--data", "data/processed", "--model", "models/model.pt", "--log", "reports/training_log.csv"],
+    "evaluate": ["--model", "models/model.pt", "--test", "data/processed/test.pt", "--reports", "reports"],
+}
+
+
+def stage(name: str, workdir: Path, env: dict, check: bool = True, params: str = "params.yaml"):
+    return run([sys.executable, str(ROOT / "stages" / f"{name}.py"), "--params", params, *STAGES[name]], workdir, env, check)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, empty_mlflow_db):
+    """A work folder after download -> preprocess -> train -> evaluate, with the outputs of each."""
+    base = tmp_path_factory.mktemp("stages")
+    workdir = base / "work"
+    workdir.mkdir()
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    mirror = write_tiny_mnist(base / "mirror")
+    (base / "store").mkdir()
+    shutil.copy(empty_mlflow_db, base / "store" / "mlflow.db")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "MNIST_MIRROR": str(mirror),
+        "MNIST_CHECKSUMS": str(_checksum_file(mirror, base / "checksums.yaml")),
+        "MNIST_OFFICIAL_MIRRORS": "none",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'store' / 'mlflow.db'}",
+        "OMP_NUM_THREADS": "1",
+    }
+    for key in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        env.pop(key, None)
+    outputs = {name: stage(name, workdir, env).stdout for name in STAGES}
+    return workdir, env, outputs
+
+
+def test_download_writes_the_four_verified_files(pipeline):
+    workdir, _, outputs = pipeline
+    assert sorted(p.name for p in (workdir / "data" / "raw").iterdir()) == RAW_FILES
+    assert outputs["download"].count("verified") == 4
+    assert (workdir / "data" / "raw" / "train-images-idx3-ubyte").read_bytes()[:4] == b"\x00\x00\x08\x03"
+
+
+def test_preprocess_writes_three_splits(pipeline):
+    workdir, _, outputs = pipeline
+    sizes = {}
+    for split in ("train", "val", "test"):
+        blob = torch.load(workdir / "data" / "processed" / f"{split}.pt", weights_only=True)
+        sizes[split] = len(blob["labels"])
+    assert sizes == {"train": 500, "val": 100, "test": 200}
+    assert "standardize normalization" in outputs["preprocess"]
+    assert "train 500, val 100, test 200" in outputs["preprocess"]
+
+
+def test_train_writes_the_model_and_one_log_row_per_epoch(pipeline):
+    workdir, _, outputs = pipeline
+    checkpoint = torch.load(workdir / "models" / "model.pt", weights_only=True)
+    assert checkpoint["architecture"]["hidden_sizes"] == [32]
+    assert checkpoint["params"]["train"]["epochs"] == 2
+    assert "784-32-10 relu MLP, 25,450 parameters, on cpu" in outputs["train"]
+    with open(workdir / "reports" / "training_log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"} <= set(rows[0])
+    assert checkpoint["info"]["best_val_accuracy"] == max(float(row["val_accuracy"]) for row in rows)
+
+
+def test_evaluate_writes_metrics_predictions_and_figures(pipeline):
+    workdir, _, outputs = pipeline
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    assert 0.9 <= metrics["test"]["accuracy"] <= 1.0  # the synthetic digits are easy
+    assert set(metrics["test"]["per_class"]) == {str(c) for c in range(10)}
+    assert metrics["train"]["epochs"] == 2
+    assert f"test accuracy {metrics['test']['accuracy']:.4f}" in outputs["evaluate"]
+
+    with open(workdir / "reports" / "predictions.csv", newline="") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 200 and set(predictions[0]) == {"actual", "predicted"}
+    correct = sum(row["actual"] == row["predicted"] for row in predictions)
+    assert correct / 200 == pytest.approx(metrics["test"]["accuracy"])
+
+    for name in ("confusion_matrix.png", "misclassified.png"):
+        figure = workdir / "reports" / "figures" / name
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 1000
+
+
+def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline):
+    workdir, env, _ = pipeline
+    metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    checkpoint = torch.load(workdir / "models" / "model.pt", weights_only=True)
+    assert metrics["mlflow_run_id"] == checkpoint["info"]["mlflow_run_id"]
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    logged = client.get_run(metrics["mlflow_run_id"])
+    assert logged.info.status == "FINISHED"
+    assert logged.info.run_name == "workspace"
+    assert logged.data.params["hidden_sizes"] == "[32]" and logged.data.params["dropout"] == "0.2"
+    assert logged.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_accuracy")] == [1, 2]
+    figures = {a.path for a in client.list_artifacts(logged.info.run_id, "figures")}
+    assert figures == {"figures/confusion_matrix.png", "figures/misclassified.png"}
+
+
+def test_a_bad_param_stops_the_train_stage_with_one_line_and_no_model(pipeline, tmp_path):
+    workdir, env, _ = pipeline
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["train"]["dropuot"] = 0.5
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    result = run(
+        [sys.executable, str(ROOT / "stages" / "train.py"), "--params", str(tmp_path / "bad.yaml"),
+         "--data", str(workdir / "data" / "processed"), "--model", str(out / "model.pt"), "--log", str(out / "log.csv")],
+        workdir, env, check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("train: error: ")
+    assert "unknown key 'train.dropuot'; did you mean 'train.dropout'?" in lines[0]
+    assert not out.exists()
+
