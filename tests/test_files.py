@@ -74,3 +74,17 @@ def test_md5_of_matches_hashlib_across_chunks(tmp_path):
     payload = bytes(range(256)) * 9000  # over the 1 MiB read size
     (tmp_path / "blob").write_bytes(payload)
     assert files.md5_of(tmp_path / "blob") == hashlib.md5(payload).hexdigest()
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    from mnist_mlp import files
+
+    old = os.umask(0o022)
+    try:
+        files.write_text(tmp_path / "report.md", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
