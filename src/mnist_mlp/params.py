@@ -59,6 +59,7 @@ class TrainParams(_Section):
     activation: Activation = "relu"
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     loss: Loss = "cross_entropy"
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     optimizer: Optimizer = "adamw"
     lr: float = Field(default=0.002, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
@@ -76,7 +77,7 @@ class TrainParams(_Section):
             raise ValueError("every hidden size must be a positive integer")
         return sizes
 
-    @field_validator("dropout", "lr", "momentum", "weight_decay", mode="before")
+    @field_validator("dropout", "label_smoothing", "lr", "momentum", "weight_decay", mode="before")
     @classmethod
     def _int_is_a_float(cls, value: Any) -> Any:
         # YAML reads `lr: 1` as an int; strict mode would refuse it as a float.

@@ -67,11 +67,11 @@ def make_schedule(optimizer: torch.optim.Optimizer, params: TrainParams, total_s
     return None
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str, label_smoothing: float = 0.0) -> torch.Tensor:
     if kind == "mse":  # the lecture's backpropagation section: squared error against one-hot targets
         targets = nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)  # (B, 10)
         return nn.functional.mse_loss(torch.softmax(logits, dim=1), targets)
-    return nn.functional.cross_entropy(logits, labels)
+    return nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
 @torch.inference_mode()
@@ -139,7 +139,7 @@ def fit(
 
             # forward
             logits = model(inputs)  # (B, 10)
-            loss = compute_loss(logits, labels, params.loss)
+            loss = compute_loss(logits, labels, params.loss, params.label_smoothing)
             if check_every_step and not math.isfinite(loss.item()):
                 raise _non_finite(loss, epoch, step + 1, params.lr)
 
