@@ -59,7 +59,7 @@ class TrainParams(_Section):
     activation: Activation = "relu"
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     loss: Loss = "cross_entropy"
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
     optimizer: Optimizer = "adamw"
     lr: float = Field(default=0.002, gt=0.0)
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
