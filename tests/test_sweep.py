@@ -97,3 +97,22 @@ def test_a_queued_sweep_logs_every_run_once_to_the_workspace_store(project: Path
     run([str(BIN / "dvc"), "plots", "diff", *names, "-o", str(tmp_path / "plots")], project)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert all(name in page for name in names) and "val_accuracy" in page
+
+
+def test_wait_starts_workers_again_when_they_exit_with_experiments_still_queued():
+    from mnist_mlp.sweep import wait
+
+    # what `dvc queue status` reported after a `dvc queue stop` had left its shutdown behind
+    script = iter(
+        [
+            ({"a": "Success", "b": "Queued"}, (0, 0)),
+            ({"a": "Success", "b": "Queued"}, (0, 0)),
+            ({"a": "Success", "b": "Running"}, (1, 0)),
+            ({"a": "Success", "b": "Success"}, (0, 1)),
+        ]
+    )
+    restarts = []
+    outcome = wait(Path("."), ["a", "b"], poll_s=0, status=lambda root: next(script),
+                   restart_workers=lambda: restarts.append(1))
+    assert outcome == {"a": "Success", "b": "Success"}
+    assert restarts == [1]

@@ -209,12 +209,18 @@ def wait(
     names: list[str],
     poll_s: float = 10.0,
     status: Callable[[Path], tuple[dict[str, str], tuple[int, int]]] = queue_status,
+    restart_workers: Optional[Callable[[], None]] = None,
 ) -> dict[str, str]:
-    """Poll the queue until every experiment in `names` succeeded or failed; print each change."""
+    """Poll the queue until every experiment in `names` succeeded or failed; print each change.
+
+    Queue workers can exit with experiments still queued (seen after a `dvc queue stop`:
+    its shutdown message outlives it); then `restart_workers` starts new ones.
+    """
     started = time.monotonic()
     last: dict[str, str] = {}
+    stalled_polls = 0
     while True:
-        statuses, _ = status(root)
+        statuses, workers = status(root)
         current = {name: statuses.get(name, "Missing") for name in names}
         done = sum(state in DONE for state in current.values())
         for name, state in current.items():
@@ -223,6 +229,12 @@ def wait(
         last = current
         if done == len(names):
             return current
+        running = any(state == "Running" for state in current.values())
+        stalled_polls = stalled_polls + 1 if workers == (0, 0) and not running else 0
+        if stalled_polls >= 2 and restart_workers is not None:
+            print("note: no queue worker left with experiments still queued; starting workers again", flush=True)
+            restart_workers()
+            stalled_polls = 0
         time.sleep(poll_s)
 
 
@@ -252,6 +264,10 @@ def run_sweep(
     if jobs < 1:
         raise SweepError(f"--jobs {jobs}: expected 1 or more queue workers")
     experiment_id = tracking.ensure_experiment(experiment)
+    if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "params.yaml"], cwd=root).returncode == 1:
+        # e.g. left behind by a `dvc exp run` in the workspace: DVC queues the workspace as it is
+        print("note: params.yaml differs from HEAD; every queued experiment starts from it "
+              "(`git checkout params.yaml && dvc checkout` to sweep from the committed params)", flush=True)
     print(f"sweep {sweep.sweep_id}: {len(sweep.settings)} experiments, {jobs} worker(s); "
           f"MLflow store {tracking.tracking_uri()}, experiment '{experiment}' (id {experiment_id})", flush=True)
     queue(root, sweep, force=force)
@@ -262,7 +278,11 @@ def run_sweep(
         "MNIST_MLP_SWEEP_ID": sweep.sweep_id,
     }
     start_workers(root, jobs, env)
-    outcome = wait(root, sweep.names(), poll_s=poll_s)
+
+    def restart_workers() -> None:
+        _dvc(root, ["queue", "start", "-j", str(jobs)], env={**os.environ, **env})
+
+    outcome = wait(root, sweep.names(), poll_s=poll_s, restart_workers=restart_workers)
     failed = [name for name, state in outcome.items() if state != "Success"]
     if failed:
         raise SweepError(
