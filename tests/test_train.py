@@ -43,7 +43,7 @@ def accuracy(model: MLP, split: Split) -> float:
 
 def test_a_small_batch_is_overfit():
     batch = split_of(32, seed=5)
-    params = small(optimizer="adam", schedule="none", batch_size=32, epochs=60, weight_decay=0.0)
+    params = small(optimizer="adam", schedule="none", batch_size=32, epochs=60, weight_decay=0.0, label_smoothing=0.0)
     result = fit(MLP([64]), batch, batch, params, CPU)
     last = result.history[-1]
     assert last["train_loss"] < 0.01
@@ -149,3 +149,12 @@ def test_same_seed_gives_identical_weights_on_cpu():
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = train_once(small(epochs=2, dropout=0.3, seed=8))
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_label_smoothing_moves_the_cross_entropy_target_off_the_one_hot():
+    logits = torch.tensor([[10.0, 0.0, 0.0]])
+    plain = compute_loss(logits, torch.tensor([0]), "cross_entropy")
+    smoothed = compute_loss(logits, torch.tensor([0]), "cross_entropy", label_smoothing=0.3)
+    expected = 0.8 * -torch.log_softmax(logits, dim=1)[0, 0] + 0.1 * -torch.log_softmax(logits, dim=1)[0, 1:].sum()
+    torch.testing.assert_close(smoothed, expected)
+    assert smoothed > plain
