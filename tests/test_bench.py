@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_mlp import bench
 from mnist_mlp.data import preprocess
-from mnist_mlp.params import TrainParams, validate_params
+from mnist_mlp.params import TrainParams, apply_preset, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"hidden_sizes": [16, 8], "batch_size": 50, "epochs": 1, "lr": 0.01, "device": "cpu"}
@@ -68,18 +68,8 @@ def test_matmul_rate_is_a_positive_flop_rate():
     assert rates["first_layer_shape"] == "8x784x16"
 
 
-def test_preset_is_laid_over_the_params(tmp_path: Path):
-    base = validate_params(tiny_params())
-    preset = tmp_path / "fast.yaml"
-    preset.write_text(yaml.safe_dump({"train": {"batch_size": 25, "lr": 0.02}}))
-    merged = bench.preset_params(base, preset)
-    assert (merged.train.batch_size, merged.train.lr, merged.train.hidden_sizes) == (25, 0.02, [16, 8])
-    with pytest.raises(bench.BenchError, match="nope.yaml: preset not found"):
-        bench.preset_params(base, tmp_path / "nope.yaml")
-
-
 def test_the_shipped_fast_preset_is_valid_and_short():
-    fast = bench.preset_params(validate_params({}), ROOT / "params" / "fast.yaml")
+    fast = apply_preset(validate_params({}), ROOT / "params" / "fast.yaml")
     assert fast.train.epochs < validate_params({}).train.epochs
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_mlp.params import Params, ParamsError, flatten, load_params, validate_params
+from mnist_mlp.params import Params, ParamsError, apply_preset, flatten, load_params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,3 +137,13 @@ def test_flatten_makes_train_keys_plain_columns_and_others_dotted():
     assert flat["tracking.experiment"] == "mnist-mlp"
     assert not any(key.startswith("download") for key in flat)
     assert "train.dropout" not in flat
+
+
+def test_preset_is_laid_over_the_params(tmp_path: Path):
+    base = validate_params({"train": {"hidden_sizes": [16, 8]}})
+    preset = tmp_path / "fast.yaml"
+    preset.write_text(yaml.safe_dump({"train": {"batch_size": 25, "lr": 0.02}}))
+    merged = apply_preset(base, preset)
+    assert (merged.train.batch_size, merged.train.lr, merged.train.hidden_sizes) == (25, 0.02, [16, 8])
+    with pytest.raises(ParamsError, match="nope.yaml: preset not found"):
+        apply_preset(base, tmp_path / "nope.yaml")

@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
-import yaml
 from torch import nn
 
 from mnist_mlp import files
 from mnist_mlp.data import RAW_FILES, Split, load_split, normalize
 from mnist_mlp.errors import UserError
 from mnist_mlp.model import INPUT_SIZE, NUM_CLASSES
-from mnist_mlp.params import Params, TrainParams, load_params, validate_params
+from mnist_mlp.params import Params, TrainParams, apply_preset, load_params
 from mnist_mlp.project import repo_root, run_cli
 
 TARGET_ACCURACY = 0.98
@@ -319,18 +318,6 @@ def mlflow_costs(workdir: Path, params: Params, epochs: int, classifier: nn.Modu
 # --- the whole benchmark ------------------------------------------------------------------
 
 
-def preset_params(base: Params, preset_file: Path) -> Params:
-    """params.yaml with a preset's keys laid over it, as `dvc exp run $(mnist-mlp preset NAME)` does."""
-    try:
-        overrides = yaml.safe_load(preset_file.read_text()) or {}
-    except FileNotFoundError:
-        raise BenchError(f"{preset_file}: preset not found") from None
-    merged = base.model_dump()
-    for section, values in overrides.items():
-        merged.setdefault(section, {}).update(values or {})
-    return validate_params(merged, source=str(preset_file))
-
-
 def peak_memory(device: torch.device) -> dict:
     memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.type == "cuda":
@@ -530,7 +517,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     params = load_params(args.params)
     report = run_benchmark(
-        args.raw, args.data, params, preset_params(params, args.fast), repeats=args.repeats,
+        args.raw, args.data, params, apply_preset(params, args.fast), repeats=args.repeats,
         stage_params_file=None if args.no_stage else args.params, device_choice=args.device,
     )
     files.write_json(args.out / "benchmarks.json", report)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_mlp.params import ParamsError, validate_params
+from mnist_mlp.params import ParamsError, read_preset, validate_params
 from mnist_mlp.project import repo_root, run_cli
 
 
@@ -18,8 +18,7 @@ def _preset_overrides(name: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ParamsError(f"{path}: no such preset; available: {', '.join(available) or 'none'}")
-    overrides = yaml.safe_load(path.read_text()) or {}
-    validate_params(overrides, source=str(path))
+    overrides = read_preset(path)
     arguments = []
     for section, values in overrides.items():
         for key, value in values.items():

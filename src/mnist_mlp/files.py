@@ -62,6 +62,19 @@ def save_figure(path: str | Path, figure: Any) -> None:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
 
 
+def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
+    """Parse a YAML file; a missing or broken one raises `error` with one line naming it."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
 def write_csv(path: str | Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])

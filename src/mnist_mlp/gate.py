@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mnist_mlp.errors import UserError
+from mnist_mlp.files import read_yaml
 
 WILDCARD = "*"
 
@@ -88,12 +88,7 @@ class Rules(BaseModel):
 
 def load_rules(path: str | Path) -> Rules:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise GateError(f"{path}: rules file not found") from None
-    except yaml.YAMLError as exc:
-        raise GateError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    raw = read_yaml(path, GateError, "rules file")
     try:
         return Rules.model_validate(raw if raw is not None else {})
     except ValidationError as exc:

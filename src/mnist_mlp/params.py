@@ -11,8 +11,8 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
-import yaml
 from mnist_mlp.errors import UserError
+from mnist_mlp.files import read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Normalization = Literal["standardize", "max", "tutorial"]
@@ -167,14 +167,22 @@ def validate_params(raw: Any, source: str = "params") -> Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; every problem names the file and the key."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return validate_params(raw, source=str(path))
+    return validate_params(read_yaml(path, ParamsError, "params file"), source=str(path))
+
+
+def read_preset(path: str | Path) -> dict:
+    """A preset (params/<name>.yaml): a validated partial params mapping."""
+    overrides = read_yaml(path, ParamsError, "preset") or {}
+    validate_params(overrides, source=str(path))
+    return overrides
+
+
+def apply_preset(base: Params, path: str | Path) -> Params:
+    """`base` with a preset's keys laid over it, as `dvc exp run $(mnist-mlp preset NAME)` does."""
+    merged = base.model_dump()
+    for section, values in read_preset(path).items():
+        merged[section].update(values)
+    return validate_params(merged, source=str(path))
 
 
 def flatten(params: Params) -> dict[str, Any]:

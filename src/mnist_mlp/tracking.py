@@ -121,20 +121,29 @@ def _active(run) -> Iterator["Run"]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def training_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator["Run"]:
-    """Open a run named by the DVC experiment, with all params and tags logged up front."""
+def _start_new_run(experiment_id: str, tags: dict[str, str]):
+    """A run named by the DVC experiment (`workspace` for a plain `dvc repro`), tagged up front."""
     import mlflow
 
-    experiment_id = ensure_experiment(experiment)
-    run = mlflow.start_run(
+    return mlflow.start_run(
         experiment_id=experiment_id,
         run_name=os.environ.get("DVC_EXP_NAME") or "workspace",
         tags=run_tags(tags),
         log_system_metrics=False,
     )
-    with _active(run) as active:
-        mlflow.log_params({key: str(value) for key, value in params.items()})
+
+
+def _log_params(params: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params({key: str(value) for key, value in params.items()})
+
+
+@contextlib.contextmanager
+def training_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator["Run"]:
+    """Open a new run with all params and tags logged up front."""
+    with _active(_start_new_run(ensure_experiment(experiment), tags)) as active:
+        _log_params(params)
         yield active
 
 
@@ -151,16 +160,12 @@ def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iter
     experiment_id = ensure_experiment(experiment)
     try:
         mlflow.MlflowClient().get_run(run_id)
-        run = mlflow.start_run(run_id=run_id, log_system_metrics=False)
+        run, is_new = mlflow.start_run(run_id=run_id, log_system_metrics=False), False
     except MlflowException:
-        run = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=os.environ.get("DVC_EXP_NAME") or "workspace",
-            tags=run_tags({"trained_in_run": run_id}),
-            log_system_metrics=False,
-        )
-        mlflow.log_params({key: str(value) for key, value in params.items()})
+        run, is_new = _start_new_run(experiment_id, {"trained_in_run": run_id}), True
     with _active(run) as active:
+        if is_new:
+            _log_params(params)
         yield active
 
 
