@@ -90,9 +90,21 @@ def test_benchmark_report_without_the_stage(tiny_raw: Path, tiny_processed: Path
     assert report["memory"]["peak_rss_mib"] > 0
     assert [point["epoch"] for point in report["fast"]["curve"]] == [1, 2]
     assert 0.0 <= report["fast"]["test_accuracy"] <= 1.0
-    assert "train_stage" not in report and len(lines) == 3  # two repeats + the fast preset
+    assert "train_stage" not in report and len(lines) == 4  # two repeats, the breakdown, the fast preset
+    assert set(report["step_breakdown"]) == set(bench.BREAKDOWN_VARIANTS)
     text = bench.markdown(report)
-    assert "| project (`fit`) |" in text and "## `fast` preset" in text
+    assert "| project (`fit`) |" in text and "## `fast` preset" in text and "## Where a step's time goes" in text
+
+
+def test_step_breakdown_times_each_variant_against_the_matmuls(tiny_processed: Path):
+    train = bench.load_split(tiny_processed / "train.pt")
+    params = TrainParams(**{**TINY, "dropout": 0.2})
+    parts = bench.step_breakdown(train, params, torch.device("cpu"), rounds=3, window=4)
+    assert list(parts) == list(bench.BREAKDOWN_VARIANTS)
+    assert parts["matmuls"]["ratio_to_matmuls"] == 1.0
+    assert all(part["microseconds_per_step"] > 0 for part in parts.values())
+    # a whole step does strictly more than its matmuls; the ratios are of the same windows
+    assert parts["step"]["ratio_to_matmuls"] > 1.0
 
 
 def test_time_to_accuracy_finds_the_first_epoch_at_the_target(tiny_processed: Path):

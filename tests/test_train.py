@@ -20,7 +20,9 @@ from mnist_mlp.train import (
     fit,
     format_epoch,
     resolve_device,
+    make_optimizer,
     seeded_model,
+    train_step,
 )
 
 CPU = torch.device("cpu")
@@ -49,6 +51,22 @@ def test_a_small_batch_is_overfit():
     assert last["train_loss"] < 0.01
     assert last["train_accuracy"] == 1.0 and last["val_accuracy"] == 1.0
     assert result.history[0]["train_loss"] > 10 * last["train_loss"]
+
+
+def test_train_step_is_one_canonical_optimizer_step():
+    torch.manual_seed(0)
+    params = small(optimizer="sgd", schedule="none", momentum=0.0, weight_decay=0.0, lr=0.1, label_smoothing=0.0)
+    model = MLP([8])
+    reference = copy.deepcopy(model)
+    inputs, labels = torch.randn(5, 784), torch.tensor([0, 1, 2, 3, 4])
+    loss, logits = train_step(model, make_optimizer(model, params), None, inputs, labels, params)
+    assert logits.shape == (5, 10) and loss.shape == ()
+    # the same step by hand: w <- w - lr * dL/dw
+    expected_loss = torch.nn.functional.cross_entropy(reference(inputs), labels)
+    expected_loss.backward()
+    torch.testing.assert_close(loss, expected_loss)
+    for after, before in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(after, before.detach() - 0.1 * before.grad)
 
 
 def test_history_has_one_record_per_epoch(tiny_processed):

@@ -82,11 +82,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(hidden_sizes: list[int], batch_size: int, device: torch.device, repeats: int = 5, calls: int = 50) -> dict:
-    """FLOP/s of exactly the matmuls of one training step (shapes and transposes as autograd runs them).
-
-    Also the rate of the first layer's forward matmul alone, the largest and most efficient.
-    """
+def step_matmuls(hidden_sizes: list[int], batch_size: int, device: torch.device) -> Callable[[], None]:
+    """A function running exactly the matmuls of one training step (shapes and transposes as
+    autograd runs them) on random operands, and nothing else."""
     layers = layer_sizes(hidden_sizes)
     gen = torch.Generator(device="cpu").manual_seed(0)
     weights = [torch.randn(out, inp, generator=gen).to(device) for inp, out in layers]
@@ -94,7 +92,7 @@ def matmul_rate(hidden_sizes: list[int], batch_size: int, device: torch.device, 
     inputs = [torch.randn(batch_size, inp, generator=gen).to(device) for inp, _ in layers]
     grads = [torch.randn(batch_size, out, generator=gen).to(device) for _, out in layers]
 
-    def step_matmuls() -> None:
+    def run() -> None:
         for w, b, x in zip(weights, biases, inputs):
             torch.addmm(b, x, w.t())  # forward (B, in) -> (B, out)
         for index, (w, x, g) in enumerate(zip(weights, inputs, grads)):
@@ -102,8 +100,18 @@ def matmul_rate(hidden_sizes: list[int], batch_size: int, device: torch.device, 
             if index > 0:
                 g.mm(w)  # input gradient (B, in)
 
+    return run
+
+
+def matmul_rate(hidden_sizes: list[int], batch_size: int, device: torch.device, repeats: int = 5, calls: int = 50) -> dict:
+    """FLOP/s of exactly the matmuls of one training step, and of the first layer's forward
+    matmul alone, the largest and most efficient."""
+    fan_in, fan_out = layer_sizes(hidden_sizes)[0]
+    first_inputs = torch.randn(batch_size, fan_in, device=device)
+    first_weight = torch.randn(fan_out, fan_in, device=device)
+
     def first_layer() -> None:
-        torch.mm(inputs[0], weights[0].t())
+        torch.mm(first_inputs, first_weight.t())
 
     def rate(work: Callable[[], None], flops: int) -> float:
         for _ in range(5):
@@ -118,11 +126,78 @@ def matmul_rate(hidden_sizes: list[int], batch_size: int, device: torch.device, 
             samples.append((time.perf_counter() - started) / calls)
         return flops / statistics.median(samples)
 
-    fan_in, fan_out = layers[0]
     return {
-        "step_flop_per_s": rate(step_matmuls, batch_size * training_flops_per_sample(hidden_sizes)),
+        "step_flop_per_s": rate(step_matmuls(hidden_sizes, batch_size, device), batch_size * training_flops_per_sample(hidden_sizes)),
         "first_layer_flop_per_s": rate(first_layer, 2 * batch_size * fan_in * fan_out),
         "first_layer_shape": f"{batch_size}x{fan_in}x{fan_out}",
+    }
+
+
+# --- where a step's time goes -------------------------------------------------------------
+
+BREAKDOWN_VARIANTS = {
+    "matmuls": "the step's matmuls alone (the bound)",
+    "step": "the project's step (`train.train_step`)",
+    "no_update": "the same without the optimizer update (forward, loss, backward)",
+    "no_dropout": "the same step with dropout 0",
+    "no_update_no_dropout": "without both",
+}
+
+
+def step_breakdown(train: Split, params: TrainParams, device: torch.device, rounds: int = 10, window: int = 20) -> dict:
+    """Microseconds per step of the project's step and of the same step with parts taken away,
+    run interleaved in windows of `window` steps, `rounds` times; medians, and the median of
+    each round's ratio to the matmuls alone (robust to the machine's load changing)."""
+    from mnist_mlp.train import compute_loss, make_optimizer, make_schedule, seeded_model, train_step
+
+    x_train = normalize(train.images.to(device), train.normalization)  # (N, 784)
+    y_train = train.labels.to(device)  # (N,)
+    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0)).to(device)
+    batches = len(x_train) // params.batch_size
+
+    def variant(dropout: float, update: bool) -> Callable[[int], None]:
+        settings = params.model_copy(update={"dropout": dropout})
+        model = seeded_model(settings, device).to(device).train()
+        optimizer = make_optimizer(model, settings)
+        schedule = make_schedule(optimizer, settings, total_steps=rounds * window * 2 + 100)
+
+        def step(index: int) -> None:
+            idx = order[(index % batches) * params.batch_size :][: params.batch_size]
+            inputs, labels = x_train.index_select(0, idx), y_train.index_select(0, idx)  # (B, 784), (B,)
+            if update:
+                train_step(model, optimizer, schedule, inputs, labels, settings)
+            else:
+                loss = compute_loss(model(inputs), labels, settings.loss, settings.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+
+        return step
+
+    matmuls = step_matmuls(params.hidden_sizes, params.batch_size, device)
+    steps: dict[str, Callable[[int], None]] = {
+        "matmuls": lambda index: matmuls(),
+        "step": variant(params.dropout, update=True),
+        "no_update": variant(params.dropout, update=False),
+        "no_dropout": variant(0.0, update=True),
+        "no_update_no_dropout": variant(0.0, update=False),
+    }
+    micros: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(rounds + 1):  # round 0 warms up
+        for name, step in steps.items():
+            _synchronize(device)
+            started = time.perf_counter()
+            for index in range(window):
+                step(round_ * window + index)
+            _synchronize(device)
+            if round_ > 0:
+                micros[name].append((time.perf_counter() - started) / window * 1e6)
+    return {
+        name: {
+            "what": BREAKDOWN_VARIANTS[name],
+            "microseconds_per_step": median(micros[name]),
+            "ratio_to_matmuls": median([a / b for a, b in zip(micros[name], micros["matmuls"])]),
+        }
+        for name in steps
     }
 
 
@@ -365,6 +440,9 @@ def run_benchmark(
                 f"matmul {step_rates[-1] / 1e9:.0f} GFLOP/s")
         baseline_samples = lecture.samples
     loop_memory = peak_memory(device)
+    breakdown = step_breakdown(train, settings, device)
+    log("bench: step breakdown: " + ", ".join(
+        f"{name} {part['microseconds_per_step']:.0f} us ({part['ratio_to_matmuls']:.2f}x)" for name, part in breakdown.items()))
 
     flops = epoch_flops(settings.hidden_sizes, len(train.labels), len(val.labels))
     bound_s = flops / median(step_rates)
@@ -404,6 +482,7 @@ def run_benchmark(
             "first_layer_flop_per_s": median(first_layer_rates),
             "epoch_seconds_at_first_layer_rate": bound_first_layer_s,
         },
+        "step_breakdown": breakdown,
         "memory": loop_memory,
     }
 
@@ -468,6 +547,16 @@ def markdown(report: dict) -> str:
         f"sample) at {bound['step_matmul_flop_per_s'] / 1e9:.0f} GFLOP/s, the measured rate of one step's matmuls; "
         f"the {bound['first_layer_shape']} matmul alone runs at {bound['first_layer_flop_per_s'] / 1e9:.0f} GFLOP/s "
         f"({bound['epoch_seconds_at_first_layer_rate']:.2f} s per epoch, {project['ratio_to_first_layer_bound']:.2f}x).",
+        "",
+        "## Where a step's time goes",
+        "",
+        f"Batch {report['batch_size']}, interleaved windows of steps; microseconds per step (median) and the median "
+        "of each window's ratio to the matmuls alone:",
+        "",
+        "| step | µs | vs matmuls |",
+        "|---|---:|---:|",
+        *[f"| {part['what']} | {part['microseconds_per_step']:,.0f} | {part['ratio_to_matmuls']:.2f}x |"
+          for part in report["step_breakdown"].values()],
         "",
         "Peak memory of the benchmark process: " + ", ".join(f"{k} {v:,.0f}" for k, v in report["memory"].items()) + ".",
     ]

@@ -74,6 +74,28 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str, label_sm
     return nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Optional[torch.optim.lr_scheduler.LRScheduler],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    params: TrainParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimization step on a batch (B, 784), (B,); returns the loss and the logits (B, 10)."""
+    # forward
+    logits = model(inputs)  # (B, 10)
+    loss = compute_loss(logits, labels, params.loss, params.label_smoothing)
+
+    # backward and update
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    return loss, logits
+
+
 @torch.inference_mode()
 def evaluate_logits(model: nn.Module, inputs: torch.Tensor, batch_size: int = 10000) -> torch.Tensor:
     """Logits (N, 10) for normalized inputs (N, 784), in eval mode."""
@@ -136,19 +158,9 @@ def fit(
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
             # index_select: ~4x cheaper than x_train[idx] (advanced indexing) on the CPU
             inputs, labels = x_train.index_select(0, idx), y_train.index_select(0, idx)  # (B, 784), (B,)
-
-            # forward
-            logits = model(inputs)  # (B, 10)
-            loss = compute_loss(logits, labels, params.loss, params.label_smoothing)
+            loss, logits = train_step(model, optimizer, schedule, inputs, labels, params)
             if check_every_step and not math.isfinite(loss.item()):
                 raise _non_finite(loss, epoch, step + 1, params.lr)
-
-            # backward and update
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
 
             # running train metrics, kept on the device (no host sync per step)
             loss_sum.add_(loss.detach(), alpha=len(idx))
