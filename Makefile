@@ -45,7 +45,7 @@ check-metrics: install  ## fail when reports/metrics.json regressed against $(BA
 check-reproducible: install  ## train a 1-epoch config twice on data/processed; fail unless bit-identical
 	$(BIN)/mnist-mlp check-reproducible
 
-bench: install  ## lecture's loop vs `fit` vs the matmul bound, the fast preset, the train stage -> reports/benchmarks.{json,md}
+bench: install  ## lecture's loop vs `fit` vs the matmul bound, a step's breakdown, the fast preset, the train stage -> reports/benchmarks.{json,md}
 	$(BIN)/python -m mnist_mlp.bench $(BENCH_ARGS)
 
 sweep: install  ## queue activation x dropout experiments ($(ACTIVATIONS) x $(DROPOUTS)), run them on $(JOBS) workers
