@@ -116,8 +116,11 @@ def test_checksums_file_must_list_exactly_the_four_files(tmp_path):
     path.write_text(yaml.safe_dump({NAMES[0]: "0" * 32}))
     with pytest.raises(DownloadError, match=f"{path}: expected a mapping of exactly train-images-idx3-ubyte"):
         expected_files(str(path))
-    with pytest.raises(DownloadError, match="unreadable checksums file"):
+    with pytest.raises(DownloadError, match="missing.yaml: checksums file not found"):
         expected_files(str(tmp_path / "missing.yaml"))
+    (tmp_path / "broken.yaml").write_text("a: [1,\n")
+    with pytest.raises(DownloadError, match="broken.yaml: not valid YAML"):
+        expected_files(str(tmp_path / "broken.yaml"))
 
 
 @pytest.mark.parametrize(

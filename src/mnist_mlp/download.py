@@ -112,13 +112,8 @@ def expected_files(checksums_file: str | None = None) -> tuple[MnistFile, ...]:
     """MNIST's canonical checksums, or those of a YAML {file name: md5} (another MNIST-format data set)."""
     if not checksums_file:
         return MNIST_FILES
-    import yaml
-
     path = Path(checksums_file)
-    try:
-        sums = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DownloadError(f"{path}: unreadable checksums file ({exc})") from None
+    sums = files.read_yaml(path, DownloadError, "checksums file")
     names = [item.name for item in MNIST_FILES]
     if not isinstance(sums, dict) or sorted(sums) != sorted(names):
         raise DownloadError(f"{path}: expected a mapping of exactly {', '.join(names)} to md5 hex digests")
