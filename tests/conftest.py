@@ -81,6 +81,20 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def cli_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    """`mnist-mlp ...` in this process (a subprocess would spend seconds importing torch):
+    (exit code, stdout, stderr)."""
+    from mnist_mlp.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, cli_in_process, run
 from mnist_mlp import gate
 from mnist_mlp.cli import main
 
@@ -45,13 +45,7 @@ def check(tmp_path: Path, rules: Path, new: dict, baseline: dict | None, capsys)
     arguments = ["check-metrics", "--metrics", str(write(tmp_path / "new.json", new)), "--rules", str(rules)]
     if baseline is not None:
         arguments += ["--baseline", str(write(tmp_path / "baseline.json", baseline))]
-    try:
-        main(arguments)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_in_process(arguments, capsys)
 
 
 def table_rows(out: str) -> list[str]:

@@ -12,10 +12,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from conftest import BIN, run
+from conftest import BIN, cli_in_process, run
 from digit_images import STYLES, glyph, picture, save_picture, train_font_model, write_styled_digits
 from mnist_mlp import predict, tracking
-from mnist_mlp.cli import main
 from mnist_mlp.predict import ImageError, ModelError, image_pixels, mnist_pixels
 
 
@@ -31,17 +30,6 @@ def font_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def styled_digits(tmp_path_factory) -> dict[Path, int]:
     return write_styled_digits(tmp_path_factory.mktemp("digits"))
-
-
-def cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """`mnist-mlp ...` in this process (a subprocess would spend seconds importing torch)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- preprocessing -------------------------------------------------------------------
@@ -108,7 +96,7 @@ def test_a_blank_image_is_refused(tmp_path, level):
 
 
 def test_rendered_digits_in_every_style_are_read_correctly(font_model, styled_digits, capsys):
-    code, out, err = cli(["predict", "--model", str(font_model), *map(str, styled_digits)], capsys)
+    code, out, err = cli_in_process(["predict", "--model", str(font_model), *map(str, styled_digits)], capsys)
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == len(styled_digits)
@@ -120,7 +108,7 @@ def test_probabilities_use_the_checkpoints_own_normalization(font_model, styled_
     from mnist_mlp.checkpoint import load_checkpoint
 
     files = list(styled_digits)[:10]
-    code, out, _ = cli(["predict", "--json", "--top-k", "10", "--model", str(font_model), *map(str, files)], capsys)
+    code, out, _ = cli_in_process(["predict", "--json", "--top-k", "10", "--model", str(font_model), *map(str, files)], capsys)
     assert code == 0
     checkpoint = load_checkpoint(font_model)
     assert (checkpoint.normalization.mean, checkpoint.normalization.std) == (0.13, 0.31)
@@ -136,7 +124,7 @@ def test_probabilities_use_the_checkpoints_own_normalization(font_model, styled_
 
 def test_json_output_has_one_entry_per_file_with_ranked_top_k(font_model, styled_digits, capsys):
     files = list(styled_digits)[:3]
-    code, out, _ = cli(["predict", "--json", "--top-k", "4", "--model", str(font_model), *map(str, files)], capsys)
+    code, out, _ = cli_in_process(["predict", "--json", "--top-k", "4", "--model", str(font_model), *map(str, files)], capsys)
     assert code == 0
     document = json.loads(out)
     assert document["model"] == str(font_model)
@@ -169,7 +157,7 @@ def bad_files(folder: Path) -> dict[str, Path]:
 
 def test_each_bad_file_gets_one_line_and_the_others_are_still_predicted(font_model, tmp_path, capsys):
     files = bad_files(tmp_path / "images")
-    code, out, err = cli(["predict", "--model", str(font_model), *map(str, files.values())], capsys)
+    code, out, err = cli_in_process(["predict", "--model", str(font_model), *map(str, files.values())], capsys)
     assert code == 1
     assert out.splitlines() == [out.splitlines()[0]] and out.startswith(f"{files['good']}: 2 ")
     lines = err.splitlines()
@@ -183,7 +171,7 @@ def test_each_bad_file_gets_one_line_and_the_others_are_still_predicted(font_mod
 
 def test_json_reports_the_failures_in_place(font_model, tmp_path, capsys):
     files = bad_files(tmp_path / "images")
-    code, out, _ = cli(["predict", "--json", "--model", str(font_model), *map(str, files.values())], capsys)
+    code, out, _ = cli_in_process(["predict", "--json", "--model", str(font_model), *map(str, files.values())], capsys)
     assert code == 1
     entries = json.loads(out)["predictions"]
     assert [entry["file"] for entry in entries] == list(map(str, files.values()))
@@ -200,7 +188,7 @@ def test_a_model_file_of_the_wrong_shape_is_one_clear_line(font_model, tmp_path,
     not_a_model.write_text("hello\n")
     image = save_picture(picture(2, "black-on-white"), tmp_path / "two.png")
     for model, reason in ((wrong, "weights do not fit"), (not_a_model, "refused to load"), (tmp_path / "nope.pt", "not found")):
-        code, out, err = cli(["predict", "--model", str(model), str(image)], capsys)
+        code, out, err = cli_in_process(["predict", "--model", str(model), str(image)], capsys)
         assert (code, out) == (1, "")
         assert err.startswith(f"mnist-mlp predict: error: {model}: ") and reason in err and len(err.splitlines()) == 1
 
@@ -216,7 +204,7 @@ def test_a_module_that_is_not_784_pixels_to_10_probabilities_is_refused(module, 
 
 
 def test_top_k_outside_1_to_10_is_a_usage_error(font_model, capsys):
-    code, _, err = cli(["predict", "--top-k", "11", "--model", str(font_model), "x.png"], capsys)
+    code, _, err = cli_in_process(["predict", "--top-k", "11", "--model", str(font_model), "x.png"], capsys)
     assert code == 2 and "expected a whole number from 1 to 10" in err
 
 
@@ -254,7 +242,7 @@ def test_an_mlflow_model_uri_predicts_like_the_checkpoint(mlflow_store, font_mod
 
 
 def test_an_unknown_run_is_one_clear_line(mlflow_store, capsys):
-    code, out, err = cli(["predict", "--model", "runs:/0123456789abcdef/model", "x.png"], capsys)
+    code, out, err = cli_in_process(["predict", "--model", "runs:/0123456789abcdef/model", "x.png"], capsys)
     assert (code, out) == (1, "")
     assert err.startswith("mnist-mlp predict: error: runs:/0123456789abcdef/model: cannot load the MLflow model")
     assert len(err.splitlines()) == 1
