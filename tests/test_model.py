@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_mlp.model import ACTIVATIONS, MLP, MaskDropout, PixelClassifier, build_model, count_parameters
+from mnist_mlp.model import ACTIVATIONS, MLP, MaskDropout, PixelClassifier, count_parameters
 
 
 def test_output_shape_is_batch_by_ten():
@@ -17,7 +17,7 @@ def test_output_shape_is_batch_by_ten():
 
 def test_default_architecture_has_669706_parameters():
     # 784*512+512 + 512*512+512 + 512*10+10, the lecture's network
-    model = build_model([512, 512], "relu", 0.2)
+    model = MLP([512, 512], "relu", 0.2)
     assert count_parameters(model) == 669_706
     linear = [layer for layer in model.layers if isinstance(layer, nn.Linear)]
     assert [(layer.in_features, layer.out_features) for layer in linear] == [(784, 512), (512, 512), (512, 10)]

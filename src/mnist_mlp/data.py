@@ -20,7 +20,6 @@ from mnist_mlp.errors import UserError
 
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
-SPLITS = ("train", "val", "test")
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

@@ -85,7 +85,3 @@ class PixelClassifier(nn.Module):
         # traces the model for MLflow, and the served model would accept only that many rows
         x = (pixels.flatten(1) - self.mean) / self.std  # (B, 784)
         return torch.softmax(self.mlp(x), dim=1)  # (B, 10)
-
-
-def build_model(hidden_sizes: list[int], activation: str, dropout: float) -> MLP:
-    return MLP(hidden_sizes, activation, dropout)

@@ -30,7 +30,6 @@ MIN_CONTRAST = 0.15
 INK_FLOOR = 0.2
 # Specks with less than this share of the ink are dust and must not stretch the bounding box.
 MIN_BLOB_SHARE = 0.02
-DEFAULT_MODEL = "models/model.pt"
 
 
 class ImageError(UserError, ValueError):
