@@ -12,10 +12,10 @@ from mnist_mlp import tracking
 from mnist_mlp.checkpoint import save_checkpoint
 from mnist_mlp.data import load_split
 from mnist_mlp.files import md5_of, write_csv
-from mnist_mlp.model import count_parameters
+from mnist_mlp.model import architecture, count_parameters
 from mnist_mlp.params import flatten, load_params
 from mnist_mlp.project import run_cli
-from mnist_mlp.train import fit, format_epoch, resolve_device, seeded_model
+from mnist_mlp.train import deterministic, fit, format_epoch, resolve_device, seeded_model
 
 
 def main() -> None:
@@ -30,9 +30,8 @@ def main() -> None:
     settings = params.train
     device = resolve_device(settings.device)
     train, val = load_split(args.data / "train.pt"), load_split(args.data / "val.pt")
-    model = seeded_model(settings, device)  # unseeded init weights made every run differ
-    sizes = "-".join(map(str, [784, *settings.hidden_sizes, 10]))
-    print(f"train: {sizes} {settings.activation} MLP, {count_parameters(model):,} parameters, on {device}")
+    model = seeded_model(settings)
+    print(f"train: {architecture(settings.hidden_sizes)} {settings.activation} MLP, {count_parameters(model):,} parameters, on {device}")
 
     data_tags = {f"data_md5_{split}": md5_of(args.data / f"{split}.pt") for split in ("train", "val")}
     sweep_tag = {"sweep_id": params.tracking.sweep_id} if params.tracking.sweep_id else {}
@@ -42,7 +41,8 @@ def main() -> None:
             run.log_epoch(record)
             print(f"train: {format_epoch(record, settings.epochs)}", flush=True)
 
-        result = fit(model, train, val, settings, device, on_epoch=report, progress=sys.stderr.isatty())
+        with deterministic(device):
+            result = fit(model, train, val, settings, device, on_epoch=report, progress=sys.stderr.isatty())
         model.load_state_dict(result.best_state)
         summary = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "train_seconds": result.seconds}
         run.log_metrics(summary)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_mlp.model import ACTIVATIONS, MLP, MaskDropout, PixelClassifier, count_parameters
+from mnist_mlp.model import ACTIVATIONS, MLP, PixelClassifier, architecture, count_parameters
 
 
 def test_output_shape_is_batch_by_ten():
@@ -70,24 +70,13 @@ def test_pixel_classifier_outputs_probabilities_with_its_normalization_inside():
     assert {name for name, _ in classifier.named_buffers()} == {"mean", "std"}
 
 
-def test_mask_dropout_keeps_units_with_probability_1_minus_p_and_rescales_them():
-    torch.manual_seed(0)
-    dropout = MaskDropout(0.2).train()
-    out = dropout(torch.ones(256, 512))
-    kept_scale = 65536 / (65536 - round(0.2 * 65536))
-    assert out.unique().tolist() == [0.0, pytest.approx(kept_scale)]
-    assert (out == 0).float().mean().item() == pytest.approx(0.2, abs=0.005)
-    assert out.mean().item() == pytest.approx(1.0, abs=0.01)  # unbiased in expectation
+def test_the_model_is_made_of_stock_modules_only():
+    # a model file must load with stock torch alone: no module of this package inside
+    mlp = MLP([64, 32], "tanh", dropout=0.2)
+    assert {type(module).__module__.split(".")[0] for module in mlp.layers} == {"torch"}
+    assert [type(module) for module in mlp.layers] == [nn.Linear, nn.Tanh, nn.Dropout, nn.Linear, nn.Tanh, nn.Dropout, nn.Linear]
 
 
-def test_mask_dropout_mask_is_exactly_the_16_bit_threshold_rule():
-    # the float-arithmetic mask equals the plain comparison on the same random bits
-    x = torch.randn(64, 100)
-    torch.manual_seed(3)
-    out = MaskDropout(0.3).train()(x)
-    torch.manual_seed(3)
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    bits = words.view(torch.int16)[: x.numel()].view(x.shape)
-    dropped = round(0.3 * 65536)
-    expected = x * (bits >= dropped - 32768).float() * (65536 / (65536 - dropped))
-    assert torch.equal(out, expected)
+def test_architecture_names_the_layer_widths():
+    assert architecture([512, 512]) == "784-512-512-10"
+    assert architecture([64]) == "784-64-10"

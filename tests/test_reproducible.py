@@ -51,8 +51,8 @@ def test_different_seeds_are_reported_as_different(processed):
 
 
 def test_the_initial_weights_come_from_the_seed():
-    first, second = (seeded_model(SHORT, torch.device("cpu")).state_dict() for _ in range(2))
-    other = seeded_model(SHORT.model_copy(update={"seed": 1}), torch.device("cpu")).state_dict()
+    first, second = (seeded_model(SHORT).state_dict() for _ in range(2))
+    other = seeded_model(SHORT.model_copy(update={"seed": 1})).state_dict()
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert not torch.equal(first["layers.0.weight"], other["layers.0.weight"])
 

@@ -16,6 +16,7 @@ from mnist_mlp.params import TrainParams
 from mnist_mlp.train import (
     TrainingError,
     compute_loss,
+    deterministic,
     evaluate_logits,
     fit,
     format_epoch,
@@ -160,8 +161,9 @@ def test_same_seed_gives_identical_weights_on_cpu():
 
     def train_once(settings: TrainParams) -> dict:
         torch.rand(17)  # whatever ran before must not matter
-        model = seeded_model(settings, CPU)
-        return fit(model, train, val, settings, CPU).best_state
+        model = seeded_model(settings)
+        with deterministic(CPU):
+            return fit(model, train, val, settings, CPU).best_state
 
     first, second = train_once(params), train_once(params)
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -176,3 +178,19 @@ def test_label_smoothing_moves_the_cross_entropy_target_off_the_one_hot():
     expected = 0.8 * -torch.log_softmax(logits, dim=1)[0, 0] + 0.1 * -torch.log_softmax(logits, dim=1)[0, 1:].sum()
     torch.testing.assert_close(smoothed, expected)
     assert smoothed > plain
+
+
+def test_deterministic_mode_is_restored_on_leaving():
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    with deterministic(CPU):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+    with pytest.raises(RuntimeError), deterministic(CPU):
+        raise RuntimeError("training failed")
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+
+
+def test_fit_leaves_process_wide_torch_settings_alone():
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    fit(MLP([8]), split_of(64, seed=1), split_of(32, seed=2), small(epochs=1), CPU)
+    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before

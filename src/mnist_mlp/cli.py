@@ -130,14 +130,14 @@ def _threads(text: str) -> int:
 
 
 def cmd_check_reproducible(args: argparse.Namespace) -> None:
+    from mnist_mlp.model import architecture
     from mnist_mlp.params import load_params
     from mnist_mlp.reproducible import check_reproducible
 
     configured = load_params(args.params).train.model_dump()
     short = {**configured, "epochs": args.epochs, "hidden_sizes": args.hidden_sizes, "device": "cpu"}
     params = validate_params({"train": short}, source="check-reproducible options").train
-    sizes = "-".join(map(str, [784, *params.hidden_sizes, 10]))
-    print(f"training {sizes}, {params.epochs} epoch(s), seed {params.seed}, {args.threads} thread(s) twice, "
+    print(f"training {architecture(params.hidden_sizes)}, {params.epochs} epoch(s), seed {params.seed}, {args.threads} thread(s) twice, "
           f"each in a fresh process, on {args.data}", flush=True)
     outcome = check_reproducible(args.data, params, args.threads)
     print(f"reproducible: test accuracy {outcome.test_accuracy!r} and loss {outcome.test_loss!r} in both runs; "

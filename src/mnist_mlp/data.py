@@ -20,6 +20,7 @@ from mnist_mlp.errors import UserError
 
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
+INPUT_SIZE = IMAGE_SIDE * IMAGE_SIDE
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INPUT_SIZE = 28 * 28
-NUM_CLASSES = 10
+from mnist_mlp.data import INPUT_SIZE, NUM_CLASSES
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -15,29 +14,6 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "leaky_relu": nn.LeakyReLU,
 }
-
-
-class MaskDropout(nn.Dropout):
-    """nn.Dropout whose mask on the CPU costs a third: 16 random bits per unit, 64 bits per draw.
-
-    torch's CPU dropout draws one 32-bit number per unit (bernoulli_): ~480 us per 128x512
-    mask on the 2-core development machine, against 120-170 us here. One 64-bit draw serves
-    four units, so the drop probability is p rounded to a multiple of 1/65536 (0.2 -> 0.199997)
-    and kept units are scaled by exactly 1/(1 - that).
-    The mask is built with float arithmetic only: comparisons that make bool tensors, and
-    bool -> float casts, cost 4-7x a float op of the same size on the CPU.
-    Same generator, so seeded runs stay bit-identical. On a GPU, torch's fused kernel is faster.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        dropped = min(round(self.p * 65536), 65535)  # of 65536 equally likely 16-bit values
-        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        bits = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform in [-32768, 32767]
-        # integer bits: clamp(bits - threshold + 1, 0, 1) is 1 where bits >= threshold, else 0
-        keep = bits.to(x.dtype).sub_(dropped - 32768 - 1).clamp_(0, 1).mul_(65536 / (65536 - dropped))
-        return x * keep
 
 
 class MLP(nn.Module):
@@ -52,7 +28,7 @@ class MLP(nn.Module):
         for size in hidden_sizes:
             layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
             if dropout > 0:
-                layers.append(MaskDropout(dropout))
+                layers.append(nn.Dropout(dropout))
             width = size
         layers.append(nn.Linear(width, NUM_CLASSES))
         self.layers = nn.Sequential(*layers)
@@ -62,6 +38,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)  # (B, 784) -> (B, 10)
+
+
+def architecture(hidden_sizes: list[int]) -> str:
+    """The layer widths as the literature writes them: 784-512-512-10."""
+    return "-".join(map(str, [INPUT_SIZE, *hidden_sizes, NUM_CLASSES]))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,9 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import INPUT_SIZE, NUM_CLASSES
+from mnist_mlp.data import IMAGE_SIDE as FIELD
+from mnist_mlp.data import INPUT_SIZE, NUM_CLASSES
 
-FIELD = 28
 BOX = 20
 CENTER = 14.0  # where MNIST's centers of mass sit (measured on the test split: 13.99, 14.00)
 # Ink contrast (0..1) below which an image counts as blank: a flat page plus JPEG noise.

@@ -35,14 +35,15 @@ class RunOutcome:
 def train_and_test(data_dir: str, params: TrainParams, threads: int) -> RunOutcome:
     """One training run as the train and evaluate stages do it, on CPU with `threads` threads."""
     from mnist_mlp.evaluate import evaluate
-    from mnist_mlp.train import fit, seeded_model
+    from mnist_mlp.train import deterministic, fit, seeded_model
 
     torch.set_num_threads(threads)
     folder = Path(data_dir)
     train, val, test = (load_split(folder / f"{name}.pt") for name in ("train", "val", "test"))
     device = torch.device("cpu")
-    model = seeded_model(params, device)
-    result = fit(model, train, val, params, device)
+    model = seeded_model(params)
+    with deterministic(device):
+        result = fit(model, train, val, params, device)
     model.load_state_dict(result.best_state)
     metrics, _ = evaluate(model, test)
     return RunOutcome(metrics["accuracy"], metrics["loss"], result.best_state)

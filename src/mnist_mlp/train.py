@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -30,19 +31,26 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def seed_everything(seed: int, device: torch.device) -> None:
-    torch.manual_seed(seed)
-    if device.type == "cpu":
-        # identical params + seed give identical weights on the same CPU
-        torch.use_deterministic_algorithms(True)
-        # ... without its NaN-filling of every new tensor (~23 fills per step): our kernels
-        # write every element they allocate, and the fills cost time, not determinism
-        torch.utils.deterministic.fill_uninitialized_memory = False
+@contextlib.contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on the CPU while inside, so that params + seed fix the weights; restored after."""
+    if device.type != "cpu":
+        yield
+        return
+    enabled, fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    # every kernel here writes what it allocates: NaN-filling new tensors would cost time, not determinism
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-def seeded_model(params: TrainParams, device: torch.device) -> MLP:
-    """The MLP with its initial weights drawn from train.seed: `fit` seeds only after the model exists."""
-    seed_everything(params.seed, device)
+def seeded_model(params: TrainParams) -> MLP:
+    """The MLP with its initial weights drawn from train.seed."""
+    torch.manual_seed(params.seed)
     return MLP(params.hidden_sizes, params.activation, params.dropout)
 
 
@@ -124,8 +132,11 @@ def fit(
     on_epoch: Optional[Callable[[dict], None]] = None,
     progress: bool = False,
 ) -> TrainResult:
-    """Train `model` in place; return the best-on-validation weights and per-epoch history."""
-    seed_everything(params.seed, device)
+    """Train `model` in place; return the best-on-validation weights and per-epoch history.
+
+    Seeded again here, so the dropout and shuffle streams do not depend on what ran before.
+    """
+    torch.manual_seed(params.seed)
     model.to(device)
 
     # Data: normalized once, held on the device; a batch is an index slice.
@@ -156,7 +167,7 @@ def fit(
             batches = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", leave=False, unit="batch")
         for step in batches:
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
-            # index_select: ~2x cheaper than x_train[idx] (advanced indexing) on the CPU
+            # index_select: cheaper than advanced indexing (x_train[idx]) on the CPU
             inputs, labels = x_train.index_select(0, idx), y_train.index_select(0, idx)  # (B, 784), (B,)
             loss, logits = train_step(model, optimizer, schedule, inputs, labels, params)
             if check_every_step and not math.isfinite(loss.item()):
