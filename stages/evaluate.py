@@ -9,7 +9,7 @@ from mnist_mlp import tracking
 from mnist_mlp.checkpoint import load_checkpoint
 from mnist_mlp.data import load_split
 from mnist_mlp.evaluate import confusion_figure, evaluate, misclassified_figure, summary_metrics
-from mnist_mlp.files import save_figure, write_csv, write_json
+from mnist_mlp.files import md5_of, save_figure, write_csv, write_json
 from mnist_mlp.params import flatten, load_params, validate_params
 from mnist_mlp.project import run_cli
 
@@ -35,6 +35,7 @@ def main() -> None:
 
     trained = validate_params(checkpoint.params, source=f"{args.model} params")
     with tracking.evaluation_run(checkpoint.info["mlflow_run_id"], trained.tracking.experiment, flatten(trained)) as run:
+        run.log_datasets({"test": (Path(args.test), md5_of(args.test))})
         report = summary_metrics(metrics, checkpoint.info, run.run_id)
         run.log_metrics({f"test_{k}": v for k, v in report["test"].items() if k != "per_class"})
         run.log_metrics({f"test_{m}_{c}": v for c, row in report["test"]["per_class"].items() for m, v in row.items()})

@@ -33,9 +33,12 @@ def main() -> None:
     model = seeded_model(settings)
     print(f"train: {architecture(settings.hidden_sizes)} {settings.activation} MLP, {count_parameters(model):,} parameters, on {device}")
 
-    data_tags = {f"data_md5_{split}": md5_of(args.data / f"{split}.pt") for split in ("train", "val")}
-    sweep_tag = {"sweep_id": params.tracking.sweep_id} if params.tracking.sweep_id else {}
-    with tracking.training_run(params.tracking.experiment, flatten(params), {"device": str(device), **data_tags, **sweep_tag}) as run:
+    splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
+    tags = {"device": str(device), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
+    if params.tracking.sweep_id:
+        tags["sweep_id"] = params.tracking.sweep_id
+    with tracking.training_run(params.tracking.experiment, flatten(params), tags) as run:
+        run.log_datasets(splits)
 
         def report(record: dict) -> None:
             run.log_epoch(record)

@@ -12,7 +12,7 @@ import yaml
 
 from conftest import BIN, ROOT
 from mnist_mlp.cli import main
-from mnist_mlp.params import validate_params
+from mnist_mlp.params import Params, apply_preset, validate_params
 
 CLI = str(BIN / "mnist-mlp")
 
@@ -48,22 +48,34 @@ def test_preset_prints_set_overrides_that_survive_command_substitution(repo):
         "preprocess:\n  normalization: max\n"
     )
     words = words_of_command_substitution(f"{CLI} preset wide", cwd=repo / "params")  # from a subfolder too
-    assert words == [
-        "-S", "train.hidden_sizes=[256,128]",
-        "-S", "train.activation=tanh",
-        "-S", "train.lr=0.003",
-        "-S", "train.dropout=0",
-        "-S", "preprocess.normalization=max",
-    ]
-    # DVC applies them to params.yaml as `dvc exp run -S` does, and gets what the preset says
+    assert set(words[0::2]) == {"-S"}
+    overrides = dict(word.split("=", 1) for word in words[1::2])
+    assert {key: overrides[key] for key in ("train.hidden_sizes", "train.activation", "train.lr", "train.dropout",
+                                            "preprocess.normalization")} == {
+        "train.hidden_sizes": "[256,128]", "train.activation": "tanh", "train.lr": "0.003", "train.dropout": "0.0",
+        "preprocess.normalization": "max",
+    }  # fmt: skip
+    # DVC applies them to a params.yaml with leftovers of an earlier experiment, and gets what the
+    # preset says plus the defaults: nothing is inherited
     from dvc.utils.hydra import apply_overrides
 
-    shutil.copy(ROOT / "params.yaml", repo / "params.yaml")
+    leftovers = Params().model_dump()
+    leftovers["train"].update(optimizer="rmsprop", epochs=2, seed=5)
+    leftovers["preprocess"]["val_size"] = 100
+    (repo / "params.yaml").write_text(yaml.safe_dump(leftovers))
     apply_overrides(repo / "params.yaml", words[1::2])
     applied = validate_params(yaml.safe_load((repo / "params.yaml").read_text()))
-    assert applied.train.hidden_sizes == [256, 128] and applied.train.activation == "tanh"
-    assert (applied.train.lr, applied.train.dropout) == (0.003, 0.0)
-    assert applied.preprocess.normalization == "max"
+    expected = apply_preset(Params(), repo / "params" / "wide.yaml")
+    assert applied == expected
+    assert (applied.train.optimizer, applied.train.epochs, applied.train.seed) == ("adamw", 20, 0)
+    assert applied.preprocess.val_size == 5000
+
+
+def test_a_preset_sets_every_key_a_run_depends_on(repo):
+    (repo / "params" / "one.yaml").write_text("train:\n  epochs: 3\ntracking:\n  experiment: other\n")
+    keys = {word.split("=", 1)[0] for word in cli(["preset", "one"], cwd=repo).stdout.split()[1::2]}
+    defaults = Params().model_dump()
+    assert keys == {f"{s}.{k}" for s in ("preprocess", "train", "evaluate") for k in defaults[s]} | {"tracking.experiment"}
 
 
 def test_the_shipped_tutorial_preset(monkeypatch):

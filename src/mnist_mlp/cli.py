@@ -8,30 +8,41 @@ from pathlib import Path
 
 import yaml
 
-from mnist_mlp.params import ParamsError, read_preset, validate_params
+from mnist_mlp.params import Params, ParamsError, apply_preset, read_preset, validate_params
 from mnist_mlp.project import repo_root, run_cli
 
 
+# the sections a run's result depends on; download (where the bytes come from) and tracking do not change it
+RESULT_SECTIONS = ("preprocess", "train", "evaluate")
+
+
 def _preset_overrides(name: str) -> list[str]:
-    """`-S key=value` arguments for `dvc exp run` from params/<name>.yaml, validated first."""
+    """`-S key=value` for every key a run depends on: the defaults with params/<name>.yaml laid over them.
+
+    Complete, so that `dvc exp run $(mnist-mlp preset NAME)` never inherits what an earlier
+    experiment left in params.yaml.
+    """
     path = repo_root() / "params" / f"{name}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ParamsError(f"{path}: no such preset; available: {', '.join(available) or 'none'}")
-    overrides = read_preset(path)
+    explicit = read_preset(path)
+    resolved = apply_preset(Params(), path).model_dump()
+    keys = [(section, key) for section in RESULT_SECTIONS for key in resolved[section]]
+    keys += [(section, key) for section, values in explicit.items() if section not in RESULT_SECTIONS for key in values]
     arguments = []
-    for section, values in overrides.items():
-        for key, value in values.items():
-            # `dvc exp run $(mnist-mlp preset NAME)` splits the output on whitespace and removes
-            # no quotes: a list goes as compact JSON ([512,512], also YAML), nothing is quoted
-            if isinstance(value, (list, dict)):
-                text = json.dumps(value, separators=(",", ":"))
-            else:  # `...` is YAML's end-of-document marker
-                text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-            if any(char.isspace() or char in "'\"" for char in text):
-                raise ParamsError(f"{path}: '{section}.{key}' = {text}: a value with spaces or quotes cannot pass "
-                                  "through `$(mnist-mlp preset ...)`; give it with -S on the command line")
-            arguments += ["-S", f"{section}.{key}={text}"]
+    for section, key in keys:
+        value = resolved[section][key]
+        # `dvc exp run $(mnist-mlp preset NAME)` splits the output on whitespace and removes
+        # no quotes: a list goes as compact JSON ([512,512], also YAML), nothing is quoted
+        if isinstance(value, (list, dict)):
+            text = json.dumps(value, separators=(",", ":"))
+        else:  # `...` is YAML's end-of-document marker
+            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        if any(char.isspace() or char in "'\"" for char in text):
+            raise ParamsError(f"{path}: '{section}.{key}' = {text}: a value with spaces or quotes cannot pass "
+                              "through `$(mnist-mlp preset ...)`; give it with -S on the command line")
+        arguments += ["-S", f"{section}.{key}={text}"]
     return arguments
 
 
@@ -39,11 +50,22 @@ def cmd_preset(args: argparse.Namespace) -> None:
     print(" ".join(_preset_overrides(args.name)))
 
 
+def configured_experiment(override: str | None = None) -> str:
+    """The MLflow experiment a command uses: its --experiment, else params.yaml's tracking.experiment."""
+    from mnist_mlp.params import load_params
+
+    if override:
+        return override
+    path = repo_root() / "params.yaml"
+    return load_params(path).tracking.experiment if path.is_file() else Params().tracking.experiment
+
+
 def cmd_init_store(args: argparse.Namespace) -> None:
     from mnist_mlp import tracking
 
-    experiment_id = tracking.ensure_experiment(args.experiment)
-    print(f"MLflow store {tracking.tracking_uri()}, experiment '{args.experiment}' (id {experiment_id})")
+    experiment = configured_experiment(args.experiment)
+    experiment_id = tracking.ensure_experiment(experiment)
+    print(f"MLflow store {tracking.tracking_uri()}, experiment '{experiment}' (id {experiment_id})")
 
 
 def cmd_close_stale_runs(args: argparse.Namespace) -> None:
@@ -105,6 +127,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # exec: Ctrl-C and a signal to this pid reach the server itself
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     os.execve(command[0], command, {**quiet, **os.environ, "MLFLOW_TRACKING_URI": store, **tracking.NO_PICKLE_ENV})
+
+
+def cmd_app(args: argparse.Namespace) -> None:
+    from mnist_mlp import app
+
+    models = app.Models(args.model, args.uris, args.experiment, args.sweep)
+    if args.measure:
+        print(app.measure(models, args.measure).text())
+    else:
+        app.serve(models, args.port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number from 1 to 65535")
+    return int(text)
 
 
 def cmd_check_metrics(args: argparse.Namespace) -> None:
@@ -181,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     preset.set_defaults(func=cmd_preset)
 
     init_store = commands.add_parser("init-store", help="create the MLflow store and experiment (absolute paths)")
-    init_store.add_argument("--experiment", default="mnist-mlp")
+    init_store.add_argument("--experiment", help="default: tracking.experiment in params.yaml")
     init_store.set_defaults(func=cmd_init_store)
 
     stale = commands.add_parser(
@@ -218,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=5001, help="default %(default)s (the MLflow UI has 5000)")
     serve.set_defaults(func=cmd_serve)
+
+    web = commands.add_parser(
+        "app", help="a web page on 127.0.0.1: draw a digit, see the current model and every model of a sweep answer"
+    )
+    web.add_argument("uris", nargs="*", metavar="MODEL_URI",
+                     help="runs:/<run id>/model or models:/<name>@<alias> to show beside the current model "
+                          "(default: the models of the latest sweep)")  # fmt: skip
+    web.add_argument("--model", default="models/model.pt", help="the current model: checkpoint or MLflow URI (default %(default)s)")
+    web.add_argument("--sweep", metavar="ID", help="the sweep whose models answer (default: the latest; a page's ?sweep=ID overrides)")
+    web.add_argument("--experiment", default="mnist-mlp", help="MLflow experiment of the sweeps (default %(default)s)")
+    web.add_argument("--port", type=_port, default=8000, help="on 127.0.0.1 (default %(default)s)")
+    web.add_argument("--measure", type=Path, metavar="IMAGE",
+                     help="print each model's CPU latency on IMAGE (median of 100) instead of serving")  # fmt: skip
+    web.set_defaults(func=cmd_app)
     check = commands.add_parser(
         "check-metrics",
         help="fail (exit 1) when reports/metrics.json regressed against a baseline or broke a floor; prints a markdown table",

@@ -16,10 +16,17 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import mlflow
+import pandas as pd
+import torch
+from filelock import FileLock
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
 from mnist_mlp.errors import UserError
 from mnist_mlp.project import repo_root
-
-EXPERIMENT_DEFAULT = "mnist-mlp"
 
 
 def tracking_uri(root: Optional[Path] = None) -> str:
@@ -30,7 +37,6 @@ def tracking_uri(root: Optional[Path] = None) -> str:
 
 def client():
     """An MlflowClient on the project's store."""
-    import mlflow
 
     return mlflow.MlflowClient(tracking_uri())
 
@@ -43,14 +49,12 @@ def _local_sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-def ensure_experiment(name: str = EXPERIMENT_DEFAULT, root: Optional[Path] = None) -> str:
+def ensure_experiment(name: str, root: Optional[Path] = None) -> str:
     """Create (once) the store and the experiment with an absolute artifact location; return its id.
 
     A file lock serializes the first creation: two queue workers migrating a new
     SQLite schema at once corrupt it.
     """
-    import mlflow
-    from filelock import FileLock
 
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
@@ -76,12 +80,10 @@ def git_commit(cwd: Path) -> Optional[str]:
 
 
 def run_tags(extra: dict[str, str]) -> dict[str, str]:
-    import torch
 
     tags = {
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
-        "sweep_id": os.environ.get("MNIST_MLP_SWEEP_ID", ""),
         "torch_version": torch.__version__,
         # seconds per epoch depend on it; queue workers must not oversubscribe the cores
         "torch_threads": str(torch.get_num_threads()),
@@ -104,7 +106,6 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
 @contextlib.contextmanager
 def _active(run) -> Iterator["Run"]:
     """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM: never left RUNNING."""
-    import mlflow
 
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -123,7 +124,6 @@ def _active(run) -> Iterator["Run"]:
 
 def _start_new_run(experiment_id: str, tags: dict[str, str]):
     """A run named by the DVC experiment (`workspace` for a plain `dvc repro`), tagged up front."""
-    import mlflow
 
     return mlflow.start_run(
         experiment_id=experiment_id,
@@ -134,7 +134,6 @@ def _start_new_run(experiment_id: str, tags: dict[str, str]):
 
 
 def _log_params(params: dict[str, Any]) -> None:
-    import mlflow
 
     mlflow.log_params({key: str(value) for key, value in params.items()})
 
@@ -154,8 +153,6 @@ def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iter
     When that run is not in this store (a model restored from a DVC cache, a deleted
     store), a new run is opened with the checkpoint's params, so nothing is lost.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     experiment_id = ensure_experiment(experiment)
     try:
@@ -177,26 +174,27 @@ class Run:
 
     def log_epoch(self, record: dict[str, float]) -> None:
         """All of one epoch's metrics in a single batch call, at step = epoch."""
-        import mlflow
-
+    
         metrics = {key: float(value) for key, value in record.items() if key != "epoch"}
         mlflow.log_metrics(metrics, step=int(record["epoch"]))
 
-    def log_metrics(self, metrics: dict[str, float]) -> None:
-        import mlflow
+    def log_datasets(self, splits: dict[str, tuple[Path, str]]) -> None:
+        """The cached splits that trained the model ({split: (file, md5)}), in the UI's Dataset column."""
+        datasets = [MetaDataset(LocalArtifactDatasetSource(str(Path(path).resolve())), name=f"mnist-{split}", digest=md5)
+                    for split, (path, md5) in splits.items()]
+        mlflow.log_inputs(datasets, contexts=list(splits), tags_list=[None] * len(datasets))
 
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+    
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
 
     def log_files(self, paths: list[Path], folder: str) -> None:
-        import mlflow
-
+    
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path=folder)
 
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
-        import mlflow
-        import pandas as pd
-
+    
         mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
 
     def log_model(self, classifier, input_example) -> str:
@@ -206,10 +204,7 @@ class Run:
         code, and need no copy of this package. The example needs 2+ rows, or the exported
         batch size is pinned to 1.
         """
-        import mlflow
-        import torch
-        from mlflow.models import infer_signature
-
+        
         classifier.eval()
         with torch.no_grad():
             output = classifier(torch.as_tensor(input_example)).numpy()
@@ -255,8 +250,6 @@ def load_pixel_classifier(model_uri: str):
     Never unpickles, whatever MLFLOW_ALLOW_PICKLE_DESERIALIZATION says: a pickled model is
     refused; a pt2 model (what `log_model` writes) loads once its archive is found pickle-free.
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     # a progress bar per download would bury predict's one-line-per-file output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -267,3 +260,51 @@ def load_pixel_classifier(model_uri: str):
     except (MlflowException, OSError, RuntimeError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({reason})") from None
+
+
+# --- the models of a sweep, for `mnist-mlp app` ------------------------------------------------
+
+
+class SweepError(UserError, LookupError):
+    """No sweep to show: no store, no experiment, no such sweep; the message names the command that makes one."""
+
+
+class SweepModel:
+    """A FINISHED run of a sweep and the model its evaluate stage logged."""
+
+    def __init__(self, name: str, run_id: str, params: dict[str, str]):
+        self.name, self.run_id, self.params = name, run_id, params
+        self.model_uri = f"runs:/{run_id}/model"
+
+
+def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[SweepModel]]:
+    """(sweep id, its FINISHED runs, oldest first); `latest` is the sweep of the newest FINISHED run tagged with one."""
+    if "'" in sweep_id:
+        raise SweepError(f"sweep id {sweep_id!r}: a quote cannot be searched for")
+    uri = tracking_uri()
+    db = _local_sqlite_path(uri)
+    if db is not None and not db.is_file():  # MlflowClient would create an empty store there
+        raise SweepError(f"no MLflow store at {db}; `make sweep` (or `make sweep-quick`) makes one with a sweep")
+    # a tracking server that is down must not hold a request for MLflow's default minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    finished = "attributes.status = 'FINISHED'"
+    try:
+        store = client()
+        found = store.get_experiment_by_name(experiment)
+        if found is None:
+            raise SweepError(f"no experiment '{experiment}' in {uri}; `make sweep` (or `make sweep-quick`) makes one")
+        if sweep_id == "latest":
+            newest = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id != ''", max_results=1,
+                                       order_by=["attributes.start_time DESC"])  # fmt: skip
+            if not newest:
+                raise SweepError(f"no finished sweep in experiment '{experiment}' of {uri}; run `make sweep` (or `make sweep-quick`)")
+            sweep_id = newest[0].data.tags["sweep_id"]
+        runs = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id = '{sweep_id}'", max_results=1000,
+                                 order_by=["attributes.start_time ASC"])  # fmt: skip
+    except (MlflowException, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SweepError(f"cannot read the sweeps in {uri} ({reason})") from None
+    if not runs:
+        raise SweepError(f"no finished run of sweep '{sweep_id}' in experiment '{experiment}' of {uri}; `make sweep` runs one")
+    return sweep_id, [SweepModel(run.info.run_name or run.info.run_id, run.info.run_id, dict(run.data.params)) for run in runs]
