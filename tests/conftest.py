@@ -74,6 +74,13 @@ def tiny_raw(tmp_path: Path) -> Path:
     return write_tiny_mnist(tmp_path / "raw", compress=False)
 
 
+def default_params() -> dict:
+    """The defaults from the params schema: never the workspace's params.yaml, which an experiment may have changed."""
+    from mnist_mlp.params import Params
+
+    return Params().model_dump()
+
+
 def merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():
@@ -115,7 +122,7 @@ def project(tmp_path: Path, monkeypatch) -> Path:
         shutil.copy(ROOT / name, repo / name)
     for name in ("stages", "src", "params"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    params = merge(default_params(), TINY_PARAMS)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     mirror = write_tiny_mnist(tmp_path / "mirror")

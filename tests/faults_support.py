@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import BIN, ROOT, TINY_PARAMS, merge
+from conftest import BIN, ROOT, TINY_PARAMS, default_params, merge
 
 TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # mnist_mlp.files.atomic_path: .name.XXXX.tmp
 
@@ -35,7 +35,7 @@ class Outcome:
 
 
 def tiny_params(path: Path, **sections) -> Path:
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    params = merge(default_params(), TINY_PARAMS)
     path.write_text(yaml.safe_dump(merge(params, sections), sort_keys=False))
     return path
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, default_params, run
+from faults_support import tiny_params
 from mnist_mlp.cli import main
 from mnist_mlp.data import preprocess
 from mnist_mlp.params import TrainParams
@@ -59,7 +60,7 @@ def test_the_initial_weights_come_from_the_seed():
 
 def test_missing_data_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["check-reproducible", "--data", str(tmp_path / "nowhere"), "--params", str(ROOT / "params.yaml")])
+        main(["check-reproducible", "--data", str(tmp_path / "nowhere"), "--params", str(tiny_params(tmp_path / "params.yaml"))])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1
     assert err.splitlines() == [
@@ -71,7 +72,7 @@ def test_missing_data_is_refused_in_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_train_stage_run_twice_writes_identical_weights(processed, tmp_path, monkeypatch):
     """The real stage script, MLflow included: its model must start from seeded weights too."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = default_params()
     params["train"].update(hidden_sizes=[32], epochs=2, batch_size=64, lr=0.01, dropout=0.2, device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
