@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -140,3 +141,16 @@ def test_a_bad_param_stops_the_train_stage_with_one_line_and_no_model(pipeline, 
     assert "unknown key 'train.dropuot'; did you mean 'train.dropout'?" in lines[0]
     assert not out.exists()
 
+
+
+def test_a_stage_run_by_a_python_without_the_project_packages_names_the_fix(tmp_path):
+    # what `dvc repro` outside the venv does: the stage runs the system python
+    bare = tmp_path / "bare"
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    result = subprocess.run([str(bare / "bin" / "python"), str(ROOT / "stages" / "train.py")], cwd=tmp_path,
+                            env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mnist-mlp: error: ") and "lacks torch" in line
+    assert line.endswith("run inside the project's venv: `source .venv/bin/activate` (`make install` creates it)")
