@@ -5,7 +5,6 @@ BIN := $(abspath $(VENV))/bin
 # stages run `python`: make it the venv's, whatever the caller's PATH holds
 export PATH := $(BIN):$(PATH)
 UI_PORT ?= 5000
-SERVE_PORT ?= 5001
 SAMPLES ?= build/samples
 BASELINE_REV ?= main
 ACTIVATIONS ?= relu tanh sigmoid
@@ -36,8 +35,8 @@ demo: install  ## draw ten real test digits as PNG/JPEG in different styles into
 	$(BIN)/mnist-mlp render-samples $(SAMPLES)
 	$(BIN)/mnist-mlp predict $(SAMPLES)/*
 
-serve: install  ## the evaluated model as a REST API on 127.0.0.1:$(SERVE_PORT) (MODEL_URI=runs:/<run id>/model for another)
-	$(BIN)/mnist-mlp serve --port $(SERVE_PORT) $(if $(MODEL_URI),--model-uri "$(MODEL_URI)")
+serve: install  ## the evaluated model as a REST API on 127.0.0.1:5001 (SERVE_PORT for another; MODEL_URI=runs:/<run id>/model for another model)
+	$(BIN)/mnist-mlp serve $(if $(SERVE_PORT),--port $(SERVE_PORT)) $(if $(MODEL_URI),--model-uri "$(MODEL_URI)")
 
 check-metrics: install  ## fail when reports/metrics.json regressed against $(BASELINE_REV) (rules: metrics_rules.yaml)
 	$(BIN)/mnist-mlp check-metrics --baseline-rev $(BASELINE_REV)

@@ -10,6 +10,7 @@ import yaml
 
 from mnist_mlp.params import Params, ParamsError, apply_preset, read_preset, validate_params
 from mnist_mlp.project import repo_root, run_cli
+from mnist_mlp.serve import DEFAULT_PORT as DEFAULT_SERVE_PORT
 
 
 # the sections a run's result depends on; download (where the bytes come from) and tracking do not change it
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-uri", help="default: runs:/<mlflow_run_id in --metrics>/model")
     serve.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"), help="default %(default)s")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=5001, help="default %(default)s (the MLflow UI has 5000)")
+    serve.add_argument("--port", type=int, default=DEFAULT_SERVE_PORT, help="default %(default)s (the MLflow UI has 5000)")
     serve.set_defaults(func=cmd_serve)
 
     web = commands.add_parser(
