@@ -35,8 +35,7 @@ def main() -> None:
 
     splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
     tags = {"device": str(device), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
-    if params.tracking.sweep_id:
-        tags["sweep_id"] = params.tracking.sweep_id
+    tags |= {f"sweep_{key}": value for key, value in (("id", params.tracking.sweep_id), ("base", params.tracking.sweep_base)) if value}
     with tracking.training_run(params.tracking.experiment, flatten(params), tags) as run:
         run.log_datasets(splits)
 

@@ -91,10 +91,13 @@ class EvaluateParams(_Section):
 
 class TrackingParams(_Section):
     experiment: str = Field(default="mnist-mlp", min_length=1)
-    # A param, not only $MNIST_MLP_SWEEP_ID: it travels with a queued experiment whatever
-    # worker runs it, and a new id changes the train stage's params, so the DVC run-cache
-    # cannot restore an earlier training and leave the sweep without its MLflow run.
+    # A param: it travels with a queued experiment whatever worker runs it, and a new id changes
+    # the train stage's params, so the DVC run-cache cannot restore an earlier training and
+    # leave the sweep without its MLflow run.
     sweep_id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # set by `mnist-mlp sweep`: the commit its runs start from, plus each params.yaml key taken
+    # from the uncommitted workspace (`--from-workspace`): `<sha>` or `<sha>+train.epochs+train.lr`
+    sweep_base: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{40}(\+[A-Za-z0-9_]+\.[A-Za-z0-9_]+)*$")
 
 
 class Params(_Section):
