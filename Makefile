@@ -44,8 +44,8 @@ check-metrics: install  ## fail when reports/metrics.json regressed against $(BA
 check-reproducible: install  ## train a 1-epoch config twice on data/processed; fail unless bit-identical
 	$(BIN)/mnist-mlp check-reproducible
 
-bench: install  ## lecture's loop vs `fit` vs the matmul bound, a step's breakdown, the fast preset, the train stage -> reports/benchmarks.{json,md}
-	$(BIN)/python -m mnist_mlp.bench $(BENCH_ARGS)
+bench: install  ## lecture's loop vs `fit` vs the matmul bound, the fast preset, MLflow's share -> reports/benchmarks.{json,md}; exit 1 if INVALID
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 sweep: install  ## queue activation x dropout experiments ($(ACTIVATIONS) x $(DROPOUTS)), run them on $(JOBS) workers
 	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --jobs $(JOBS)

@@ -1,152 +1,143 @@
-"""bench.py on tiny synthetic data: the FLOP count, the lecture's loop, the report. No timing asserts."""
+"""benchmarks/bench.py: the FLOP count, the validity rules on constructed results, a tiny real run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_mlp import bench
-from mnist_mlp.data import preprocess
-from mnist_mlp.params import TrainParams, apply_preset, validate_params
+from mnist_mlp.errors import UserError
+from mnist_mlp.model import MLP
+from mnist_mlp.params import Params, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"hidden_sizes": [16, 8], "batch_size": 50, "epochs": 1, "lr": 0.01, "device": "cpu"}
+SCRIPT = ROOT / "benchmarks" / "bench.py"
 
 
-@pytest.fixture
-def tiny_processed(tiny_raw: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "processed"
-    preprocess(tiny_raw, out, "standardize", val_size=100, split_seed=0)
-    return out
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-def tiny_params(**train) -> dict:
-    return {"train": {**TINY, **train}}
+bench = _load_script()
+FLOPS = 1e9  # epoch FLOPs of the constructed results: at 1 GFLOP/s the bound is 1 s
+
+
+def repeat(lecture: float = 4.0, project: float = 2.0, rate: float = 1e9) -> "bench.Repeat":
+    return bench.Repeat(lecture, project, rate, fast_to_target_s=1.0, fast_train_s=1.5, fast_test_accuracy=0.981)
+
+
+def result(*repeats) -> "bench.Result":
+    return bench.Result(device="cpu", threads=2, net="784-512-512-10", batch_size=128, epoch_flops=int(FLOPS),
+                        train_samples=55_000, lecture_samples=60_000, fast_preset="fast", stage_epochs=20,
+                        repeats=list(repeats))
 
 
 def test_default_net_costs_3_2_mflop_per_training_sample():
     # forward 2*(784*512 + 512*512 + 512*10); weight gradients the same; input gradients skip layer 1
-    forward = 2 * (784 * 512 + 512 * 512 + 512 * 10)
-    assert bench.forward_flops_per_sample([512, 512]) == forward == 1_337_344
-    assert bench.training_flops_per_sample([512, 512]) == 2 * forward + 2 * (512 * 512 + 512 * 10) == 3_209_216
-    assert bench.epoch_flops([512, 512], 55_000, 5_000) == 55_000 * 3_209_216 + 5_000 * 1_337_344
+    _, forward, step = bench.step_matmuls([512, 512], 1, torch.device("meta"))
+    assert forward == 2 * (784 * 512 + 512 * 512 + 512 * 10) == 1_337_344
+    assert step == 2 * forward + 2 * (512 * 512 + 512 * 10) == 3_209_216
 
 
-def test_flop_count_agrees_with_torchs_counter_on_a_real_step():
-    model = bench.lecture_net(TrainParams(hidden_sizes=[32, 16], dropout=0.0))
-    inputs = torch.randn(7, 1, 28, 28)
+def test_flop_count_and_the_timed_matmuls_agree_with_torchs_counter():
+    run, forward, step = bench.step_matmuls([32, 16], 7, torch.device("cpu"))
+    model, inputs = MLP([32, 16]), torch.randn(7, 784)
     with FlopCounterMode(display=False) as counter:
         model(inputs).sum().backward()
-    assert counter.get_total_flops() == 7 * bench.training_flops_per_sample([32, 16])
+    assert counter.get_total_flops() == 7 * step
+    with FlopCounterMode(display=False) as counter:
+        run()
+    assert counter.get_total_flops() == 7 * step  # the timed function runs exactly a step's matmuls
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(inputs)
+    assert counter.get_total_flops() == 7 * forward
 
 
-def test_lecture_loop_reads_the_raw_files_through_torchvision(tiny_raw: Path):
-    params = TrainParams(**TINY)
-    with bench.torchvision_root(tiny_raw) as root:
-        loop = bench.LectureLoop(root, params, torch.device("cpu"), epochs=2)
-        first = [p.detach().clone() for p in loop.model.parameters()]
-        assert loop.epoch() > 0 and loop.epoch() > 0
-    assert loop.samples == 600  # the synthetic training file, all of it
-    assert any(not torch.equal(a, b) for a, b in zip(first, loop.model.parameters()))  # it trained
-    assert not root.exists()  # the temporary layout is gone
+def test_consistent_repeats_are_valid():
+    valid = result(repeat(), repeat(4.4, 2.1, 0.9e9), repeat(3.8, 1.9, 1.1e9))
+    assert bench.problems(valid) == []
+    assert valid.summary()["speedup_vs_lecture"] == pytest.approx(2.0)
+    assert valid.summary()["ratio_to_bound"] == pytest.approx(2.0)
+    assert "INVALID" not in bench.markdown(valid)
 
 
-def test_missing_raw_files_are_named(tmp_path: Path):
-    with pytest.raises(bench.BenchError, match=r"missing train-images-idx3-ubyte.*dvc repro download"):
-        with bench.torchvision_root(tmp_path):
-            pass
+def test_a_project_faster_than_its_matmul_bound_is_impossible():
+    # 0.5 s per epoch, but the epoch's matmuls alone take 1 s at this repeat's rate
+    assert bench.problems(result(repeat(project=0.5), repeat(project=0.6))) == [
+        (0, "repeat 1: the project's epoch (0.500 s) is faster than its matmul bound (1.000 s)"),
+        (1, "repeat 2: the project's epoch (0.600 s) is faster than its matmul bound (1.000 s)"),
+    ]
 
 
-def test_matmul_rate_is_a_positive_flop_rate():
-    rates = bench.matmul_rate([16], batch_size=8, device=torch.device("cpu"), repeats=1, calls=2)
-    assert rates["step_flop_per_s"] > 0 and rates["first_layer_flop_per_s"] > 0
-    assert rates["first_layer_shape"] == "8x784x16"
+def test_a_matmul_rate_under_half_of_the_runs_best_is_refused():
+    found = bench.problems(result(repeat(), repeat(project=8.0, rate=0.4e9, lecture=16.0), repeat()))
+    assert found == [(1, "repeat 2: matmuls at 0.4 GFLOP/s, under 50% of this run's best (1.0)")]
 
 
-def test_the_shipped_fast_preset_is_valid_and_short():
-    fast = apply_preset(validate_params({}), ROOT / "params" / "fast.yaml")
-    assert fast.train.epochs < validate_params({}).train.epochs
+def test_repeats_whose_ratios_disagree_name_the_outlier():
+    found = bench.problems(result(repeat(), repeat(lecture=9.0), repeat(lecture=4.2)))
+    assert found == [(1, "speedup vs lecture: the repeats disagree (2.00, 4.50, 2.10: largest over smallest above 2.0)")]
 
 
-def test_benchmark_report_without_the_stage(tiny_raw: Path, tiny_processed: Path, tmp_path: Path):
-    params = validate_params(tiny_params(epochs=3))
-    fast = validate_params(tiny_params(epochs=2, batch_size=25))
-    lines: list[str] = []
-    report = bench.run_benchmark(tiny_raw, tiny_processed, params, fast, repeats=2, device_choice="cpu", log=lines.append)
-
-    assert len(report["baseline"]["all_epoch_seconds"]) == 2
-    assert len(report["project"]["all_epoch_seconds"]) == 4  # two fit epochs per repeat
-    assert report["project"]["samples_per_epoch"] == 600  # 500 trained on + 100 validated
-    assert report["baseline"]["samples_per_epoch"] == 600
-    assert report["bound"]["epoch_flops"] == bench.epoch_flops([16, 8], 500, 100)
-    # ratios are per repeat (lecture epoch / median project epoch of that repeat), then the median
-    epochs = report["project"]["all_epoch_seconds"]
-    speedups = [lecture / ((a + b) / 2) for lecture, a, b in zip(report["baseline"]["all_epoch_seconds"], epochs[::2], epochs[1::2])]
-    assert report["project"]["speedups_per_repeat"] == pytest.approx(speedups)
-    assert report["project"]["speedup_vs_baseline"] == pytest.approx(sum(speedups) / 2)
-    assert len(report["project"]["ratios_to_bound_per_repeat"]) == 2 and report["project"]["ratio_to_bound"] > 0
-    assert report["memory"]["peak_rss_mib"] > 0
-    assert [point["epoch"] for point in report["fast"]["curve"]] == [1, 2]
-    assert 0.0 <= report["fast"]["test_accuracy"] <= 1.0
-    assert "train_stage" not in report and len(lines) == 4  # two repeats, the breakdown, the fast preset
-    assert set(report["step_breakdown"]) == set(bench.BREAKDOWN_VARIANTS)
-    text = bench.markdown(report)
-    assert "| project (`fit`) |" in text and "## `fast` preset" in text and "## Where a step's time goes" in text
+def test_remeasuring_replaces_the_bad_repeat_and_then_it_is_valid():
+    measured = result(repeat(), repeat(project=0.5), repeat())
+    bench.remeasure(measured, lambda: repeat(project=2.2), retries=2)
+    assert measured.problems == [] and measured.remeasured == 1
+    assert [r.project_epoch_s for r in measured.repeats] == [2.0, 2.2, 2.0]
 
 
-def test_step_breakdown_times_each_variant_against_the_matmuls(tiny_processed: Path):
-    train = bench.load_split(tiny_processed / "train.pt")
-    params = TrainParams(**{**TINY, "dropout": 0.2})
-    parts = bench.step_breakdown(train, params, torch.device("cpu"), rounds=3, window=4)
-    assert list(parts) == list(bench.BREAKDOWN_VARIANTS)
-    assert parts["matmuls"]["ratio_to_matmuls"] == 1.0
-    assert all(part["microseconds_per_step"] > 0 for part in parts.values())
-    # a whole step does strictly more than its matmuls; the ratios are of the same windows
-    assert parts["step"]["ratio_to_matmuls"] > 1.0
+def test_remeasuring_is_bounded_and_what_stays_impossible_is_marked_invalid():
+    calls = []
+    measured = result(repeat(3.0, 1.5), repeat(1.8, 0.9))
+    bench.remeasure(measured, lambda: calls.append(1) or repeat(1.8, 0.9), retries=3)
+    assert len(calls) == 3 and measured.remeasured == 3
+    assert measured.problems == ["repeat 2: the project's epoch (0.900 s) is faster than its matmul bound (1.000 s)"]
+    text = bench.markdown(measured)
+    assert "**INVALID** (after re-measuring 3 repeats)" in text and measured.problems[0] in text
+    assert measured.summary()["valid"] is False
 
 
-def test_time_to_accuracy_finds_the_first_epoch_at_the_target(tiny_processed: Path):
-    train, val, test = (bench.load_split(tiny_processed / f"{name}.pt") for name in ("train", "val", "test"))
-    params = TrainParams(**{**TINY, "epochs": 3})
-    result = bench.time_to_accuracy(train, val, test, params, torch.device("cpu"), target=0.0)
-    assert result["epoch_reaching_target"] == 1
-    assert 0 < result["seconds_to_target"] <= result["train_seconds"]
-    never = bench.time_to_accuracy(train, val, test, params, torch.device("cpu"), target=1.01)
-    assert never["seconds_to_target"] is None and never["epoch_reaching_target"] is None
+def test_missing_raw_files_are_one_clear_error(tmp_path: Path):
+    with pytest.raises(UserError, match=r"the four MNIST IDX files are missing; run `dvc repro download`"):
+        bench.lecture_epoch(tmp_path, TrainParams(), torch.device("cpu"))
 
 
-def test_main_writes_both_reports(tiny_raw: Path, tiny_processed: Path, tmp_path: Path, capsys):
-    params_file, fast_file = tmp_path / "params.yaml", tmp_path / "fast.yaml"
-    params_file.write_text(yaml.safe_dump(tiny_params()))
-    fast_file.write_text(yaml.safe_dump({"train": {"epochs": 1}}))
+def test_the_train_stages_mlflow_work_is_timed_in_the_given_store(mlflow_store: str, tiny_processed: Path, tmp_path: Path):
+    import mlflow
+
+    params = Params(train=TrainParams(epochs=3))
+    assert bench.mlflow_seconds(params, tiny_processed, tmp_path) > 0
+    client = mlflow.MlflowClient(mlflow_store)
+    (run,) = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3
+    assert sorted(d.dataset.name for d in run.inputs.dataset_inputs) == ["mnist-train", "mnist-val"]
+
+
+def test_a_tiny_real_run_writes_both_reports_and_exits_0_only_when_valid(tiny_raw: Path, tiny_processed: Path,
+                                                                         tmp_path: Path):
+    # a leftover experiment in the working folder's params.yaml must not change what is measured
+    (tmp_path / "params.yaml").write_text("train:\n  hidden_sizes: [8]\n")
     out = tmp_path / "reports"
-    bench.main(["--raw", str(tiny_raw), "--data", str(tiny_processed), "--params", str(params_file),
-                "--fast", str(fast_file), "--repeats", "1", "--no-stage", "--device", "cpu", "--out", str(out)])
+    run = subprocess.run([sys.executable, str(SCRIPT), "--raw", str(tiny_raw), "--data", str(tiny_processed),
+                          "--repeats", "2", "--min-run-time", "0.01", "--no-mlflow", "--device", "cpu", "--out", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     report = json.loads((out / "benchmarks.json").read_text())
-    assert report["repeats"] == 1 and report["net"] == "784-16-8-10"
-    assert (out / "benchmarks.md").read_text().startswith("# Training benchmark")
+    text = (out / "benchmarks.md").read_text()
+    assert report["net"] == "784-512-512-10" and len(report["repeats"]) == 2
+    assert report["epoch_flops"] == 500 * 3_209_216 + 100 * 1_337_344  # the tiny split: 500 trained on, 100 validated
+    assert report["lecture_samples"] == 600 and report["mlflow_s"] is None
+    assert text.startswith("# Training benchmark") and "784-256-256-10, batch 256" in text  # params/fast.yaml
+    assert run.returncode == (0 if report["summary"]["valid"] else 1), run.stderr
+    assert ("**INVALID**" in text) == (not report["summary"]["valid"]) == ("bench: error: INVALID" in run.stderr)
     assert sorted(p.name for p in out.iterdir()) == ["benchmarks.json", "benchmarks.md"]  # no temp files left
-    assert "# Training benchmark" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_train_stage_and_mlflow_costs_are_measured(tiny_processed: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(tiny_params(epochs=2)))
-    stage = bench.train_stage(ROOT, params_file, tiny_processed, tmp_path)
-    assert stage["epochs"] == 2 and stage["seconds"] > stage["fit_seconds"] > 0
-    assert stage["peak_rss_mib"] > 50  # torch alone is bigger than that
-    assert 0.0 <= stage["test_accuracy"] <= 1.0
-
-    from mnist_mlp.checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(tmp_path / "model.pt")
-    example = torch.rand(2, 784).numpy()
-    costs = bench.mlflow_costs(tmp_path, validate_params(tiny_params()), 2, checkpoint.classifier(), example)
-    assert costs["train_logging_seconds"] > 0 and costs["model_logging_seconds"] > 0
