@@ -12,7 +12,7 @@ DROPOUTS ?= 0.0 0.2 0.5
 JOBS ?= 2
 STORE = $(shell $(BIN)/python -c "from mnist_mlp.tracking import tracking_uri; print(tracking_uri())")
 
-.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench sweep sweep-quick compare test-browser browser-deps close-stale-runs
+.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench sweep sweep-quick compare test-browser browser-deps close-stale-runs app
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ demo: install  ## draw ten real test digits as PNG/JPEG in different styles into
 serve: install  ## the evaluated model as a REST API on 127.0.0.1:5001 (SERVE_PORT for another; MODEL_URI=runs:/<run id>/model for another model)
 	$(BIN)/mnist-mlp serve $(if $(SERVE_PORT),--port $(SERVE_PORT)) $(if $(MODEL_URI),--model-uri "$(MODEL_URI)")
 
+app: install  ## draw a digit in the browser: the current model and every model of the latest sweep answer, on 127.0.0.1:8000 (APP_PORT for another)
+	$(BIN)/mnist-mlp app $(if $(APP_PORT),--port $(APP_PORT))
+
 check-metrics: install  ## fail when reports/metrics.json regressed against $(BASELINE_REV) (rules: metrics_rules.yaml)
 	$(BIN)/mnist-mlp check-metrics --baseline-rev $(BASELINE_REV)
 
@@ -60,7 +63,7 @@ browser-deps:  ## headless Chromium and its driver for test-browser (Debian, as 
 	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
 		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
-test-browser: install  ## the MLflow UI in headless Chromium against a small real sweep
+test-browser: install  ## the MLflow UI and `mnist-mlp app` in headless Chromium against small real sweeps
 	$(BIN)/pytest -m browser
 
 close-stale-runs: install  ## end MLflow runs a crash left RUNNING as KILLED (OLDER_THAN=minutes, for other hosts' runs)

@@ -133,11 +133,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_app(args: argparse.Namespace) -> None:
     from mnist_mlp import app
 
-    models = app.Models(args.model, args.uris, args.experiment, args.sweep)
+    models = app.Models(args.model, args.uris, configured_experiment(args.experiment), args.sweep)
     if args.measure:
         print(app.measure(models, args.measure).text())
     else:
-        app.serve(models, args.port)
+        app.serve(models, args.port or app.DEFAULT_PORT)
 
 
 def _port(text: str) -> int:
@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: the models of the latest sweep)")  # fmt: skip
     web.add_argument("--model", default="models/model.pt", help="the current model: checkpoint or MLflow URI (default %(default)s)")
     web.add_argument("--sweep", metavar="ID", help="the sweep whose models answer (default: the latest; a page's ?sweep=ID overrides)")
-    web.add_argument("--experiment", default="mnist-mlp", help="MLflow experiment of the sweeps (default %(default)s)")
-    web.add_argument("--port", type=_port, default=8000, help="on 127.0.0.1 (default %(default)s)")
+    web.add_argument("--experiment", help="MLflow experiment of the sweeps (default: tracking.experiment in params.yaml)")
+    web.add_argument("--port", type=_port, help="on 127.0.0.1 (default: 8000, app.DEFAULT_PORT)")
     web.add_argument("--measure", type=Path, metavar="IMAGE",
                      help="print each model's CPU latency on IMAGE (median of 100) instead of serving")  # fmt: skip
     web.set_defaults(func=cmd_app)

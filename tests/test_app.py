@@ -1,0 +1,269 @@
+"""`mnist-mlp app`: the JSON API beside the page, against real models in a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_support import drawn, log_sweep, png, save_model
+from conftest import cli_in_process
+from digit_images import write_styled_digits
+from mnist_mlp import app, predict
+
+SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, empty_mlflow_db: Path) -> dict:
+    """A SQLite store with an older sweep `old` (one run) and the latest sweep `new` (three runs)."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("store")
+    shutil.copy(empty_mlflow_db, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        for key in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+            patch.delenv(key, raising=False)
+        old = log_sweep(folder, "old", [("sigmoid", 0.2)])
+        new = log_sweep(folder, "new", SETTINGS)
+    mlflow.set_tracking_uri(None)
+    return {"uri": uri, "old": old, "new": new}
+
+
+@pytest.fixture
+def store_env(store: dict, monkeypatch) -> dict:
+    """MLFLOW_TRACKING_URI at the module's store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    return store
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_model(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> dict[Path, int]:
+    return write_styled_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture
+def client(checkpoint, store_env):
+    return app.create_app(app.Models(str(checkpoint))).test_client()
+
+
+def post(client, data: bytes, name: str = "pad.png", query: str = ""):
+    return client.post(f"/api/predict{query}", data={"image": (io.BytesIO(data), name)})
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+def test_the_page_and_its_files_are_served_from_the_package(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '<canvas id="pad"' in html and 'id="upload"' in html and 'id="clear"' in html
+    for name in ("app.js", "app.css"):
+        assert f'src="static/{name}"' in html or f'href="static/{name}"' in html
+        assert client.get(f"/static/{name}").status_code == 200
+    # offline: nothing is fetched from another host
+    for text in (html, client.get("/static/app.js").get_data(as_text=True), client.get("/static/app.css").get_data(as_text=True)):
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+def test_the_current_model_comes_first_then_every_model_of_the_latest_sweep(client, store_env):
+    listed = client.get("/api/models").get_json()
+    assert listed["sweep"] == "new" and listed["notice"] is None
+    assert [model["name"] for model in listed["models"]] == ["current", *store_env["new"]]
+    assert listed["models"][0]["title"] == "784-64-10 relu, dropout 0.0"
+    # labelled by the params that differ across the sweep
+    assert [model["title"] for model in listed["models"][1:]] == [
+        "activation relu, dropout 0.0", "activation tanh, dropout 0.0", "activation relu, dropout 0.5"
+    ]  # fmt: skip
+    assert all("error" not in model for model in listed["models"])
+
+
+@pytest.mark.parametrize("shape, digit", [("one", 1), ("zero", 0)])
+def test_a_drawing_gets_every_models_digit_and_ten_probabilities(client, store_env, shape, digit):
+    response = post(client, png(drawn(shape)))
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert [model["name"] for model in body["models"]] == ["current", *store_env["new"]]
+    for model in body["models"]:
+        assert model["label"] == digit, model
+        assert len(model["probabilities"]) == 10 and abs(sum(model["probabilities"]) - 1) < 1e-4
+        assert int(np.argmax(model["probabilities"])) == model["label"]
+    # each model answers for itself: other settings, other probabilities; the same settings and seed, the same
+    current, *swept = body["models"]
+    assert len({tuple(model["probabilities"]) for model in swept}) == len(swept)
+    assert swept[0]["title"] == "activation relu, dropout 0.0" and swept[0]["probabilities"] == current["probabilities"]
+
+
+def test_the_pixels_shown_are_exactly_what_predict_makes_of_the_file(client, digits):
+    for path in list(digits)[::7]:
+        body = post(client, path.read_bytes(), path.name).get_json()
+        np.testing.assert_allclose(np.array(body["pixels"]).reshape(-1), predict.image_pixels(path), atol=1e-4)
+
+
+def test_uploaded_digits_in_every_style_are_read_like_predict_reads_them(client, checkpoint, digits):
+    expected = predict.predict_files(list(digits), predict.load_classifier(str(checkpoint)), top_k=1)
+    for (path, truth), result in zip(digits.items(), expected):
+        current = post(client, path.read_bytes(), path.name).get_json()["models"][0]
+        assert current["name"] == "current" and current["label"] == result.label
+        assert current["probabilities"][result.label] == pytest.approx(result.top_k[0][1], abs=1e-5)
+    assert sum(result.label == truth for result, truth in zip(expected, digits.values())) >= 0.9 * len(digits)
+
+
+def test_another_sweep_is_chosen_with_the_sweep_query(client, store_env):
+    body = post(client, png(drawn("one")), query="?sweep=old").get_json()
+    assert body["sweep"] == "old"
+    assert [model["name"] for model in body["models"]] == ["current", *store_env["old"]]
+    assert body["models"][1]["title"] == "old-sigmoid-do0.2"  # a single run: nothing differs, its name says it
+
+
+def test_models_named_on_the_command_line_replace_the_sweep(checkpoint, store_env):
+    import mlflow
+
+    run_id = mlflow.MlflowClient().search_runs(
+        [mlflow.MlflowClient().get_experiment_by_name("mnist-mlp").experiment_id], "tags.sweep_id = 'old'"
+    )[0].info.run_id
+    uri = f"runs:/{run_id}/model"
+    client = app.create_app(app.Models(str(checkpoint), [uri])).test_client()
+    body = post(client, png(drawn("one"))).get_json()
+    assert body["sweep"] is None
+    assert [(model["name"], model["label"]) for model in body["models"]] == [("current", 1), (uri, 1)]
+
+
+def test_a_retrained_model_is_picked_up_without_a_restart(tmp_path, store_env):
+    path = save_model(tmp_path / "model.pt")
+    client = app.create_app(app.Models(str(path))).test_client()
+    assert client.get("/api/models").get_json()["models"][0]["title"].endswith("relu, dropout 0.0")
+    save_model(tmp_path / "retrained.pt", activation="tanh").replace(path)
+    body = post(client, png(drawn("one"))).get_json()
+    assert body["models"][0]["title"] == "784-64-10 tanh, dropout 0.0"
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_an_empty_pad_asks_for_a_digit(client):
+    response = post(client, png(drawn("nothing")))
+    assert response.status_code == 400
+    assert "no digit found" in response.get_json()["error"]
+
+
+@pytest.mark.parametrize("data, name, message", [
+    (b"%PDF-1.4 not an image", "notes.pdf", "notes.pdf: not a PNG or JPEG image"),
+    (b"", "empty.png", "empty.png: empty file"),
+    (png(drawn("one"))[:200], "cut.png", "cut.png: unreadable image"),
+])  # fmt: skip
+def test_a_file_that_is_not_a_png_or_jpeg_gets_a_clear_400(client, data, name, message):
+    response = post(client, data, name)
+    assert response.status_code == 400
+    assert response.get_json()["error"].startswith(message)
+
+
+def test_a_gif_is_refused_though_pillow_could_read_it(client):
+    buffer = io.BytesIO()
+    drawn("one").save(buffer, format="GIF")
+    assert post(client, buffer.getvalue(), "one.gif").status_code == 400
+
+
+def test_a_request_without_the_image_field_says_what_is_expected(client):
+    response = client.post("/api/predict", data={"picture": (io.BytesIO(b"x"), "x.png")})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "expected a multipart/form-data field 'image' holding a PNG or JPEG"
+
+
+def test_an_upload_over_the_size_limit_gets_413(client):
+    response = post(client, b"\0" * (app.MAX_UPLOAD_BYTES + 1), "huge.png")
+    assert response.status_code == 413
+    assert response.get_json()["error"].startswith("upload larger than 8 MiB")
+
+
+def test_a_small_file_of_too_many_pixels_gets_413(client):
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 4000), 255).save(buffer, format="PNG")  # ~60 KB, 20 megapixels
+    response = post(client, buffer.getvalue(), "wide.png")
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "wide.png: 5000x4000 pixels; at most 16.8 megapixels"
+
+
+def test_a_bad_sweep_id_is_a_400_and_an_unknown_one_a_notice(client):
+    response = client.get("/api/models?sweep=x' or '1")
+    assert response.status_code == 400 and "sweep_id" in response.get_json()["error"]
+    body = post(client, png(drawn("one")), query="?sweep=never").get_json()
+    assert [model["name"] for model in body["models"]] == ["current"]
+    assert body["models"][0]["label"] == 1
+    assert body["notice"].startswith("no finished run of sweep 'never' in experiment 'mnist-mlp'")
+    assert "`make sweep`" in body["notice"]
+
+
+def test_no_model_and_no_store_say_which_commands_make_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = app.create_app(app.Models(str(tmp_path / "models" / "model.pt"))).test_client()
+    listed = client.get("/api/models").get_json()
+    assert listed["models"][0]["error"] == f"{tmp_path / 'models' / 'model.pt'}: model file not found; run `dvc repro` to train one"
+    assert listed["notice"] == f"no MLflow store at {tmp_path / 'mlflow.db'}; `make sweep` (or `make sweep-quick`) makes one with a sweep"
+    assert not (tmp_path / "mlflow.db").exists()  # looking did not create one
+    body = post(client, png(drawn("one"))).get_json()
+    assert body["models"] == [{"name": "current", "title": listed["models"][0]["title"], "source": str(tmp_path / "models" / "model.pt"),
+                               "error": listed["models"][0]["error"]}]  # fmt: skip
+
+
+def test_an_unreachable_tracking_server_is_a_notice_not_a_crash(client, checkpoint, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    client = app.create_app(app.Models(str(checkpoint))).test_client()
+    body = post(client, png(drawn("one"))).get_json()
+    assert body["models"][0]["label"] == 1
+    assert body["notice"].startswith(f"cannot read the sweeps in http://127.0.0.1:{port} (")
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def test_measure_prints_each_models_latency(checkpoint, store_env, tmp_path, capsys):
+    image = tmp_path / "seven.png"
+    image.write_bytes(png(drawn("one")))
+    code, out, err = cli_in_process(["app", "--model", str(checkpoint), "--experiment", "mnist-mlp", "--measure", str(image)], capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{image}: median of 100 runs on the CPU")
+    names = [line.split()[0] for line in lines[2:6]]
+    assert names == ["current", *store_env["new"]]
+    assert lines[-1].startswith("  POST /api/predict, all models, JSON") and lines[-1].endswith(" ms")
+
+
+def test_a_port_in_use_is_one_line(checkpoint, store_env, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli_in_process(["app", "--model", str(checkpoint), "--experiment", "mnist-mlp", "--port", str(port)], capsys)
+    assert code == 1
+    assert err.splitlines()[-1].startswith(f"mnist-mlp app: error: 127.0.0.1:{port}: cannot listen (")
+    assert "--port N" in err.splitlines()[-1]
+
+
+def test_measure_without_a_model_says_how_to_make_one(tmp_path, store_env, capsys):
+    image = tmp_path / "one.png"
+    image.write_bytes(png(drawn("one")))
+    code, out, err = cli_in_process(["app", "--model", str(tmp_path / "none.pt"), "--experiment", "mnist-mlp", "--measure", str(image)], capsys)
+    assert (code, out) == (1, "")
+    assert err == f"mnist-mlp app: error: {tmp_path / 'none.pt'}: model file not found; run `dvc repro` to train one\n"
