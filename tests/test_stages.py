@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from mnist_mlp.files import md5_of
 from conftest import ROOT, TINY_PARAMS, _checksum_file, merge, run, write_tiny_mnist
 
 RAW_FILES = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
@@ -121,6 +122,13 @@ def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline):
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_accuracy")] == [1, 2]
     figures = {a.path for a in client.list_artifacts(logged.info.run_id, "figures")}
     assert figures == {"figures/confusion_matrix.png", "figures/misclassified.png"}
+    # the UI's Dataset column: each split that trained or tested the model, its md5 the digest
+    datasets = {item.dataset.name: item for item in logged.inputs.dataset_inputs}
+    assert set(datasets) == {"mnist-train", "mnist-val", "mnist-test"}
+    for split in ("train", "val"):
+        assert datasets[f"mnist-{split}"].dataset.digest == logged.data.tags[f"data_md5_{split}"]
+        assert datasets[f"mnist-{split}"].tags[0].value == split  # context
+    assert datasets["mnist-test"].dataset.digest == md5_of(workdir / "data" / "processed" / "test.pt")
 
 
 def test_a_bad_param_stops_the_train_stage_with_one_line_and_no_model(pipeline, tmp_path):

@@ -66,6 +66,8 @@ def test_ensure_experiment_creates_it_once_with_an_absolute_artifact_location(
     assert experiment.name == "unit"
     assert experiment.artifact_location == (repo / "mlartifacts").as_uri()
     assert experiment.artifact_location.startswith("file:///")
+    # a model-training experiment: MLflow 3's UI opens it on its runs, not on the GenAI traces overview
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert tracking.ensure_experiment("unit") == experiment_id
     assert tracking.ensure_experiment("other") != experiment_id
 
