@@ -17,6 +17,17 @@ from mnist_mlp.serve import DEFAULT_PORT as DEFAULT_SERVE_PORT
 RESULT_SECTIONS = ("preprocess", "train", "evaluate")
 
 
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}, nested sections included: the keys `-S` takes."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _preset_overrides(name: str) -> list[str]:
     """`-S key=value` for every key a run depends on: the defaults with params/<name>.yaml laid over them.
 
@@ -27,23 +38,23 @@ def _preset_overrides(name: str) -> list[str]:
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ParamsError(f"{path}: no such preset; available: {', '.join(available) or 'none'}")
-    explicit = read_preset(path)
-    resolved = apply_preset(Params(), path).model_dump()
-    keys = [(section, key) for section in RESULT_SECTIONS for key in resolved[section]]
-    keys += [(section, key) for section, values in explicit.items() if section not in RESULT_SECTIONS for key in values]
+    resolved = _dotted(apply_preset(Params(), path).model_dump())
+    explicit = _dotted(read_preset(path))
+    keys = [key for key in resolved if key.split(".")[0] in RESULT_SECTIONS]
+    keys += [key for key in explicit if key.split(".")[0] not in RESULT_SECTIONS]
     arguments = []
-    for section, key in keys:
-        value = resolved[section][key]
+    for key in keys:
+        value = resolved[key]
         # `dvc exp run $(mnist-mlp preset NAME)` splits the output on whitespace and removes
         # no quotes: a list goes as compact JSON ([512,512], also YAML), nothing is quoted
-        if isinstance(value, (list, dict)):
+        if isinstance(value, list):
             text = json.dumps(value, separators=(",", ":"))
         else:  # `...` is YAML's end-of-document marker
             text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
         if any(char.isspace() or char in "'\"" for char in text):
-            raise ParamsError(f"{path}: '{section}.{key}' = {text}: a value with spaces or quotes cannot pass "
+            raise ParamsError(f"{path}: '{key}' = {text}: a value with spaces or quotes cannot pass "
                               "through `$(mnist-mlp preset ...)`; give it with -S on the command line")
-        arguments += ["-S", f"{section}.{key}={text}"]
+        arguments += ["-S", f"{key}={text}"]
     return arguments
 
 
@@ -186,22 +197,19 @@ def cmd_check_reproducible(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from mnist_mlp import sweep
 
-    from mnist_mlp.params import load_params
-
     planned = sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.sweep_id)
-    experiment = planned.override("tracking.experiment") or load_params(repo_root() / "params.yaml").tracking.experiment
-    table = sweep.run_sweep(repo_root(), planned, args.jobs, experiment, args.force, args.poll)
-    print(f"sweep {planned.sweep_id} done; dvc exp show for its experiments:")
-    print(table.to_string())
+    experiment = configured_experiment(planned.experiment)
+    sweep.run_sweep(repo_root(), planned, experiment, args.jobs, args.force, args.from_workspace, args.poll)
     print(f"next: mnist-mlp compare --sweep-id {planned.sweep_id}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from mnist_mlp import compare
 
-    result = compare.compare(args.experiment, compare.ALL if args.all else args.sweep_id)
+    result = compare.compare(configured_experiment(args.experiment), compare.ALL if args.all else args.sweep_id)
     table, picture = compare.write_report(result, args.reports)
     print(result.summary[["activation", "dropout", "runs", *compare.VALUES]].to_string(index=False))
+    print("\n".join(compare.notes(result)))
     print(f"wrote {table} and {picture} ({len(result.runs)} runs, sweep {result.sweep_id})")
 
 
@@ -312,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--sweep-id", help="default: the current time, YYYYMMDD-HHMMSS")
     sweep.add_argument("--force", action="store_true",
                        help="queue with `dvc exp run --force`: re-run every stage, download and preprocess too")
+    sweep.add_argument("--from-workspace", action="store_true",
+                       help="sweep from params.yaml as it is in the workspace, even where it differs from HEAD")
     sweep.add_argument("--poll", type=float, default=10.0, metavar="SECONDS", help="queue polling interval")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -319,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = compare.add_mutually_exclusive_group()
     which.add_argument("--sweep-id", default="latest", help="default: the latest sweep")
     which.add_argument("--all", action="store_true", help="every run of the experiment, swept or not")
-    compare.add_argument("--experiment", default="mnist-mlp", help="MLflow experiment (default %(default)s)")
+    compare.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     compare.add_argument("--reports", type=Path, default=Path("reports"), help="default %(default)s")
     compare.set_defaults(func=cmd_compare)
     return parser
