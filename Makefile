@@ -12,7 +12,7 @@ DROPOUTS ?= 0.0 0.2 0.5
 JOBS ?= 2
 STORE = $(shell $(BIN)/python -c "from mnist_mlp.tracking import tracking_uri; print(tracking_uri())")
 
-.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench sweep sweep-quick compare test-browser browser-deps close-stale-runs app
+.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick compare test-browser browser-deps close-stale-runs app
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ check-reproducible: install  ## train a 1-epoch config twice on data/processed; 
 
 bench: install  ## lecture's loop vs `fit` vs the matmul bound, the fast preset, MLflow's share -> reports/benchmarks.{json,md}; exit 1 if INVALID
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+plots: install  ## `dvc plots show` offline: the vega scripts DVC's page loads, fetched once from npm and inlined (build/plots/offline.html)
+	mkdir -p build/plots
+	specs="$$($(BIN)/python tools/offline_plots.py specs --missing-in build/plots)" && \
+		if [ -n "$$specs" ]; then npm pack --silent --pack-destination build/plots $$specs >/dev/null; fi
+	$(BIN)/python tools/offline_plots.py build build/plots build/plots/offline.html
+	$(BIN)/dvc plots show --html-template build/plots/offline.html $(PLOTS_ARGS)
 
 sweep: install  ## queue activation x dropout experiments ($(ACTIVATIONS) x $(DROPOUTS)), run them on $(JOBS) workers
 	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --jobs $(JOBS)
