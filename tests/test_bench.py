@@ -75,8 +75,15 @@ def test_consistent_repeats_are_valid():
 def test_a_project_faster_than_its_matmul_bound_is_impossible():
     # 0.5 s per epoch, but the epoch's matmuls alone take 1 s at this repeat's rate
     assert bench.problems(result(repeat(project=0.5), repeat(project=0.6))) == [
-        (0, "repeat 1: the project's epoch (0.500 s) is faster than its matmul bound (1.000 s)"),
-        (1, "repeat 2: the project's epoch (0.600 s) is faster than its matmul bound (1.000 s)"),
+        (0, "repeat 1: the project's epoch (0.500 s) is faster than the matmul bound (1.000 s)"),
+        (1, "repeat 2: the project's epoch (0.600 s) is faster than the matmul bound (1.000 s)"),
+    ]
+
+
+def test_a_lecture_epoch_faster_than_the_bound_is_impossible_too():
+    # at 0.5 GFLOP/s the epoch's matmuls take 2 s; the lecture's epoch has at least as many
+    assert bench.problems(result(repeat(1.8, 2.5, 0.5e9), repeat(2.4, 2.5, 0.5e9))) == [
+        (0, "repeat 1: the lecture's epoch (1.800 s) is faster than the matmul bound (2.000 s)"),
     ]
 
 
@@ -102,7 +109,7 @@ def test_remeasuring_is_bounded_and_what_stays_impossible_is_marked_invalid():
     measured = result(repeat(3.0, 1.5), repeat(1.8, 0.9))
     bench.remeasure(measured, lambda: calls.append(1) or repeat(1.8, 0.9), retries=3)
     assert len(calls) == 3 and measured.remeasured == 3
-    assert measured.problems == ["repeat 2: the project's epoch (0.900 s) is faster than its matmul bound (1.000 s)"]
+    assert measured.problems == ["repeat 2: the project's epoch (0.900 s) is faster than the matmul bound (1.000 s)"]
     text = bench.markdown(measured)
     assert "**INVALID** (after re-measuring 3 repeats)" in text and measured.problems[0] in text
     assert measured.summary()["valid"] is False
