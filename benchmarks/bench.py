@@ -103,7 +103,8 @@ def problems(result: Result) -> list[tuple[int, str]]:
         bound = result.epoch_flops / r.matmul_flop_per_s  # the lecture's epoch has more matmuls than this, not fewer
         for loop, seconds in (("project's", r.project_epoch_s), ("lecture's", r.lecture_epoch_s)):
             if seconds < bound:
-                found.append((i, f"repeat {i + 1}: the {loop} epoch ({seconds:.3f} s) is faster than the matmul bound ({bound:.3f} s)"))
+                found.append((i, f"repeat {i + 1}: the {loop} epoch ({seconds:.3f} s) is faster than "
+                                 f"the matmul bound ({bound:.3f} s)"))
     for name, values in (("speedup vs lecture", result.speedups()), ("ratio to bound", result.ratios_to_bound())):
         if max(values) > MAX_SPREAD * min(values):
             outlier = max(range(len(values)), key=lambda i: max(values[i] / median(values), median(values) / values[i]))
@@ -229,10 +230,12 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
     matmuls = Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())  # its default: one thread
     load_before = os.getloadavg()[0]
 
+    project = settings.model_copy(update={"epochs": PROJECT_EPOCHS})
+
     def measure() -> Repeat:
         lecture_s = lecture_epoch(raw, settings, device)
         with deterministic(device):  # as the train stage runs `fit`
-            history = fit(seeded_model(settings), train, val, settings.model_copy(update={"epochs": PROJECT_EPOCHS}), device).history
+            history = fit(seeded_model(project), train, val, project, device).history
         rate = settings.batch_size * step_flops / matmuls.blocked_autorange(min_run_time=min_run_time).median
         repeat = Repeat(lecture_s, median(r["seconds"] for r in history), rate, *fast_run(train, val, test, fast, device))
         print(f"bench: lecture {lecture_s:.2f} s, project {repeat.project_epoch_s:.2f} s, "
@@ -240,7 +243,7 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
         return repeat
 
     result = Result(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}, {os.cpu_count()} cores",
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores",
         threads=torch.get_num_threads(), net=architecture(settings.hidden_sizes), batch_size=settings.batch_size,
         epoch_flops=len(train.labels) * step_flops + len(val.labels) * forward_flops,
         train_samples=len(train.labels), lecture_samples=len(train.labels) + len(val.labels),
