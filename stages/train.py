@@ -1,7 +1,8 @@
 """DVC stage `train`: fit the MLP from params.yaml, keep the best-on-validation weights.
 
-Writes models/model.pt (weights, resolved params, normalization, MLflow run id) and the
-per-epoch log reports/training_log.csv; the same numbers go to one MLflow run.
+Writes models/model.pt (weights, resolved params, normalization, MLflow run id), the
+per-epoch log reports/training_log.csv and a figure of the (augmented) training digits;
+the same numbers and the figure go to one MLflow run.
 """
 
 import argparse
@@ -9,9 +10,10 @@ import sys
 from pathlib import Path
 
 from mnist_mlp import tracking
+from mnist_mlp.augment import augmented_figure, describe, is_active
 from mnist_mlp.checkpoint import save_checkpoint
 from mnist_mlp.data import load_split
-from mnist_mlp.files import md5_of, write_csv
+from mnist_mlp.files import md5_of, save_figure, write_csv
 from mnist_mlp.model import architecture, count_parameters
 from mnist_mlp.params import flatten, load_params
 from mnist_mlp.project import run_cli
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/processed", type=Path)
     parser.add_argument("--model", default="models/model.pt")
     parser.add_argument("--log", default="reports/training_log.csv")
+    parser.add_argument("--augmented", default="reports/figures/augmented.png", type=Path)
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -32,12 +35,16 @@ def main() -> None:
     train, val = load_split(args.data / "train.pt"), load_split(args.data / "val.pt")
     model = seeded_model(settings)
     print(f"train: {architecture(settings.hidden_sizes)} {settings.activation} MLP, {count_parameters(model):,} parameters, on {device}")
+    if is_active(settings.augment):
+        print(f"train: augmented training batches: {describe(settings.augment)}")
+    save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
 
     splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
     tags = {"device": str(device), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
     tags |= {f"sweep_{key}": value for key, value in (("id", params.tracking.sweep_id), ("base", params.tracking.sweep_base)) if value}
     with tracking.training_run(params.tracking.experiment, flatten(params), tags) as run:
         run.log_datasets(splits)
+        run.log_files([args.augmented], "figures")
 
         def report(record: dict) -> None:
             run.log_epoch(record)

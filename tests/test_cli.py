@@ -75,7 +75,9 @@ def test_a_preset_sets_every_key_a_run_depends_on(repo):
     (repo / "params" / "one.yaml").write_text("train:\n  epochs: 3\ntracking:\n  experiment: other\n")
     keys = {word.split("=", 1)[0] for word in cli(["preset", "one"], cwd=repo).stdout.split()[1::2]}
     defaults = Params().model_dump()
-    assert keys == {f"{s}.{k}" for s in ("preprocess", "train", "evaluate") for k in defaults[s]} | {"tracking.experiment"}
+    leaves = {f"{s}.{k}" for s in ("preprocess", "train", "evaluate") for k in defaults[s] if k != "augment"}
+    leaves |= {f"train.augment.{k}" for k in defaults["train"]["augment"]}  # a nested section: one -S per key
+    assert keys == leaves | {"tracking.experiment"}
 
 
 def test_the_shipped_tutorial_preset(monkeypatch):

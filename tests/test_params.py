@@ -150,3 +150,31 @@ def test_preset_is_laid_over_the_params(tmp_path: Path):
     assert (merged.train.batch_size, merged.train.lr, merged.train.hidden_sizes) == (25, 0.02, [16, 8])
     with pytest.raises(ParamsError, match="nope.yaml: preset not found"):
         apply_preset(base, tmp_path / "nope.yaml")
+
+
+def test_augment_is_off_by_default_and_each_value_is_bounded():
+    assert validate_params({}).train.augment.model_dump() == dict.fromkeys(
+        ["shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma"], 0.0)
+    assert validate_params({"train": {"augment": {"rotation": 10}}}).train.augment.rotation == 10.0  # YAML int
+    for key, bad, allowed in (("shift", 9, "<= 8.0"), ("rotation", -1, ">= 0.0"), ("scale", 0.6, "<= 0.5"),
+                              ("shear", 50, "<= 45.0"), ("elastic_alpha", 200, "<= 100.0")):
+        with pytest.raises(ParamsError, match=rf"invalid 'train\.augment\.{key}' .*allowed: .*{allowed}"):
+            validate_params({"train": {"augment": {key: bad}}})
+    with pytest.raises(ParamsError, match=r"invalid 'train\.augment\.elastic_sigma' \(got 0\.0\): must be > 0 when elastic_alpha"):
+        validate_params({"train": {"augment": {"elastic_alpha": 34}}})
+    with pytest.raises(ParamsError, match=r"unknown key 'train\.augment\.rotate'; did you mean 'train\.augment\.rotation'"):
+        validate_params({"train": {"augment": {"rotate": 10}}})
+
+
+def test_flatten_dots_nested_train_sections():
+    flat = flatten(validate_params({"train": {"augment": {"rotation": 10}}}))
+    assert flat["augment.rotation"] == 10.0 and flat["augment.shift"] == 0.0
+    assert "augment" not in flat
+
+
+def test_a_preset_sets_nested_keys_one_by_one(tmp_path: Path):
+    base = validate_params({"train": {"augment": {"shift": 2, "elastic_alpha": 34, "elastic_sigma": 4}}})
+    preset = tmp_path / "best.yaml"
+    preset.write_text(yaml.safe_dump({"train": {"augment": {"rotation": 10}}}))
+    augment = apply_preset(base, preset).train.augment
+    assert (augment.shift, augment.rotation, augment.elastic_alpha, augment.elastic_sigma) == (2.0, 10.0, 34.0, 4.0)

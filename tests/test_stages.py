@@ -86,6 +86,10 @@ def test_train_writes_the_model_and_one_log_row_per_epoch(pipeline):
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert {"train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"} <= set(rows[0])
     assert checkpoint["info"]["best_val_accuracy"] == max(float(row["val_accuracy"]) for row in rows)
+    # what the net trained on (augmentation is off by default: the stored digits)
+    figure = workdir / "reports" / "figures" / "augmented.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 1000
+    assert "augment" not in outputs["train"]
 
 
 def test_evaluate_writes_metrics_predictions_and_figures(pipeline):
@@ -121,7 +125,7 @@ def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline):
     assert logged.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_accuracy")] == [1, 2]
     figures = {a.path for a in client.list_artifacts(logged.info.run_id, "figures")}
-    assert figures == {"figures/confusion_matrix.png", "figures/misclassified.png"}
+    assert figures == {"figures/augmented.png", "figures/confusion_matrix.png", "figures/misclassified.png"}
     # the UI's Dataset column: each split that trained or tested the model, its md5 the digest
     datasets = {item.dataset.name: item for item in logged.inputs.dataset_inputs}
     assert set(datasets) == {"mnist-train", "mnist-val", "mnist-test"}

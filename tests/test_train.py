@@ -194,3 +194,30 @@ def test_fit_leaves_process_wide_torch_settings_alone():
     before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     fit(MLP([8]), split_of(64, seed=1), split_of(32, seed=2), small(epochs=1), CPU)
     assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
+
+
+AUGMENTED = {"shift": 2.0, "rotation": 10.0, "scale": 0.1, "shear": 5.0, "elastic_alpha": 30.0, "elastic_sigma": 4.0}
+
+
+def test_augmentation_is_seeded_and_changes_training():
+    train, val = split_of(256, seed=1), split_of(64, seed=2)
+
+    def train_once(**overrides) -> dict:
+        settings = small(epochs=2, dropout=0.3, seed=7, **overrides)
+        torch.rand(17)  # whatever ran before must not matter
+        with deterministic(CPU):
+            return fit(seeded_model(settings), train, val, settings, CPU).best_state
+
+    first, second = train_once(augment=AUGMENTED), train_once(augment=AUGMENTED)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    plain = train_once()
+    assert not all(torch.equal(first[k], plain[k]) for k in first)
+
+
+def test_validation_digits_are_never_augmented():
+    train, val = split_of(256, seed=1), split_of(128, seed=2)
+    # strong deformations every training step; the logged validation accuracy must be that of the clean digits
+    model = MLP([32])
+    result = fit(model, train, val, small(epochs=3, augment={**AUGMENTED, "rotation": 90.0, "shift": 8.0}), CPU)
+    model.load_state_dict(result.best_state)
+    assert accuracy(model, val) == result.best_val_accuracy

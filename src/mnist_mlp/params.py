@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, get_args
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.files import read_yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 Normalization = Literal["standardize", "max", "tutorial"]
 Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"]
@@ -54,6 +54,34 @@ class PreprocessParams(_Section):
     split_seed: int = Field(default=0, ge=0)
 
 
+def _int_as_float(value: Any) -> Any:
+    # YAML reads `lr: 1` as an int; strict mode would refuse it as a float.
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class AugmentParams(_Section):
+    """Random deformations of each training batch (mnist_mlp.augment); all 0 = off."""
+
+    shift: float = Field(default=0.0, ge=0.0, le=8.0, description="pixels, each axis, uniform in [-shift, shift]")
+    rotation: float = Field(default=0.0, ge=0.0, le=90.0, description="degrees, uniform in [-rotation, rotation]")
+    scale: float = Field(default=0.0, ge=0.0, le=0.5, description="each axis times 1 + uniform in [-scale, scale]")
+    shear: float = Field(default=0.0, ge=0.0, le=45.0, description="degrees, uniform in [-shear, shear]")
+    elastic_alpha: float = Field(default=0.0, ge=0.0, le=100.0, description="elastic displacement, pixels (0 = none)")
+    elastic_sigma: float = Field(default=0.0, ge=0.0, le=10.0, description="smoothing of the elastic field, pixels")
+
+    @field_validator("shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma", mode="before")
+    @classmethod
+    def _int_is_a_float(cls, value: Any) -> Any:
+        return _int_as_float(value)
+
+    @field_validator("elastic_sigma")
+    @classmethod
+    def _sigma_with_alpha(cls, sigma: float, info: ValidationInfo) -> float:
+        if info.data.get("elastic_alpha", 0.0) > 0 and sigma <= 0:
+            raise ValueError("must be > 0 when elastic_alpha is > 0 (unsmoothed noise is not a distortion)")
+        return sigma
+
+
 class TrainParams(_Section):
     hidden_sizes: list[int] = Field(default=[512, 512], min_length=1)
     activation: Activation = "relu"
@@ -69,6 +97,7 @@ class TrainParams(_Section):
     epochs: int = Field(default=20, gt=0)
     seed: int = Field(default=0, ge=0)
     device: Device = "auto"
+    augment: AugmentParams = AugmentParams()
 
     @field_validator("hidden_sizes")
     @classmethod
@@ -80,8 +109,7 @@ class TrainParams(_Section):
     @field_validator("dropout", "label_smoothing", "lr", "momentum", "weight_decay", mode="before")
     @classmethod
     def _int_is_a_float(cls, value: Any) -> Any:
-        # YAML reads `lr: 1` as an int; strict mode would refuse it as a float.
-        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        return _int_as_float(value)
 
 
 class EvaluateParams(_Section):
@@ -98,6 +126,8 @@ class TrackingParams(_Section):
     # set by `mnist-mlp sweep`: the commit its runs start from, plus each params.yaml key taken
     # from the uncommitted workspace (`--from-workspace`): `<sha>` or `<sha>+train.epochs+train.lr`
     sweep_base: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{40}(\+[A-Za-z0-9_]+\.[A-Za-z0-9_]+)*$")
+    # the evaluate stage registers each model as a version of it; `mnist-mlp promote` moves its `champion` alias
+    registered_model: str = Field(default="mnist-mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class Params(_Section):
@@ -182,18 +212,25 @@ def read_preset(path: str | Path) -> dict:
 
 def apply_preset(base: Params, path: str | Path) -> Params:
     """`base` with a preset's keys laid over it, as `dvc exp run $(mnist-mlp preset NAME)` does."""
-    merged = base.model_dump()
-    for section, values in read_preset(path).items():
-        merged[section].update(values)
-    return validate_params(merged, source=str(path))
+    def lay_over(tree: dict, values: dict) -> dict:  # nested sections (train.augment) key by key
+        return {**tree, **{key: lay_over(tree.get(key) or {}, value) if isinstance(value, dict) else value
+                           for key, value in values.items()}}
+
+    return validate_params(lay_over(base.model_dump(), read_preset(path)), source=str(path))
 
 
 def flatten(params: Params) -> dict[str, Any]:
-    """One flat dict for tracking: train keys bare (activation, dropout, ...), others dotted."""
+    """One flat dict for tracking: train keys bare (activation, dropout, augment.shift, ...), others dotted."""
+
+    def dotted(values: dict, prefix: str) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat |= dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return flat
+
     flat: dict[str, Any] = {}
     for section, values in params.model_dump().items():
         if section == "download":
             continue  # where the bytes came from does not change them; md5s are tagged instead
-        for key, value in values.items():
-            flat[key if section == "train" else f"{section}.{key}"] = value
+        flat |= dotted(values, "" if section == "train" else f"{section}.")
     return flat

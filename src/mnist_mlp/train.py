@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from mnist_mlp.augment import augment_batch
 from mnist_mlp.errors import UserError
 from mnist_mlp.data import Split, normalize
 from mnist_mlp.model import MLP
@@ -134,7 +135,7 @@ def fit(
 ) -> TrainResult:
     """Train `model` in place; return the best-on-validation weights and per-epoch history.
 
-    Seeded again here, so the dropout and shuffle streams do not depend on what ran before.
+    Seeded again here, so the dropout, shuffle and augmentation streams do not depend on what ran before.
     """
     torch.manual_seed(params.seed)
     model.to(device)
@@ -144,6 +145,8 @@ def fit(
     y_train = train.labels.to(device)  # (N,)
     x_val = normalize(val.images.to(device), train.normalization)  # (M, 784)
     y_val = val.labels.to(device)  # (M,)
+    # a blank pixel once normalized: what augmentation moves in from outside the digit's frame
+    background = float(normalize(torch.zeros(1, 1, dtype=torch.uint8), train.normalization))
     n = len(x_train)
     steps_per_epoch = math.ceil(n / params.batch_size)
 
@@ -169,6 +172,8 @@ def fit(
             idx = order[step * params.batch_size : (step + 1) * params.batch_size]
             # index_select: cheaper than advanced indexing (x_train[idx]) on the CPU
             inputs, labels = x_train.index_select(0, idx), y_train.index_select(0, idx)  # (B, 784), (B,)
+            # fresh deformations per batch (train.augment; all 0 returns the batch as is); never val or test
+            inputs = augment_batch(inputs, params.augment, background)
             loss, logits = train_step(model, optimizer, schedule, inputs, labels, params)
             if check_every_step and not math.isfinite(loss.item()):
                 raise _non_finite(loss, epoch, step + 1, params.lr)
