@@ -93,7 +93,8 @@ function schedule(delay) {
   clearTimeout(timer);
   timer = setTimeout(() => {
     if (!hasInk) return say("Draw a digit on the pad first.", true);
-    pad.toBlob((blob) => send(blob, "pad.png"), "image/png");
+    const drawn = generation; // toBlob answers later: a Clear in between wins
+    pad.toBlob((blob) => send(blob, "pad.png", drawn), "image/png");
   }, delay);
 }
 
@@ -108,18 +109,18 @@ upload.addEventListener("change", () => {
     return say(`${file.name}: ${(file.size / 2 ** 20).toFixed(1)} MiB; at most ${maxUploadBytes / 2 ** 20} MiB`, true);
   }
   say(`Uploaded ${file.name}.`);
-  send(file, file.name);
+  send(file, file.name, generation);
 });
 
 // --- the server ----------------------------------------------------------------------
 
-async function send(blob, name) {
+async function send(blob, name, sent) {
+  if (sent !== generation) return; // the pad was cleared since
   if (busy) {
-    waiting = [blob, name, generation];
+    waiting = [blob, name, sent];
     return;
   }
   busy = true;
-  const sent = generation;
   const form = new FormData();
   form.append("image", blob, name);
   try {
@@ -140,9 +141,9 @@ async function send(blob, name) {
   } finally {
     busy = false;
     if (waiting) {
-      const [nextBlob, nextName, nextGeneration] = waiting;
+      const next = waiting;
       waiting = null;
-      if (nextGeneration === generation) send(nextBlob, nextName);
+      send(...next);
     }
   }
 }
@@ -170,7 +171,6 @@ function cardFor(model) {
   if (!card) {
     card = document.getElementById("card").content.firstElementChild.cloneNode(true);
     card.dataset.model = model.name;
-    card.querySelector(".name").textContent = model.name;
     const bars = card.querySelector(".bars");
     for (let digit = 0; digit < 10; digit += 1) {
       const row = document.createElement("li");
@@ -180,7 +180,11 @@ function cardFor(model) {
     cards.set(model.name, card);
     modelsBox.append(card);
   }
-  card.querySelector(".title").textContent = model.title === model.name ? model.source : model.title;
+  // headed by what tells it apart (a sweep run's params), then the name the API and the tests use
+  const current = model.name === "current";
+  card.querySelector(".name").textContent = current ? "current model" : model.title;
+  card.querySelector(".title").textContent = current ? model.title : model.title === model.name ? model.source : model.name;
+  card.querySelector(".name").title = card.querySelector(".title").title = model.source;
   card.querySelector(".error").textContent = model.error || "";
   return card;
 }
