@@ -12,6 +12,7 @@ from mnist_mlp.evaluate import confusion_figure, evaluate, misclassified_figure,
 from mnist_mlp.files import md5_of, save_figure, write_csv, write_json
 from mnist_mlp.params import flatten, load_params, validate_params
 from mnist_mlp.project import run_cli
+from mnist_mlp.registry import logged_metrics
 
 
 def main() -> None:
@@ -22,7 +23,8 @@ def main() -> None:
     parser.add_argument("--reports", default="reports", type=Path)
     args = parser.parse_args()
 
-    settings = load_params(args.params).evaluate
+    params = load_params(args.params)
+    settings = params.evaluate
     checkpoint = load_checkpoint(args.model)
     test = load_split(args.test)
     metrics, predictions = evaluate(checkpoint.model, test, settings.batch_size)
@@ -37,14 +39,14 @@ def main() -> None:
     with tracking.evaluation_run(checkpoint.info["mlflow_run_id"], trained.tracking.experiment, flatten(trained)) as run:
         run.log_datasets({"test": (Path(args.test), md5_of(args.test))})
         report = summary_metrics(metrics, checkpoint.info, run.run_id)
-        run.log_metrics({f"test_{k}": v for k, v in report["test"].items() if k != "per_class"})
-        run.log_metrics({f"test_{m}_{c}": v for c, row in report["test"]["per_class"].items() for m, v in row.items()})
+        run.log_metrics(logged_metrics(report["test"]))
         run.log_table([{"class": int(c), **row} for c, row in metrics["per_class"].items()], "per_class_metrics.json")
         run.log_files([figures / "confusion_matrix.png", figures / "misclassified.png"], "figures")
-        run.log_model(checkpoint.classifier(), test.images[:2].reshape(2, -1).numpy().astype(np.float32) / 255.0)
+        model_uri = run.log_model(checkpoint.classifier(), test.images[:2].reshape(2, -1).numpy().astype(np.float32) / 255.0)
+        version = run.register_model(model_uri, params.tracking.registered_model, {"test_accuracy": str(report["test"]["accuracy"])})
         write_json(args.reports / "metrics.json", report)
     print(f"evaluate: test accuracy {report['test']['accuracy']:.4f}, loss {report['test']['loss']:.4f}; "
-          f"MLflow run {run.run_id}")
+          f"MLflow run {run.run_id}; registered as {version.name} version {version.version}")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,16 @@ def cmd_check_metrics(args: argparse.Namespace) -> None:
         raise gate.MetricsRegressed("\n".join(report.failures))
 
 
+def cmd_promote(args: argparse.Namespace) -> None:
+    from mnist_mlp import promote
+    from mnist_mlp.params import load_params
+
+    path = repo_root() / "params.yaml"
+    name = args.model or (load_params(path) if path.is_file() else Params()).tracking.registered_model
+    run_id = None if args.version else (args.run_id or promote.evaluated_run_id(args.metrics))
+    print(promote.promote(name, args.rules, run_id, args.version).line())
+
+
 def _sizes(text: str) -> list[int]:
     try:
         return [int(size) for size in text.split(",")]
@@ -213,6 +223,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {table} and {picture} ({len(result.runs)} runs, sweep {result.sweep_id})")
 
 
+def _positive_text(text: str) -> str:
+    return str(_positive(text))
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, 1 or more")
@@ -246,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument(
         "--model", default="models/model.pt",
-        help="checkpoint file, or MLflow model URI: runs:/<run id>/model, models:/<model id> (default %(default)s)",
+        help="checkpoint file, or MLflow model URI: runs:/<run id>/model, models:/mnist-mlp@champion, models:/<model id> (default %(default)s)",
     )  # fmt: skip
     predict.add_argument("--top-k", type=_top_k, default=3, metavar="K", help="probabilities shown (default 3)")
     predict.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -260,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples.set_defaults(func=cmd_render_samples)
 
     serve = commands.add_parser("serve", help="serve the evaluated model over REST (mlflow models serve)")
-    serve.add_argument("--model-uri", help="default: runs:/<mlflow_run_id in --metrics>/model")
+    serve.add_argument("--model-uri", help="e.g. models:/mnist-mlp@champion (default: runs:/<mlflow_run_id in --metrics>/model)")
     serve.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"), help="default %(default)s")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_SERVE_PORT, help="default %(default)s (the MLflow UI has 5000)")
@@ -292,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="git revision whose committed metrics file is the baseline (default %(default)s)",
     )  # fmt: skip
     check.set_defaults(func=cmd_check_metrics)
+
+    promote = commands.add_parser(
+        "promote",
+        help="move the registered model's `champion` alias to a run's version when it passes the metric gate "
+        "against the current champion (exit 1 and one line when it does not)",
+    )
+    candidate = promote.add_mutually_exclusive_group()
+    candidate.add_argument("--run-id", help="the version registered from this run (default: mlflow_run_id in --metrics)")
+    candidate.add_argument("--version", type=_positive_text, help="this version number of the registered model")
+    promote.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"), help="default %(default)s")
+    promote.add_argument("--model", help="registered model (default: tracking.registered_model in params.yaml)")
+    promote.add_argument("--rules", type=Path, default=Path("metrics_rules.yaml"), help="default %(default)s")
+    promote.set_defaults(func=cmd_promote)
 
     reproducible = commands.add_parser(
         "check-reproducible",

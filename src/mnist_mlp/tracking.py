@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import mlflow
 import pandas as pd
@@ -36,9 +36,69 @@ def tracking_uri(root: Optional[Path] = None) -> str:
 
 
 def client():
-    """An MlflowClient on the project's store."""
+    """An MlflowClient on the project's store (a tracking server is checked first: see check_tracking_server)."""
 
+    check_tracking_server()
     return mlflow.MlflowClient(tracking_uri())
+
+
+class TrackingServerError(UserError, ConnectionError):
+    """A tracking server that does not answer, or refuses us; the message names the URI and the fix."""
+
+
+PREFLIGHT_TIMEOUT = 5  # seconds: a live server answers /health in milliseconds
+_answered: set[str] = set()
+
+
+def _network_reason(exc: BaseException) -> str:
+    """Why a request failed, from the exception chain's OSError (not from MLflow's message text)."""
+    cause: Optional[BaseException] = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "unknown host"
+        if isinstance(cause, (TimeoutError, socket.timeout)) or "Timeout" in type(cause).__name__:
+            return f"no answer within {PREFLIGHT_TIMEOUT} s"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
+
+
+def check_tracking_server(uri: Optional[str] = None) -> None:
+    """An http(s) store must answer within seconds, and take our credentials, before any work starts.
+
+    Without this a dead URI costs MLflow's default retries (7, about 4 minutes) per call, and a
+    training would run to its end before its first log call fails. Once per process and URI.
+    """
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")) or uri in _answered:
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    fix = "start it with `make server` or unset MLFLOW_TRACKING_URI"
+    try:
+        health = http_request(creds, "/health", "GET", max_retries=0, timeout=PREFLIGHT_TIMEOUT, raise_on_status=False)
+        if health.status_code != 200:
+            raise TrackingServerError(f"{uri}: not an MLflow tracking server (HTTP {health.status_code} at /health); {fix}")
+        # /health needs no login; this does
+        probe = http_request(creds, "/api/2.0/mlflow/experiments/search", "POST", max_retries=0,
+                             timeout=PREFLIGHT_TIMEOUT, raise_on_status=False, json={"max_results": 1})  # fmt: skip
+    except MlflowException as exc:
+        raise TrackingServerError(f"{uri}: MLflow tracking server not answering ({_network_reason(exc)}); {fix}") from None
+    if probe.status_code == 401:
+        who = f"user {creds.username!r}" if creds.username else "no MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
+        raise TrackingServerError(f"{uri}: the tracking server refused the credentials (HTTP 401, {who}); "
+                                  "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an MLflow user")  # fmt: skip
+    if probe.status_code == 403:
+        raise TrackingServerError(f"{uri}: user {creds.username!r} may not read experiments (HTTP 403); "
+                                  "ask the server's admin for READ or EDIT permission")  # fmt: skip
+    if probe.status_code != 200:
+        raise TrackingServerError(f"{uri}: the tracking server answered HTTP {probe.status_code} to a search; {fix}")
+    _answered.add(uri)
 
 
 def artifact_root(root: Optional[Path] = None) -> str:
@@ -57,6 +117,7 @@ def ensure_experiment(name: str, root: Optional[Path] = None) -> str:
     """
 
     uri = tracking_uri(root)
+    check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     db = _local_sqlite_path(uri)
     lock = FileLock(str(db) + ".lock") if db else contextlib.nullcontext()
@@ -108,18 +169,38 @@ def _active(run) -> Iterator["Run"]:
     """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM: never left RUNNING."""
 
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    run_id = run.info.run_id
     try:
-        yield Run(run.info.run_id)
+        yield Run(run_id)
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end_run(run_id, "KILLED")
         raise
+    except MlflowException as exc:
+        # MLflow's own retries are spent (a server gone for minutes, a locked store): one line, not a traceback
+        _end_run(run_id, "FAILED")
+        raise TrackingServerError(f"{tracking_uri()}: an MLflow call failed during run {run_id} "
+                                  f"({_failure_reason(exc)}); the run ended FAILED") from None  # fmt: skip
     except BaseException:
-        mlflow.end_run("FAILED")
+        _end_run(run_id, "FAILED")
         raise
     else:
-        mlflow.end_run("FINISHED")
+        _end_run(run_id, "FINISHED")
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _failure_reason(exc: MlflowException) -> str:
+    reason = _network_reason(exc)
+    return reason if reason != type(exc).__name__ else (str(exc).strip().splitlines() or [reason])[0]
+
+
+def _end_run(run_id: str, status: str) -> None:
+    """End the active run with `status`; a store that cannot take it is one line naming the run, never a silent loss."""
+    try:
+        mlflow.end_run(status)
+    except MlflowException as exc:
+        raise TrackingServerError(f"{tracking_uri()}: cannot end MLflow run {run_id} as {status} ({_failure_reason(exc)}); "
+                                  "it stays RUNNING there until `mnist-mlp close-stale-runs` ends it") from None  # fmt: skip
 
 
 def _start_new_run(experiment_id: str, tags: dict[str, str]):
@@ -220,6 +301,13 @@ class Run:
         )
         return info.model_uri
 
+    def register_model(self, model_uri: str, name: str, tags: dict[str, str]) -> "ModelVersion":
+        """A new version of `name` for the model just logged, tagged with where it came from (this run's commit
+        and DVC experiment) and `tags`."""
+        run_tags = mlflow.MlflowClient().get_run(self.run_id).data.tags
+        origin = {key: run_tags[key] for key in ("git_commit", "dvc_exp_name") if run_tags.get(key)}
+        return register_model(model_uri, name, {**origin, **tags})
+
 
 # MLflow 3.17 unpickles by default: a pickled model, and the weights inside a pt2 archive.
 # With this it refuses the first and loads the second only after checking it holds no pickle.
@@ -253,6 +341,7 @@ def load_pixel_classifier(model_uri: str):
 
     # a progress bar per download would bury predict's one-line-per-file output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    check_tracking_server()
     mlflow.set_tracking_uri(tracking_uri())
     try:
         with _environment(NO_PICKLE_ENV):
@@ -260,6 +349,78 @@ def load_pixel_classifier(model_uri: str):
     except (MlflowException, OSError, RuntimeError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({reason})") from None
+
+
+# --- the model registry: a version per evaluated model, the `champion` alias --------------------
+
+
+class RegistryError(UserError, LookupError):
+    """No such registered model, version or run; the message names it and what makes one."""
+
+
+class ModelVersion(NamedTuple):
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} version {self.version} (run {self.run_id})"
+
+
+def _model_version(found) -> ModelVersion:
+    return ModelVersion(found.name, str(found.version), found.run_id or "", dict(found.tags or {}))
+
+
+def _absent(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def register_model(model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
+    """A new version of registered model `name` (created on first use) for a logged model, tagged."""
+    mlflow.set_tracking_uri(tracking_uri())
+    return _model_version(mlflow.register_model(model_uri, name, tags=tags))
+
+
+def model_version(name: str, version: str) -> ModelVersion:
+    try:
+        return _model_version(client().get_model_version(name, version))
+    except MlflowException as exc:
+        if _absent(exc):
+            raise RegistryError(f"no version {version} of registered model '{name}' in {tracking_uri()}") from None
+        raise
+
+
+def version_of_run(name: str, run_id: str) -> ModelVersion:
+    """The newest version of `name` registered from run `run_id`."""
+    if not run_id.isalnum():
+        raise RegistryError(f"run id {run_id!r}: expected the hex id MLflow gives a run")
+    found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'", order_by=["version_number DESC"])
+    if not found:
+        raise RegistryError(f"run {run_id} registered no version of '{name}' in {tracking_uri()}; "
+                            "the evaluate stage registers one (`dvc repro`)")  # fmt: skip
+    return _model_version(found[0])
+
+
+def alias_version(name: str, alias: str) -> Optional[ModelVersion]:
+    """The version `name@alias` points at; None when the alias (or the model) does not exist yet."""
+    try:
+        version = client().get_registered_model(name).aliases.get(alias)
+    except MlflowException as exc:
+        if _absent(exc):
+            return None
+        raise
+    return model_version(name, str(version)) if version is not None else None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of each metric of a run."""
+    return dict(client().get_run(run_id).data.metrics)
 
 
 # --- the models of a sweep, for `mnist-mlp app` ------------------------------------------------

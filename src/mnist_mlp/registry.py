@@ -1,0 +1,34 @@
+"""What the model registry and the promotion gate see of an evaluated run.
+
+The evaluate stage logs the test metrics of reports/metrics.json as flat MLflow metrics
+(`test_accuracy`, `test_recall_3`); `mnist-mlp promote` turns a run's metrics back into
+metrics.json's shape, so the gate's rules (metrics_rules.yaml: `test.accuracy`,
+`test.per_class.*.recall`) judge a registered version exactly as they judge the file.
+"""
+
+from __future__ import annotations
+
+import re
+
+CHAMPION = "champion"  # the alias `mnist-mlp promote` moves and `models:/<name>@champion` loads
+PER_CLASS = ("precision", "recall", "f1")
+_PER_CLASS_METRIC = re.compile(rf"^test_({'|'.join(PER_CLASS)})_(\d+)$")
+
+
+def logged_metrics(test: dict) -> dict[str, float]:
+    """metrics.json's `test` section as MLflow metric names: test_<name>, and test_<metric>_<class> per class."""
+    flat = {f"test_{key}": float(value) for key, value in test.items() if key != "per_class"}
+    flat |= {f"test_{metric}_{label}": float(value) for label, row in test["per_class"].items() for metric, value in row.items()}
+    return flat
+
+
+def metrics_tree(logged: dict[str, float]) -> dict:
+    """The inverse of `logged_metrics`: {"test": {"accuracy": ..., "per_class": {"3": {"recall": ...}}}}; others dropped."""
+    test: dict = {}
+    for name, value in logged.items():
+        per_class = _PER_CLASS_METRIC.match(name)
+        if per_class:
+            test.setdefault("per_class", {}).setdefault(per_class[2], {})[per_class[1]] = value
+        elif name.startswith("test_"):
+            test[name.removeprefix("test_")] = value
+    return {"test": test} if test else {}

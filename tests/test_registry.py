@@ -1,0 +1,146 @@
+"""The model registry on a SQLite store: evaluate registers a version, `mnist-mlp promote` gates the champion alias.
+
+The same code runs against the tracking server in tests/test_server.py; here it runs on a local
+SQLite store, which holds registered models too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, TINY_PARAMS, cli_in_process, default_params, merge
+from mnist_mlp import registry, tracking
+from mnist_mlp.checkpoint import save_checkpoint
+from mnist_mlp.data import Normalization
+from mnist_mlp.model import MLP, PixelClassifier
+from mnist_mlp.params import ParamsError, validate_params
+
+RULES = {"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.002, "floor": 0.5},
+                     "test.per_class.*.recall": {"better": "higher", "abs_tolerance": 0.05}}}  # fmt: skip
+
+
+def report_test(accuracy: float, recall: float = 0.9) -> dict:
+    """metrics.json's `test` section, as the evaluate stage writes it."""
+    return {"accuracy": accuracy, "loss": 1 - accuracy,
+            "per_class": {str(c): {"precision": 0.9, "recall": recall, "f1": 0.9} for c in range(10)}}  # fmt: skip
+
+
+def test_logged_metric_names_turn_back_into_the_metrics_file_shape():
+    test = report_test(0.97, recall=0.93)
+    logged = registry.logged_metrics(test)
+    assert logged["test_accuracy"] == 0.97 and logged["test_recall_3"] == 0.93 and logged["test_f1_9"] == 0.9
+    assert len(logged) == 2 + 3 * 10
+    # MLflow metrics of a run hold training metrics too: they are not part of the gate's tree
+    assert registry.metrics_tree({**logged, "val_loss": 0.2, "best_epoch": 3.0}) == {"test": test}
+
+
+def test_registered_model_name_is_a_validated_param():
+    assert validate_params({}).tracking.registered_model == "mnist-mlp"
+    with pytest.raises(ParamsError, match="tracking.registered_model"):
+        validate_params({"tracking": {"registered_model": "it's"}})  # a quote would break registry searches
+
+
+def register(name: str, test: dict, seed: int) -> tracking.ModelVersion:
+    """A FINISHED run with test metrics and a logged model, registered as a version of `name`."""
+    torch.manual_seed(seed)
+    classifier = PixelClassifier(MLP([8], "relu", 0.0), 0.13, 0.31).eval()
+    with tracking.training_run("unit", {"seed": seed}, {}) as run:
+        run.log_metrics(registry.logged_metrics(test))
+        uri = run.log_model(classifier, np.zeros((2, 784), np.float32))
+        return run.register_model(uri, name, {"test_accuracy": str(test["accuracy"])})
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(RULES))
+    return path
+
+
+def promote_cli(capsys, rules: Path, *args: str) -> tuple[int, str, str]:
+    return cli_in_process(["promote", "--model", "digits", "--rules", str(rules), *args], capsys)
+
+
+def test_promote_moves_champion_only_past_the_gate(mlflow_store, rules, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    first, better, worse = (register("digits", report_test(a), seed) for seed, a in enumerate((0.95, 0.96, 0.90)))
+    assert [v.version for v in (first, better, worse)] == ["1", "2", "3"]
+    assert first.tags["test_accuracy"] == "0.95" and first.run_id
+
+    code, out, _ = promote_cli(capsys, rules, "--run-id", first.run_id)
+    assert code == 0 and "digits@champion -> version 1" in out and "the first champion: floors and ceilings held" in out
+
+    # the default candidate is the run of reports/metrics.json, as the evaluate stage wrote it
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"test": report_test(0.96), "mlflow_run_id": better.run_id}))
+    code, out, _ = promote_cli(capsys, rules)
+    assert code == 0 and out.strip() == (f"promote: digits@champion -> version 2 (run {better.run_id}, test accuracy 0.9600); "
+                                         f"passed the gate against version 1 (run {first.run_id})")  # fmt: skip
+
+    code, out, err = promote_cli(capsys, rules, "--version", "3")
+    assert code == 1 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith(f"mnist-mlp promote: error: refused: digits version 3 (run {worse.run_id}) stays out, "
+                           "against digits@champion = version 2: test.accuracy regressed: 0.9600 -> 0.9000")  # fmt: skip
+    assert tracking.alias_version("digits", registry.CHAMPION).version == "2"
+
+    code, out, _ = promote_cli(capsys, rules, "--version", "2")
+    assert code == 0 and "already version 2" in out
+
+    # models:/<name>@champion loads the promoted version's weights
+    champion = tracking.load_pixel_classifier("models:/digits@champion")
+    torch.manual_seed(1)
+    expected = PixelClassifier(MLP([8], "relu", 0.0), 0.13, 0.31).eval()
+    probe = torch.rand(3, 784)
+    assert torch.allclose(champion(probe), expected(probe))
+
+
+def test_a_per_class_drop_is_refused_even_when_accuracy_rises(mlflow_store, rules, capsys):
+    champion = register("digits", report_test(0.95, recall=0.95), 0)
+    tracking.set_alias("digits", registry.CHAMPION, champion.version)
+    candidate = register("digits", report_test(0.97, recall=0.80), 1)
+    capsys.readouterr()  # MLflow's own lines about the registration
+    code, _, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "test.per_class.0.recall regressed: 0.9500 -> 0.8000" in err and "test.accuracy" not in err
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("args, expected", [
+    (["--run-id", "0123abcd"], "run 0123abcd registered no version of 'digits'"),
+    (["--version", "7"], "no version 7 of registered model 'digits'"),
+    (["--metrics", "missing.json"], "missing.json: not found; run `dvc repro` first, or pass --run-id or --version"),
+])  # fmt: skip
+def test_promote_without_a_candidate_says_so_in_one_line(mlflow_store, rules, tmp_path, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = promote_cli(capsys, rules, *args)
+    assert code == 1 and out == "" and len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_store, tiny_processed, tmp_path):
+    """stages/evaluate.py as DVC runs it: the model becomes a version of tracking.registered_model."""
+    params = merge(default_params(), {**TINY_PARAMS, "tracking": {"registered_model": "digits"}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    model = tmp_path / "model.pt"
+    info = {"best_val_accuracy": 0.5, "best_epoch": 1, "epochs": 1, "train_seconds": 0.1, "mlflow_run_id": "not-in-this-store"}
+    save_checkpoint(model, MLP([8], "relu", 0.0), Normalization(mean=0.13, std=0.31), params, info)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "DVC_EXP_NAME": "exp-registry"}
+    done = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "--params", "params.yaml", "--model", str(model),
+                           "--test", str(tiny_processed / "test.pt"), "--reports", "reports"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    version = tracking.version_of_run("digits", report["mlflow_run_id"])
+    assert f"registered as digits version {version.version}" in done.stdout
+    assert version.tags["test_accuracy"] == str(report["test"]["accuracy"])
+    assert version.tags["dvc_exp_name"] == "exp-registry"
+    assert registry.metrics_tree(tracking.run_metrics(version.run_id)) == {"test": report["test"]}
