@@ -17,7 +17,9 @@ from conftest import cli_in_process
 from digit_images import write_styled_digits
 from mnist_mlp import app, predict
 
-SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]
+SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]  # the order the runs are logged in
+# the order the page shows them: numbers ascending, words in the order the sweep ran them
+GRID = ["new-relu-do0", "new-relu-do0.5", "new-tanh-do0"]
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +88,13 @@ def test_the_page_and_its_files_are_served_from_the_package(client):
 def test_the_current_model_comes_first_then_every_model_of_the_latest_sweep(client, store_env):
     listed = client.get("/api/models").get_json()
     assert listed["sweep"] == "new" and listed["notice"] is None
-    assert [model["name"] for model in listed["models"]] == ["current", *store_env["new"]]
+    assert [model["name"] for model in listed["models"]] == ["current", *GRID]
     assert listed["models"][0]["title"] == "784-64-10 relu, dropout 0.0"
     # labelled by the params that differ across the sweep
     assert [model["title"] for model in listed["models"][1:]] == [
-        "activation relu, dropout 0.0", "activation tanh, dropout 0.0", "activation relu, dropout 0.5"
+        "activation relu, dropout 0.0", "activation relu, dropout 0.5", "activation tanh, dropout 0.0"
     ]  # fmt: skip
+    assert sorted(store_env["new"]) == GRID
     assert all("error" not in model for model in listed["models"])
 
 
@@ -100,7 +103,7 @@ def test_a_drawing_gets_every_models_digit_and_ten_probabilities(client, store_e
     response = post(client, png(drawn(shape)))
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
-    assert [model["name"] for model in body["models"]] == ["current", *store_env["new"]]
+    assert [model["name"] for model in body["models"]] == ["current", *GRID]
     for model in body["models"]:
         assert model["label"] == digit, model
         assert len(model["probabilities"]) == 10 and abs(sum(model["probabilities"]) - 1) < 1e-4
@@ -246,7 +249,7 @@ def test_measure_prints_each_models_latency(checkpoint, store_env, tmp_path, cap
     lines = out.splitlines()
     assert lines[0].startswith(f"{image}: median of 100 runs on the CPU")
     names = [line.split()[0] for line in lines[2:6]]
-    assert names == ["current", *store_env["new"]]
+    assert names == ["current", *GRID]
     assert lines[-1].startswith("  POST /api/predict, all models, JSON") and lines[-1].endswith(" ms")
 
 

@@ -107,7 +107,9 @@ def tall_loop() -> list[tuple[float, float]]:
 def test_drawn_strokes_and_uploaded_digits_are_read_by_every_model(app_url, browser, tmp_path):
     url, names = app_url
     browser.get(url)
-    wait_for(browser, lambda d: list(labels(d)) == ["current", *names], "listed the current model and the sweep")
+    grid = ["browser-relu-do0", "browser-relu-do0.5", "browser-tanh-do0"]  # numbers ascending, words as run
+    assert sorted(names) == grid
+    wait_for(browser, lambda d: list(labels(d)) == ["current", *grid], "listed the current model and the sweep")
     assert "sweep browser" in browser.find_element("id", "lineup").text
 
     for kind, points, digit in (("mouse", vertical_line(), "1"), ("pen", tall_loop(), "0"), ("touch", vertical_line(), "1")):

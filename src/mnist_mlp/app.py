@@ -94,15 +94,26 @@ def checkpoint_title(source: str) -> str:
     return f"{architecture(train.get('hidden_sizes', []))} {train.get('activation', '?')}, dropout {train.get('dropout', '?')}"
 
 
-def sweep_titles(models: Sequence[tracking.SweepModel]) -> list[str]:
-    """Each run by the params that differ across the sweep (`activation relu, dropout 0.2`)."""
+def arrange(models: Sequence[tracking.SweepModel]) -> list[tuple[tracking.SweepModel, str]]:
+    """Each run with a title of the params that differ across the sweep (`activation relu, dropout 0.2`),
+    in grid order: numbers ascending, words in the order the sweep ran them (relu, tanh, sigmoid)."""
     keys = sorted({key for model in models for key in model.params})
     varying = [key for key in keys if len({model.params.get(key) for model in models}) > 1]
     first = [key for key in ("activation", "dropout", "seed") if key in varying]
     varying = first + [key for key in varying if key not in first]
     if not varying:
-        return [model.name for model in models]
-    return [", ".join(f"{key} {model.params.get(key, '-')}" for key in varying) for model in models]
+        return [(model, model.name) for model in models]
+
+    def rank(key: str):
+        values = [model.params.get(key, "") for model in models]
+        try:
+            return {value: float(value) for value in values}
+        except ValueError:
+            return {value: values.index(value) for value in values}
+
+    ranks = {key: rank(key) for key in varying}
+    ordered = sorted(models, key=lambda model: [ranks[key][model.params.get(key, "")] for key in varying])
+    return [(model, ", ".join(f"{key} {model.params.get(key, '-')}" for key in varying)) for model in ordered]
 
 
 class Models:
@@ -165,7 +176,7 @@ class Models:
         known = {entry.source: entry for lineup in self._sweeps.values() for entry in lineup.entries if not entry.error}
         names = [model.name for model in models]
         entries = []
-        for model, title in zip(models, sweep_titles(models)):
+        for model, title in arrange(models):
             name = model.name if names.count(model.name) == 1 else f"{model.name}-{model.run_id[:8]}"
             entries.append(known.get(model.model_uri) or _load(name, title, model.model_uri))
         return Lineup(entries, sweep_id)
