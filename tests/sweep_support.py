@@ -11,7 +11,7 @@ from conftest import BIN, run
 
 
 def run_sweep(repo: Path, activations: list[str], dropouts: list[str], *extra: str) -> str:
-    """`mnist-mlp sweep` for real (dvc exp run --queue, dvc queue start -j 2); return its output."""
+    """`mnist-mlp sweep` for real (one `dvc exp run --queue` grid, `dvc queue start -j 2`); return its output."""
     command = [str(BIN / "mnist-mlp"), "sweep", "--activations", *activations, "--dropouts", *dropouts,
                "--jobs", "2", "--poll", "2", *extra]  # fmt: skip
     return run(command, repo).stdout

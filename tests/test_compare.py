@@ -7,17 +7,20 @@ import time
 
 import mlflow
 import pytest
+import yaml
 from PIL import Image
 
-from conftest import BIN, run
+from conftest import cli_in_process
 from mnist_mlp import compare
+from mnist_mlp.tracking import SweepError
 
 
-def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, curve, test_accuracy, status="FINISHED"):
+def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, curve, test_accuracy, status="FINISHED", **params):
     tags = {"sweep_id": sweep_id} if sweep_id else {}
-    created = client.create_run(experiment_id, run_name=name, tags=tags)
-    run_id = created.info.run_id
-    for key, value in {"activation": activation, "dropout": dropout, "seed": seed, "epochs": len(curve)}.items():
+    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    params = {"activation": activation, "dropout": dropout, "seed": seed, "epochs": len(curve), "lr": 0.002,
+              "tracking.sweep_id": sweep_id or None, **params}  # fmt: skip
+    for key, value in params.items():
         client.log_param(run_id, key, str(value))
     for epoch, accuracy in enumerate(curve, start=1):
         client.log_metric(run_id, "val_accuracy", accuracy, step=epoch)
@@ -33,10 +36,10 @@ def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, cu
 
 @pytest.fixture
 def store(mlflow_store):
-    """An old 1-run sweep, then sweep B: a 2x3 grid, relu/0.5 with two seeds, plus a failed and an unswept run."""
+    """An old 1-run sweep A, then sweep B: a 2x3 grid, relu/0.5 with two seeds, plus a failed and an unswept run."""
     client = mlflow.MlflowClient(mlflow_store)
     experiment_id = client.create_experiment("mnist-mlp")
-    log_run(client, experiment_id, "old", "A", "relu", 0.0, 0, [0.5], 0.5)
+    log_run(client, experiment_id, "old", "A", "relu", 0.0, 0, [0.5], 0.5, lr=0.1)
     accuracy = iter([0.91, 0.92, 0.93, 0.94, 0.95, 0.96])
     for activation in ("relu", "tanh"):
         for dropout in (0.0, 0.2, 0.5):
@@ -58,19 +61,38 @@ def test_latest_sweep_by_default_with_mean_and_std_for_seeds(store, tmp_path):
     assert cell["test_accuracy_mean"] == pytest.approx((0.93 + 0.97) / 2)
     assert cell["test accuracy"] == f"0.9500 ± {math.sqrt(2) * 0.02:.4f}"
     assert summary.loc[("tanh", 0.2), "test accuracy"] == "0.9500"
-    assert summary.loc[("tanh", 0.2), "epochs"] == "2"
     assert result.curves[("relu", 0.5)] == [(1, pytest.approx(0.75)), (2, pytest.approx(0.9))]
+    # the grid varied activation, dropout and seed; everything else was the same in every run
+    assert result.shared == {"epochs": "2", "lr": "0.002", "tracking.sweep_id": "B"} and result.mixed == {}
 
     table, picture = compare.write_report(result, tmp_path / "reports")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.read_text().splitlines() if line.startswith("|")]
+    assert ["relu", "0.5", "2", "0.9000 ± 0.0000", "0.9500 ± 0.0283", "20.0 ± 0.0"] in rows
+    assert ["tanh", "0.9400", "0.9500", "0.9600"] in rows  # the activation x dropout pivot
+    seeded = result.runs.set_index("name").loc["B-relu-0.5-s1", "run_id"]
+    assert ["B-relu-0.5-s1", "relu", "0.5", "1", "0.9000", "0.9700", "20.0", seeded] in rows
     text = table.read_text()
-    assert "| relu | 0.5 | 2 | 0.9000 ± 0.0000 | 0.9500 ± 0.0283 | 2 ± 0 | 20.0 ± 0.0 |" in text
-    assert "| tanh | 0.9400 | 0.9500 | 0.9600 |" in text  # the activation x dropout pivot
-    assert "Best run: `B-relu-0.5-s1`" in text
-    assert "`B-crashed` (FAILED)" in text
+    assert "Best run: `B-relu-0.5-s1`" in text and "`B-crashed` (FAILED)" in text
+    assert "Settings all 7 runs shared: epochs=2, lr=0.002, tracking.sweep_id=B" in text and "WARNING" not in text
     assert "dvc plots diff B-relu-0.0 B-relu-0.2" in text
-    assert "workspace" not in text and "old" not in text.split("Left out")[0].split("|")
+    assert "workspace" not in text and "| old " not in text
     with Image.open(picture) as image:
         assert image.size[0] > 800 and image.size[1] > 300
+
+
+def test_runs_that_differ_beyond_the_grid_are_named_in_a_warning(store, tmp_path, monkeypatch, capsys):
+    experiment_id = store.get_experiment_by_name("mnist-mlp").experiment_id
+    log_run(store, experiment_id, "C-1", "C", "relu", 0.0, 0, [0.9], 0.95, hidden_sizes="[512, 512]")
+    log_run(store, experiment_id, "C-2", "C", "tanh", 0.0, 0, [0.9], 0.94, hidden_sizes="[512, 512]", lr=0.01)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli_in_process(["compare", "--reports", str(tmp_path / "reports")], capsys)
+    assert code == 0, err
+    warning = "WARNING: these runs differ in more than activation, dropout, seed: lr (0.002, 0.01); the comparison mixes settings"
+    shared = "Settings all 2 runs shared: dropout=0.0, epochs=1, hidden_sizes=[512, 512], seed=0, tracking.sweep_id=C"
+    plots = "dvc plots diff C-1 C-2 --open"
+    for line in (warning, shared, plots):
+        assert line in out and line in (tmp_path / "reports" / "compare.md").read_text()
+    assert "wrote " in out.splitlines()[-1]
 
 
 def test_a_named_sweep_and_all_runs(store):
@@ -78,23 +100,33 @@ def test_a_named_sweep_and_all_runs(store):
     everything = compare.compare("mnist-mlp", compare.ALL)
     assert len(everything.runs) == 9  # every finished run, the unswept workspace run included
     assert everything.summary.set_index(["activation", "dropout"]).loc[("relu", 0.2), "runs"] == 2
+    assert everything.mixed == {"epochs": ["1", "2"], "lr": ["0.002", "0.1"]}  # a sweep id alone would not count
 
 
-def test_unknown_sweep_and_experiment_are_one_clear_line(store, tmp_path):
-    with pytest.raises(compare.CompareError, match="no run with sweep_id 'nope'.*latest sweeps: B, A"):
+def test_the_default_experiment_is_the_one_in_params_yaml(store, tmp_path, monkeypatch, capsys):
+    log_run(store, store.create_experiment("mine"), "M-1", "M", "gelu", 0.1, 0, [0.9], 0.93)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tracking": {"experiment": "mine"}}))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli_in_process(["compare", "--reports", str(tmp_path / "reports")], capsys)
+    assert code == 0, err
+    assert "(1 runs, sweep M)" in out and "gelu" in out
+
+
+def test_unknown_sweep_and_experiment_are_one_clear_line(store, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SweepError, match="no finished run of sweep 'nope'"):
         compare.compare("mnist-mlp", "nope")
-    with pytest.raises(compare.CompareError, match="no MLflow experiment 'other'"):
-        compare.compare("other")
-    result = run([str(BIN / "mnist-mlp"), "compare", "--sweep-id", "nope", "--reports", str(tmp_path / "r")], tmp_path, check=False)
-    assert result.returncode == 1
-    assert result.stderr.strip().startswith("mnist-mlp compare: error: no run with sweep_id 'nope'")
-    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(SweepError, match="no experiment 'other'"):
+        compare.compare("other", compare.ALL)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli_in_process(["compare", "--sweep-id", "nope", "--reports", str(tmp_path / "r")], capsys)
+    assert code == 1 and out == ""
+    assert err.startswith("mnist-mlp compare: error: no finished run of sweep 'nope'") and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()  # nothing half-written
 
 
 def test_no_sweep_yet_points_to_make_sweep(mlflow_store):
     client = mlflow.MlflowClient(mlflow_store)
     log_run(client, client.create_experiment("mnist-mlp"), "workspace", "", "relu", 0.2, 0, [0.9], 0.9)
-    with pytest.raises(compare.CompareError, match="make sweep.*--all"):
+    with pytest.raises(SweepError, match="make sweep"):
         compare.compare("mnist-mlp")
     assert len(compare.compare("mnist-mlp", compare.ALL).runs) == 1

@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -206,49 +205,3 @@ def test_kill_9_during_download_leaves_no_partial_file_and_repro_completes(proje
     # a temp file a later kill -9 leaves inside an output folder is not part of that output
     (raw / ".train-images-idx3-ubyte.k9x2.tmp").write_bytes(b"half a file")
     assert json.loads(run([str(BIN / "dvc"), "status", "--json"], project).stdout) == {}
-
-
-def _dead_pid() -> int:
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
-
-
-@pytest.mark.fault
-def test_close_stale_runs_closes_crashed_runs_and_spares_live_ones(tmp_path, store_template, monkeypatch, capsys):
-    import mlflow
-
-    from mnist_mlp.cli import main
-    from mnist_mlp.runs import CLOSED_TAG
-
-    uri = fresh_store(store_template, tmp_path / "store")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = mlflow.MlflowClient(uri)
-    experiment = client.create_experiment("mnist-mlp")
-    host, hour_ago = socket.gethostname(), int((time.time() - 3600) * 1000)
-    runs = {
-        "crashed here": client.create_run(experiment, tags={"mnist_mlp.host": host, "mnist_mlp.pid": str(_dead_pid())}),
-        "alive here": client.create_run(experiment, start_time=hour_ago,
-                                        tags={"mnist_mlp.host": host, "mnist_mlp.pid": str(os.getpid())}),
-        "old elsewhere": client.create_run(experiment, start_time=hour_ago - 1, tags={"mnist_mlp.host": "gpu-box"}),
-        "recent elsewhere": client.create_run(experiment, tags={"mnist_mlp.host": "gpu-box", "mnist_mlp.pid": "1"}),
-        "finished": client.create_run(experiment, start_time=hour_ago),
-    }
-    client.set_terminated(runs["finished"].info.run_id, "FINISHED")
-
-    main(["close-stale-runs", "--dry-run"])
-    assert "2 stale run(s) would close" in capsys.readouterr().out
-    assert client.get_run(runs["crashed here"].info.run_id).info.status == "RUNNING"
-
-    main(["close-stale-runs", "--older-than", "30"])
-    out = capsys.readouterr().out
-    assert "2 stale run(s) closed" in out
-    status = {name: client.get_run(r.info.run_id).info.status for name, r in runs.items()}
-    assert status == {"crashed here": "KILLED", "alive here": "RUNNING", "old elsewhere": "KILLED",
-                      "recent elsewhere": "RUNNING", "finished": "FINISHED"}
-    tags = client.get_run(runs["crashed here"].info.run_id).data.tags
-    assert tags[CLOSED_TAG].startswith("closed by mnist-mlp close-stale-runs: its process")
-    assert "started over 30 minutes ago" in client.get_run(runs["old elsewhere"].info.run_id).data.tags[CLOSED_TAG]
-
-    main(["close-stale-runs"])  # nothing left to close
-    assert "0 stale run(s) closed" in capsys.readouterr().out

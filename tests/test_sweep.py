@@ -1,38 +1,55 @@
-"""sweep.py: the grid and its validation (fast), and a real queued sweep into one MLflow store (slow)."""
+"""sweep.py: the grid and its validation, the safe base and DVC's real queue (fast); a real queued sweep into one
+MLflow store (slow)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import BIN, run
+from conftest import BIN, cli_in_process, run
 from mnist_mlp import sweep
 from mnist_mlp.params import ParamsError
 from sweep_support import run_sweep, sweep_runs
 
 
-def test_the_grid_is_every_combination_named_by_sweep_and_setting():
+def _edit_params(repo: Path, **train) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(train)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _head(repo: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_the_grid_is_one_set_of_dvc_overrides():
     planned = sweep.plan(["relu", "gelu"], [0.1, 0.3, 0.1], sets=["train.epochs=2"], sweep_id="s1")
-    assert planned.names() == ["s1-relu-do0.1", "s1-relu-do0.3", "s1-gelu-do0.1", "s1-gelu-do0.3"]
-    assert planned.settings[1].overrides() == ["train.activation=relu", "train.dropout=0.3"]
-    assert planned.extra == ["train.epochs=2"]
-    seeded = sweep.plan(["relu"], [0.0], seeds=[0, 1], sweep_id="s2")
-    assert seeded.names() == ["s2-relu-do0-s0", "s2-relu-do0-s1"]
-    assert seeded.settings[1].overrides()[-1] == "train.seed=1"
-    assert sweep.new_sweep_id().replace("-", "").isdigit()
+    assert planned.names == ["s1-1", "s1-2", "s1-3", "s1-4"]
+    assert planned.overrides("abc") == ["-S", "train.activation=relu,gelu", "-S", "train.dropout=0.1,0.3",
+                                        "-S", 'tracking.sweep_id="s1"', "-S", 'tracking.sweep_base="abc"',
+                                        "-S", "train.epochs=2"]  # fmt: skip
+    assert sweep.plan(["relu"], [0.0], seeds=[0, 1, 2], sweep_id="s2").names == ["s2-1", "s2-2", "s2-3"]
+    assert sweep.plan(["relu"], [0.0], sweep_id="s3").names == ["s3"]  # one point is no grid to DVC
+    assert sweep.plan(["relu"], [0.0], sets=["tracking.experiment='my runs'"]).experiment == "my runs"
+    assert sweep.plan(["relu"], [0.0]).sweep_id.replace("-", "").isdigit()
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"activations": ["relu", "swish"], "dropouts": [0.0]}, "invalid 'train.activation' \\(got 'swish'\\).*allowed: relu"),
-        ({"activations": ["relu"], "dropouts": [1.0]}, "invalid 'train.dropout' \\(got 1.0\\)"),
+        ({"activations": ["relu", "swish"], "dropouts": [0.0]}, "--activations: invalid 'train.activation' \\(got 'swish'\\).*allowed: relu"),
+        ({"activations": ["relu"], "dropouts": [1.0]}, "--dropouts: invalid 'train.dropout' \\(got 1.0\\)"),
+        ({"activations": ["relu"], "dropouts": [0.0], "seeds": [-1]}, "--seeds: invalid 'train.seed'"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.epoch=2"]}, "unknown key 'train.epoch'; did you mean 'train.epochs'"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.epochs"]}, "expected section.key=value"),
+        ({"activations": ["relu"], "dropouts": [0.0], "sets": ["+train.epochs=2"]}, "expected section.key=value"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.dropout=0.1"]}, "set by the sweep itself"),
-        ({"activations": ["relu"], "dropouts": [0.0], "sweep_id": "a b"}, "invalid 'tracking.sweep_id'"),
+        ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.lr=0.1,0.2"]}, "one value per key"),
+        ({"activations": ["relu"], "dropouts": [0.0], "sweep_id": "a b"}, "--sweep-id: invalid 'tracking.sweep_id'"),
         ({"activations": [], "dropouts": [0.0]}, "at least one activation"),
     ],
 )
@@ -50,69 +67,95 @@ def test_workers_share_the_cores():
 def test_the_cli_reports_a_bad_grid_in_one_line(tmp_path):
     result = run([str(BIN / "mnist-mlp"), "sweep", "--activations", "swish"], tmp_path, check=False)
     assert result.returncode == 1
-    assert result.stderr.startswith("mnist-mlp sweep: error: sweep point swish/0.0: invalid 'train.activation'")
+    assert result.stderr.startswith("mnist-mlp sweep: error: --activations: invalid 'train.activation'")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_params_yaml_that_differs_from_head_is_refused_naming_each_key(project, monkeypatch, capsys):
+    # leftovers of a `dvc exp run` in the workspace; dropout is a grid axis, so its leftover reaches no run
+    _edit_params(project, lr=0.02, epochs=3, dropout=0.5)
+    monkeypatch.chdir(project)
+    code, out, err = cli_in_process(["sweep", "--activations", "relu", "--dropouts", "0.0"], capsys)
+    assert code == 1 and out == ""
+    assert err == (f"mnist-mlp sweep: error: params.yaml differs from HEAD ({_head(project)[:7]}) in "
+                   "train.epochs (2 -> 3), train.lr (0.01 -> 0.02); every queued experiment would start from it: "
+                   "commit it, restore it (`git checkout params.yaml`), or pass --from-workspace to sweep from it "
+                   "on purpose\n")  # fmt: skip
+    assert sweep.queue_status(project) == {}  # nothing queued
+    assert not Path(project.parent / "store" / "mlflow.db").exists()  # nor a store made
+
+
+def test_from_workspace_records_the_keys_taken_from_it(project, capsys):
+    _edit_params(project, lr=0.02, epochs=3)
+    planned = sweep.plan(["relu"], [0.0], sets=["train.epochs=1"], sweep_id="w1")
+    # --set overrides epochs: only lr comes from the workspace
+    assert sweep.sweep_base(project, planned, from_workspace=True) == f"{_head(project)}+train.lr"
+    assert capsys.readouterr().out == f"note: sweeping from the workspace: params.yaml differs from HEAD ({_head(project)[:7]}) in train.lr (0.01 -> 0.02)\n"
+    run(["git", "checkout", "params.yaml"], project)
+    assert sweep.sweep_base(project, planned) == _head(project)
+
+
+def test_dvc_queues_the_planned_grid_and_a_stalled_queue_does_not_hang(project):
+    planned = sweep.plan(["relu", "tanh"], [0.0, 0.5], sets=["train.epochs=1"], sweep_id="123")
+    base = sweep.sweep_base(project, planned)
+    sweep._dvc(project, "exp", "run", "--queue", "-n", planned.sweep_id, *planned.overrides(base))
+    assert sweep.queue_status(project) == dict.fromkeys(planned.names, "Queued")
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
+    queued = [exp["data"]["params"]["params.yaml"]["data"] for commit in shown
+              for exp in commit.get("experiments") or [] for exp in exp["revs"] if exp["name"] in planned.names]  # fmt: skip
+    assert sorted((params["train"]["activation"], params["train"]["dropout"]) for params in queued) == [
+        ("relu", 0.0), ("relu", 0.5), ("tanh", 0.0), ("tanh", 0.5)]
+    # a numeric id stays a string, or the params schema would refuse it in every run
+    assert {(params["tracking"]["sweep_id"], params["tracking"]["sweep_base"], params["train"]["epochs"]) for params in queued} == {
+        ("123", base, 1)}
+
+    # no worker runs them (as when workers exit early): the sweep restarts them, then gives up with their names
+    restarts = []
+    with pytest.raises(sweep.SweepError, match=r"4 experiment\(s\) still queued, and no worker ran them after 2 restarts: 123-1, "):
+        sweep.wait(project, planned.names, lambda: restarts.append(1), poll_s=0.1, stall_s=0, patience=2)
+    assert restarts == [1, 1]
 
 
 @pytest.mark.slow
 def test_a_queued_sweep_logs_every_run_once_to_the_workspace_store(project: Path, tmp_path: Path):
-    # The workspace run trains relu/dropout 0.2 first: the DVC run-cache then holds that
-    # training, and the sweep's relu/0.2 point must still train and log its own run.
-    run([str(BIN / "dvc"), "repro", "-q"], project)
-    output = run_sweep(project, ["relu", "tanh"], ["0.0", "0.2"], "--sweep-id", "t1")
-    names = [f"t1-{a}-do{d}" for a in ("relu", "tanh") for d in ("0", "0.2")]
-    assert "4/4 done" in output and all(name in output for name in names)
-    assert "note: " not in output  # the workers were fresh, with this sweep's environment
+    _edit_params(project, lr=0.02)  # taken from the workspace on purpose
+    output = run_sweep(project, ["relu", "tanh"], ["0.0"], "--set", "train.epochs=1", "--sweep-id", "t1", "--from-workspace")
+    names, base = ["t1-1", "t1-2"], f"{_head(project)}+train.lr"
+    assert "note: sweeping from the workspace" in output and "2/2 done" in output
+    assert "note: no worker" not in output and "already running" not in output
 
     runs = {found.info.run_name: found for found in sweep_runs("t1")}
-    assert sorted(runs) == sorted(names)
-    workspace_run = json.loads((project / "reports" / "metrics.json").read_text())["mlflow_run_id"]
+    assert sorted(runs) == names
+    assert {(r.data.params["activation"], r.data.params["lr"]) for r in runs.values()} == {("relu", "0.02"), ("tanh", "0.02")}
     for name, logged in runs.items():
         assert logged.info.status == "FINISHED"
-        assert logged.info.run_id != workspace_run
-        assert logged.data.tags["dvc_exp_name"] == name and logged.data.tags["torch_threads"] == "1"
+        tags = logged.data.tags
+        assert tags["dvc_exp_name"] == name and tags["torch_threads"] == "1"
+        assert tags["sweep_id"] == "t1" and tags["sweep_base"] == base and tags["dvc_exp_baseline_rev"] == _head(project)
         assert {"best_val_accuracy", "test_accuracy", "val_accuracy"} <= set(logged.data.metrics)
         # artifacts live in the workspace, not in the deleted .dvc/tmp/exps copy
         artifacts = Path(logged.info.artifact_uri.removeprefix("file://"))
         assert artifacts.is_dir() and project / "mlartifacts" in artifacts.parents
 
-    # the report agrees with `dvc exp show`, run by run
+    # the summary is `dvc exp show`, which agrees with MLflow run by run
     shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
     experiments = {
         exp["name"]: exp["data"]["metrics"]["reports/metrics.json"]["data"]
-        for commit in shown for exp in (commit.get("experiments") or []) for exp in exp["revs"]
-        if exp.get("name") in names
+        for commit in shown for exp in (commit.get("experiments") or []) for exp in exp["revs"] if exp.get("name") in names
     }  # fmt: skip
-    assert sorted(experiments) == sorted(names)
+    assert sorted(experiments) == names
     for name, metrics in experiments.items():
-        assert metrics["mlflow_run_id"] == runs[name].info.run_id
+        assert metrics["mlflow_run_id"] == runs[name].info.run_id and metrics["mlflow_run_id"] in output
         assert metrics["test"]["accuracy"] == pytest.approx(runs[name].data.metrics["test_accuracy"])
 
-    run([str(BIN / "mnist-mlp"), "compare"], project)
+    compared = run([str(BIN / "mnist-mlp"), "compare"], project).stdout
     report = (project / "reports" / "compare.md").read_text()
     assert "sweep `t1`" in report and (project / "reports" / "figures" / "compare.png").stat().st_size > 10_000
+    assert f"tracking.sweep_base={base}" in compared and "WARNING" not in compared
     for name in names:
-        assert f"| {name} |" in report
+        assert f"| {name} " in report
 
     # `dvc plots diff` draws the sweep's training curves together
     run([str(BIN / "dvc"), "plots", "diff", *names, "-o", str(tmp_path / "plots")], project)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert all(name in page for name in names) and "val_accuracy" in page
-
-
-def test_wait_starts_workers_again_when_they_exit_with_experiments_still_queued():
-    from mnist_mlp.sweep import wait
-
-    # what `dvc queue status` reported after a `dvc queue stop` had left its shutdown behind
-    script = iter(
-        [
-            ({"a": "Success", "b": "Queued"}, (0, 0)),
-            ({"a": "Success", "b": "Queued"}, (0, 0)),
-            ({"a": "Success", "b": "Running"}, (1, 0)),
-            ({"a": "Success", "b": "Success"}, (0, 1)),
-        ]
-    )
-    restarts = []
-    outcome = wait(Path("."), ["a", "b"], poll_s=0, status=lambda root: next(script),
-                   restart_workers=lambda: restarts.append(1))
-    assert outcome == {"a": "Success", "b": "Success"}
-    assert restarts == [1]

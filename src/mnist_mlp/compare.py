@@ -1,189 +1,122 @@
-"""Compare runs read from MLflow (the source of truth): a markdown table and a figure.
+"""Compare the runs of a sweep, read from MLflow (the source of truth): a markdown report and a figure.
 
-One row per setting (activation x dropout): best validation accuracy, test accuracy, epochs
-and training seconds, as mean ± std when several runs (seeds) share a setting. The figure
-is a heatmap of test accuracy beside the validation-accuracy curve of each setting, read
-from the per-epoch metric history. Any grid works; missing cells stay empty.
+One row per setting (activation x dropout): best validation accuracy, test accuracy and training
+seconds, as mean ± std when several runs (seeds) share it. The report names the settings every run
+shared and warns when runs differ in more than the grid axes: such a table mixes settings. The
+figure is a heatmap of test accuracy beside each setting's validation-accuracy curve.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+
+import pandas as pd
 
 from mnist_mlp import tracking
 from mnist_mlp.errors import UserError
 from mnist_mlp.files import save_figure, write_text
 
-LATEST = "latest"
-ALL = "all"
+LATEST, ALL = "latest", "all"
 SETTING = ["activation", "dropout"]
-VALUES = {  # report column -> run field
-    "best val accuracy": "best_val_accuracy",
-    "test accuracy": "test_accuracy",
-    "epochs": "epochs",
-    "seconds": "train_seconds",
-}
-FORMATS = {"best_val_accuracy": ".4f", "test_accuracy": ".4f", "epochs": "g", "train_seconds": ".1f"}
+AXES = [*SETTING, "seed"]  # what a grid varies; the sweep id differs between sweeps by design
+VALUES = {"best val accuracy": "best_val_accuracy", "test accuracy": "test_accuracy", "seconds": "train_seconds"}
+FORMATS = {"dropout": "g", "seed": "g", "best_val_accuracy": ".4f", "test_accuracy": ".4f", "train_seconds": ".1f"}
+HEADERS = {**{field: label for label, field in VALUES.items()}, "name": "run (DVC experiment)", "run_id": "MLflow run"}
 
 
 class CompareError(UserError, LookupError):
-    """Nothing to compare: no such experiment, sweep or finished run."""
+    """Nothing to compare: no run of the sweep finished."""
 
 
 @dataclass
 class Comparison:
     sweep_id: str  # a sweep id, or "all"
-    runs: "pd.DataFrame"  # noqa: F821 - one row per finished run
-    left_out: "pd.DataFrame"  # noqa: F821 - runs without test metrics (failed, killed, still running)
-    summary: "pd.DataFrame"  # noqa: F821 - one row per setting
+    runs: pd.DataFrame  # one row per finished run: run_id, name, the axes, the values, params.*
+    left_out: pd.DataFrame  # runs without a test accuracy (failed, killed, still running)
+    summary: pd.DataFrame  # one row per setting
+    shared: dict[str, str]  # param -> the value every run logged
+    mixed: dict[str, list[str]]  # param other than the axes -> the values the runs differ in
     curves: dict[tuple[str, float], list[tuple[int, float]]]  # setting -> [(epoch, mean val accuracy)]
 
 
-def _number(value: Optional[str]) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def load_runs(experiment: str):
-    """Every run of `experiment` as a DataFrame, newest first."""
-    import pandas as pd
-
-    client = tracking.client()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise CompareError(
-            f"no MLflow experiment '{experiment}' in {tracking.tracking_uri()}; run `make repro` or `make sweep` first"
-        )
-    rows, token = [], None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token, order_by=["attributes.start_time DESC"])
-        for run in page:
-            params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-            rows.append({
-                "run_id": run.info.run_id,
-                "name": run.info.run_name or "",
-                "status": run.info.status,
-                "start_time": run.info.start_time,
-                "sweep_id": tags.get("sweep_id", ""),
-                "activation": params.get("activation", ""),
-                "dropout": _number(params.get("dropout")),
-                "seed": _number(params.get("seed")),
-                "epochs": _number(params.get("epochs")),
-                "best_val_accuracy": metrics.get("best_val_accuracy", math.nan),
-                "test_accuracy": metrics.get("test_accuracy", math.nan),
-                "train_seconds": metrics.get("train_seconds", math.nan),
-            })  # fmt: skip
-        token = page.token
-        if not token:
-            break
-    return pd.DataFrame(rows, columns=["run_id", "name", "status", "start_time", "sweep_id", "activation", "dropout",
-                                       "seed", "epochs", "best_val_accuracy", "test_accuracy", "train_seconds"])
-
-
-def select_sweep(runs, sweep_id: str = LATEST):
-    """(sweep id, its runs): `latest` = the sweep of the newest run that has one, `all` = every run."""
-    if sweep_id == ALL:
-        return ALL, runs
-    swept = runs[runs["sweep_id"] != ""]
-    if sweep_id == LATEST:
-        if swept.empty:
-            raise CompareError(
-                f"no run in {tracking.tracking_uri()} has a sweep_id tag; run `make sweep`, or pass --all to compare every run"
-            )
-        sweep_id = swept.sort_values("start_time", ascending=False)["sweep_id"].iloc[0]
-    chosen = runs[runs["sweep_id"] == sweep_id]
-    if chosen.empty:
-        known = ", ".join(sorted(swept["sweep_id"].unique(), reverse=True)[:5]) or "none"
-        raise CompareError(f"no run with sweep_id '{sweep_id}' in {tracking.tracking_uri()}; latest sweeps: {known}")
-    return sweep_id, chosen
-
-
-def _mean_std(values, spec: str) -> str:
+def _mean_std(values: pd.Series, spec: str) -> str:
     values = values.dropna()
-    if values.empty:
-        return ""
-    if len(values) == 1:
-        return format(values.iloc[0], spec)
-    return f"{values.mean():{spec}} ± {values.std(ddof=1):{spec}}"
+    if len(values) < 2:
+        return "".join(format(value, spec) for value in values)
+    return f"{values.mean():{spec}} ± {values.std():{spec}}"
 
 
-def summarize(runs):
-    """One row per setting: run count, and mean (and std) of each reported value."""
-    grouped = runs.groupby(SETTING, sort=True)
-    summary = grouped.agg(runs=("run_id", "size"), **{
-        f"{field}_{stat}": (field, stat) for field in VALUES.values() for stat in ("mean", "std")
-    })  # fmt: skip
-    for column, field in VALUES.items():
-        summary[column] = grouped[field].apply(_mean_std, FORMATS[field])
-    return summary.reset_index()
-
-
-def compare(experiment: str = "mnist-mlp", sweep_id: str = LATEST) -> Comparison:
-    """Read the runs and their histories from MLflow; nothing is written."""
-    sweep_id, runs = select_sweep(load_runs(experiment), sweep_id)
-    finished = (runs["status"] == "FINISHED") & runs["test_accuracy"].notna() & (runs["activation"] != "")
+def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
+    """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run) and their histories."""
+    if sweep_id != ALL:
+        sweep_id, _ = tracking.sweep_models(experiment, sweep_id)
+    found = tracking.search_runs(experiment, "" if sweep_id == ALL else f"tags.sweep_id = '{sweep_id}'")
+    column = lambda name: found[name] if name in found else pd.Series(float("nan"), found.index)  # noqa: E731
+    runs = pd.DataFrame({"run_id": found["run_id"], "name": column("tags.mlflow.runName"), "status": found["status"],
+                         "activation": column("params.activation"), "dropout": pd.to_numeric(column("params.dropout")),
+                         "seed": pd.to_numeric(column("params.seed")),
+                         **{field: column(f"metrics.{field}") for field in VALUES.values()},
+                         **found.filter(regex=r"^params\.")})  # fmt: skip
+    finished = (runs["status"] == "FINISHED") & runs["test_accuracy"].notna() & runs["activation"].notna()
     kept, left_out = runs[finished], runs[~finished]
     if kept.empty:
-        raise CompareError(
-            f"none of the {len(runs)} run(s) of sweep '{sweep_id}' finished with a test accuracy; see the MLflow UI (make ui)"
-        )
-    client = tracking.client()
-    curves = {}
-    for setting, group in kept.groupby(SETTING, sort=True):
-        per_epoch: dict[int, list[float]] = {}
-        for run_id in group["run_id"]:
-            for point in client.get_metric_history(run_id, "val_accuracy"):
-                per_epoch.setdefault(point.step, []).append(point.value)
-        curves[setting] = [(epoch, sum(values) / len(values)) for epoch, values in sorted(per_epoch.items())]
-    return Comparison(sweep_id, kept, left_out, summarize(kept), curves)
+        raise CompareError(f"none of the {len(runs)} run(s) of sweep '{sweep_id}' finished with a test accuracy")
+    params = kept.filter(regex=r"^params\.").rename(columns=lambda name: name.removeprefix("params.")).dropna(axis=1, how="all")
+    distinct = params.nunique(dropna=False)
+    shared = {key: params[key].iloc[0] for key in sorted(distinct.index[distinct == 1])}
+    mixed = {key: sorted(params[key].fillna("(none)").unique()) for key in sorted(distinct.index[distinct > 1])
+             if key not in (*AXES, "tracking.sweep_id")}  # fmt: skip
+    grouped = kept.groupby(SETTING, sort=True)
+    summary = grouped.agg(runs=("run_id", "size"), test_accuracy_mean=("test_accuracy", "mean"))
+    for label, field in VALUES.items():
+        summary[label] = grouped[field].apply(_mean_std, FORMATS[field])
+    client, curves = tracking.client(), {}
+    for setting, group in grouped:
+        history = pd.DataFrame([(point.step, point.value) for run_id in group["run_id"]
+                                for point in client.get_metric_history(run_id, "val_accuracy")], columns=["epoch", "value"])  # fmt: skip
+        curves[setting] = list(history.groupby("epoch")["value"].mean().items())
+    return Comparison(sweep_id, kept, left_out, summary.reset_index(), shared, mixed, curves)
+
+
+def notes(result: Comparison) -> list[str]:
+    """What the report and stdout both say: the shared settings, a warning on mixed ones, the plots command."""
+    lines = [f"Settings all {len(result.runs)} runs shared: " + ", ".join(f"{key}={value}" for key, value in result.shared.items())]
+    if result.mixed:
+        differing = "; ".join(f"{key} ({', '.join(values)})" for key, values in result.mixed.items())
+        lines.append(f"WARNING: these runs differ in more than {', '.join(AXES)}: {differing}; the comparison mixes settings")
+    names = " ".join(dict.fromkeys(sorted(result.runs["name"].dropna())))
+    return [*lines, f"Training curves of these runs (DVC experiments of the same names): dvc plots diff {names} --open"]
+
+
+def _table(frame: pd.DataFrame, left: int = 1) -> str:
+    """A markdown table, numbers in FORMATS (blank when missing), the first `left` columns left-aligned."""
+    cells = frame.apply(lambda column: column.map(lambda value: "" if pd.isna(value) else format(value, FORMATS.get(column.name, ""))))
+    return cells.rename(columns=HEADERS).to_markdown(index=False, disable_numparse=True,
+                                                     colalign=["left"] * left + ["right"] * (frame.shape[1] - left))  # fmt: skip
 
 
 def markdown(result: Comparison) -> str:
-    summary = result.summary
     title = "all runs" if result.sweep_id == ALL else f"sweep `{result.sweep_id}`"
-    lines = [
+    best = result.runs.sort_values("test_accuracy", ascending=False).iloc[0]
+    pivot = result.summary.pivot(index="activation", columns="dropout", values="test accuracy")
+    parts = [
         f"# Activation x dropout: {title}",
-        "",
         f"{len(result.runs)} finished run(s) from the MLflow store `{tracking.tracking_uri()}`; "
         "a cell with several runs (seeds) shows mean ± std.",
-        "",
+        *notes(result),
         "![test accuracy and validation curves](figures/compare.png)",
-        "",
-        "| activation | dropout | runs | " + " | ".join(VALUES) + " |",
-        "|---|---:|---:|" + "---:|" * len(VALUES),
+        _table(result.summary[["activation", "dropout", "runs", *VALUES]]),
+        "Test accuracy, activation x dropout:",
+        _table(pivot.rename(columns=lambda dropout: f"dropout {dropout:g}").reset_index()),
+        f"Best run: `{best['name']}` ({best['activation']}, dropout {best['dropout']:g}), "
+        f"test accuracy {best['test_accuracy']:.4f}, MLflow run `{best['run_id']}`.",
+        _table(result.runs.sort_values(AXES)[["name", *AXES, *VALUES.values(), "run_id"]], left=2),
     ]
-    for _, row in summary.iterrows():
-        cells = [row["activation"], f"{row['dropout']:g}", str(row["runs"]), *(row[column] for column in VALUES)]
-        lines.append("| " + " | ".join(cells) + " |")
-
-    pivot = summary.pivot(index="activation", columns="dropout", values="test accuracy")
-    lines += ["", "Test accuracy, activation x dropout:", "",
-              "| activation | " + " | ".join(f"dropout {d:g}" for d in pivot.columns) + " |",
-              "|---|" + "---:|" * len(pivot.columns)]  # fmt: skip
-    for activation, row in pivot.iterrows():
-        lines.append(f"| {activation} | " + " | ".join(cell if isinstance(cell, str) else "" for cell in row) + " |")
-
-    best = result.runs.sort_values("test_accuracy", ascending=False).iloc[0]
-    lines += ["", f"Best run: `{best['name']}` ({best['activation']}, dropout {best['dropout']:g}), "
-              f"test accuracy {best['test_accuracy']:.4f}, MLflow run `{best['run_id']}`.", "",
-              "| run (DVC experiment) | activation | dropout | seed | best val accuracy | test accuracy | seconds | MLflow run |",
-              "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-    for _, run in result.runs.sort_values(["activation", "dropout", "seed"]).iterrows():
-        seed = "" if math.isnan(run["seed"]) else f"{run['seed']:g}"
-        lines.append(f"| {run['name']} | {run['activation']} | {run['dropout']:g} | {seed} | {run['best_val_accuracy']:.4f} "
-                     f"| {run['test_accuracy']:.4f} | {run['train_seconds']:.1f} | {run['run_id']} |")
-    if not result.left_out.empty:
-        lines += ["", f"Left out ({len(result.left_out)}, no test accuracy): "
-                  + ", ".join(f"`{r['name']}` ({r['status']})" for _, r in result.left_out.iterrows())]
-    names = " ".join(sorted(result.runs["name"]))
-    lines += ["", "Training curves of these runs together (DVC experiments of the same names):", "",
-              f"    dvc plots diff {names} --open", ""]  # fmt: skip
-    return "\n".join(lines)
+    if len(result.left_out):
+        parts.append(f"Left out ({len(result.left_out)}, no test accuracy): "
+                     + ", ".join(f"`{run['name']}` ({run['status']})" for _, run in result.left_out.iterrows()))  # fmt: skip
+    return "\n\n".join(parts) + "\n"
 
 
 def figure(result: Comparison):
@@ -198,30 +131,21 @@ def figure(result: Comparison):
     pivot = result.summary.pivot(index="activation", columns="dropout", values="test_accuracy_mean")
     fig, (heat, lines) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.3]})
     values = pivot.to_numpy(dtype=float)
-    finite = values[np.isfinite(values)]
-    low, high = finite.min(), finite.max()
+    low, high = np.nanmin(values), np.nanmax(values)
     if high - low < 1e-4:  # all equal: a colour scale of zero width would mislabel its ticks
         low, high = low - 0.005, high + 0.005
     image = heat.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=low, vmax=high)
-    heat.set_xticks(range(len(pivot.columns)), [f"{d:g}" for d in pivot.columns])
-    heat.set_yticks(range(len(pivot.index)), list(pivot.index))
-    heat.set_xlabel("dropout")
-    heat.set_ylabel("activation")
-    heat.set_title("test accuracy")
-    middle = (low + high) / 2
+    heat.set(xticks=range(len(pivot.columns)), xticklabels=[f"{d:g}" for d in pivot.columns], xlabel="dropout",
+             yticks=range(len(pivot.index)), yticklabels=list(pivot.index), ylabel="activation", title="test accuracy")  # fmt: skip
     for (i, j), value in np.ndenumerate(values):
         if np.isfinite(value):
-            heat.text(j, i, f"{value:.4f}", ha="center", va="center", color="black" if value > middle else "white")
+            heat.text(j, i, f"{value:.4f}", ha="center", va="center", color="black" if value > (low + high) / 2 else "white")
     fig.colorbar(image, ax=heat, fraction=0.046, pad=0.04)
-
     for (activation, dropout), curve in result.curves.items():
-        if curve:
-            epochs, accuracy = zip(*curve)
-            lines.plot(epochs, accuracy, marker="o" if len(epochs) < 6 else None, label=f"{activation}, dropout {dropout:g}")
+        epochs, accuracy = zip(*curve) if curve else ((), ())
+        lines.plot(epochs, accuracy, marker="o" if len(epochs) < 6 else None, label=f"{activation}, dropout {dropout:g}")
     lines.xaxis.set_major_locator(MaxNLocator(integer=True))
-    lines.set_xlabel("epoch")
-    lines.set_ylabel("validation accuracy")
-    lines.set_title("validation accuracy per epoch")
+    lines.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per epoch")
     lines.grid(alpha=0.3)
     lines.legend(fontsize="small", loc="lower right")
     title = "all runs" if result.sweep_id == ALL else f"sweep {result.sweep_id}"

@@ -469,3 +469,13 @@ def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[S
     if not runs:
         raise SweepError(f"no finished run of sweep '{sweep_id}' in experiment '{experiment}' of {uri}; `make sweep` runs one")
     return sweep_id, [SweepModel(run.info.run_name or run.info.run_id, run.info.run_id, dict(run.data.params)) for run in runs]
+
+
+def search_runs(experiment: Optional[str], filter_string: str = "", **options) -> pd.DataFrame:
+    """`mlflow.search_runs` on the project's store: one row per run of `experiment` (None: of every
+    experiment) matching `filter_string`, newest first; columns run_id, status, params.*, metrics.*, tags.*."""
+    mlflow.set_tracking_uri(tracking_uri())
+    if experiment is not None and client().get_experiment_by_name(experiment) is None:
+        raise SweepError(f"no experiment '{experiment}' in {tracking_uri()}; `make sweep` (or `make sweep-quick`) makes one")
+    return mlflow.search_runs(experiment_names=[experiment] if experiment else None,
+                              search_all_experiments=experiment is None, filter_string=filter_string, **options)  # fmt: skip
