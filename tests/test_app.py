@@ -242,15 +242,20 @@ def test_an_unreachable_tracking_server_is_a_notice_not_a_crash(client, checkpoi
 
 
 def test_measure_prints_each_models_latency(checkpoint, store_env, tmp_path, capsys):
-    image = tmp_path / "seven.png"
+    image = tmp_path / "one.png"
     image.write_bytes(png(drawn("one")))
     code, out, err = cli_in_process(["app", "--model", str(checkpoint), "--experiment", "mnist-mlp", "--measure", str(image)], capsys)
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].startswith(f"{image}: median of 100 runs on the CPU")
-    names = [line.split()[0] for line in lines[2:6]]
-    assert names == ["current", *GRID]
-    assert lines[-1].startswith("  POST /api/predict, all models, JSON") and lines[-1].endswith(" ms")
+    assert lines[0].startswith(f"{image}: 100 passes on the CPU")
+    assert lines[1].split()[0] == "preprocessing"
+    assert [line.split()[0] for line in lines[2:6]] == ["current", *GRID]
+    assert [line.rsplit(None, 2)[0].strip() for line in lines[6:]] == [
+        "current model: preprocessing + forward", "all 4 models: preprocessing + forwards", "POST /api/predict, all models, JSON out"
+    ]  # fmt: skip
+    for line in lines[1:]:
+        median, p90 = map(float, line.split()[-2:])
+        assert 0 < median <= p90
 
 
 def test_a_port_in_use_is_one_line(checkpoint, store_env, capsys):

@@ -317,49 +317,49 @@ def serve(models: Models, port: int) -> None:
         server.server_close()
 
 
-@dataclass
-class Timing:
-    name: str
-    title: str
-    milliseconds: float  # median
+def _milliseconds(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return 1000 * (time.perf_counter() - start)
 
 
-def _median_ms(work: Callable[[], object], repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        work()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        samples.append(1000 * (time.perf_counter() - start))
-    return statistics.median(samples)
+def _quantiles(samples: Sequence[float]) -> tuple[float, float]:
+    """(median, 90th percentile)"""
+    deciles = statistics.quantiles(samples, n=10, method="inclusive")
+    return statistics.median(samples), deciles[-1]
 
 
 @dataclass
 class Measurement:
+    """Milliseconds per pass over every model, as a request makes one; a sample per pass and step."""
+
     image: str
     threads: int
-    repeats: int
-    preprocessing: float  # ms: decode + MNIST form
-    models: list[Timing] = field(default_factory=list)  # ms: one forward pass each
-    request: float = 0.0  # ms: one POST /api/predict through Flask, every model, JSON out
+    preprocessing: list[float] = field(default_factory=list)  # decode + MNIST form
+    models: dict[str, list[float]] = field(default_factory=dict)  # name -> one forward pass each
+    titles: dict[str, str] = field(default_factory=dict)
+    requests: list[float] = field(default_factory=list)  # POST /api/predict through Flask: every model, JSON out
 
     def text(self) -> str:
-        lines = [f"{self.image}: median of {self.repeats} runs on the CPU, {self.threads} torch thread(s)"]
-        lines.append(f"  {'preprocessing (decode, MNIST form)':<44} {self.preprocessing:8.2f} ms")
-        for timing in self.models:
-            lines.append(f"  {timing.name + ' (' + timing.title + ')':<44} {timing.milliseconds:8.2f} ms")
-        if self.models:
-            current = self.preprocessing + self.models[0].milliseconds
-            everyone = self.preprocessing + sum(timing.milliseconds for timing in self.models)
-            lines.append(f"  {'current model: preprocessing + 1 forward':<44} {current:8.2f} ms")
-            lines.append(f"  {f'all {len(self.models)} models: preprocessing + forwards':<44} {everyone:8.2f} ms")
-        lines.append(f"  {'POST /api/predict, all models, JSON':<44} {self.request:8.2f} ms")
+        current = [pre + model for pre, model in zip(self.preprocessing, self.models[CURRENT])]
+        everyone = [pre + sum(step) for pre, step in zip(self.preprocessing, zip(*self.models.values()))]
+        rows = [("preprocessing (decode, MNIST form)", self.preprocessing)]
+        rows += [(f"{name} ({self.titles[name]})", samples) for name, samples in self.models.items()]
+        rows += [
+            ("current model: preprocessing + forward", current),
+            (f"all {len(self.models)} models: preprocessing + forwards", everyone),
+            ("POST /api/predict, all models, JSON out", self.requests),
+        ]  # fmt: skip
+        width = max(len(label) for label, _ in rows)
+        lines = [f"{self.image}: {len(self.requests)} passes on the CPU, {self.threads} torch thread(s); "
+                 f"milliseconds, median and 90th percentile"]  # fmt: skip
+        lines += [f"  {label:<{width}}  {'%.2f' % _quantiles(samples)[0]:>7}  {'%.2f' % _quantiles(samples)[1]:>7}" for label, samples in rows]
         return "\n".join(lines)
 
 
-def measure(models: Models, image: str | Path, repeats: int = 100) -> Measurement:
-    """Latency of one prediction per model on the CPU, and of a whole API request, on `image`."""
+def measure(models: Models, image: str | Path, repeats: int = 100, warmup: int = 5) -> Measurement:
+    """Latency on `image`: each pass preprocesses it and runs every model once, as a request does;
+    then as many whole requests through the API."""
     path = Path(image)
     if not path.is_file():
         raise AppError(f"{path}: file not found; expected a PNG or JPEG of a digit")
@@ -368,12 +368,17 @@ def measure(models: Models, image: str | Path, repeats: int = 100) -> Measuremen
     missing = [entry.error for entry in lineup.entries if entry.error]
     if missing or lineup.notice:
         raise AppError("\n".join([*missing, *([lineup.notice] if lineup.notice else [])]))
-    pixels = upload_pixels(data, path.name)
-    batch = torch.from_numpy(pixels.reshape(1, INPUT_SIZE))
-    result = Measurement(str(path), torch.get_num_threads(), repeats, _median_ms(lambda: upload_pixels(data, path.name), repeats))
+    batch = torch.from_numpy(upload_pixels(data, path.name).reshape(1, INPUT_SIZE))
+    result = Measurement(str(path), torch.get_num_threads(), titles={entry.name: entry.title for entry in lineup.entries})
+    result.models = {entry.name: [] for entry in lineup.entries}
     with torch.no_grad():
-        for entry in lineup.entries:
-            result.models.append(Timing(entry.name, entry.title, _median_ms(lambda: entry.classifier(batch), repeats)))
+        for repeat in range(warmup + repeats):
+            preprocessing = _milliseconds(lambda: upload_pixels(data, path.name))
+            forwards = {entry.name: _milliseconds(lambda: entry.classifier(batch)) for entry in lineup.entries}
+            if repeat >= warmup:
+                result.preprocessing.append(preprocessing)
+                for name, milliseconds in forwards.items():
+                    result.models[name].append(milliseconds)
     client = create_app(models).test_client()
 
     def post():
@@ -381,5 +386,5 @@ def measure(models: Models, image: str | Path, repeats: int = 100) -> Measuremen
         if response.status_code != 200:
             raise AppError(f"POST /api/predict answered {response.status_code}: {response.get_json()['error']}")
 
-    result.request = _median_ms(post, repeats)
+    result.requests = [_milliseconds(post) for _ in range(warmup + repeats)][warmup:]
     return result
