@@ -12,7 +12,7 @@ DROPOUTS ?= 0.0 0.2 0.5
 JOBS ?= 2
 STORE = $(shell $(BIN)/python -c "from mnist_mlp.tracking import tracking_uri; print(tracking_uri())")
 
-.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick compare test-browser browser-deps close-stale-runs app
+.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,8 @@ repro: install  ## rebuild data, model and reports (MNIST_MIRROR=folder-or-URL t
 test: install  ## the test suite (no network, no real MNIST)
 	$(BIN)/pytest
 
-ui: install  ## the MLflow UI on 127.0.0.1 against the project's store
+ui: install  ## the MLflow UI on 127.0.0.1 against the project's store (a tracking server serves its own UI)
+	@case "$(STORE)" in http://*|https://*) echo "the tracking server at $(STORE) serves the UI: open $(STORE)"; exit 0;; esac; \
 	$(BIN)/mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(UI_PORT)
 
 demo: install  ## draw ten real test digits as PNG/JPEG in different styles into $(SAMPLES), then classify them
@@ -69,6 +70,28 @@ compare: install  ## reports/compare.md and reports/figures/compare.png from the
 browser-deps:  ## headless Chromium and its driver for test-browser (Debian, as root)
 	test -x /usr/bin/chromium && test -x /usr/bin/chromedriver || \
 		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+
+# The team's tracking server (docs/team.md): PostgreSQL backend store, artifacts proxied by the server.
+# SERVER_ARTIFACTS: a folder (default ~/.local/share/mnist-mlp/mlflow-artifacts) or s3://bucket/prefix;
+# SERVER_AUTH=1: MLflow's basic-auth app. Secrets: environment, else ~/.config/mnist-mlp/server.env (mode 600).
+SERVER_PORT ?= 5000
+export SERVER_PORT SERVER_HOST SERVER_DB SERVER_ARTIFACTS SERVER_AUTH SERVER_WORKERS
+
+server-deps: install  ## PostgreSQL from Debian where missing, started, with MLflow's role and databases (as root)
+	command -v pg_lsclusters >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql; }
+	$(BIN)/python -m mnist_mlp.server deps
+
+server: install  ## mlflow server on PostgreSQL at 127.0.0.1:$(SERVER_PORT) in the foreground; prints the MLFLOW_TRACKING_URI to use
+	$(BIN)/python -m mnist_mlp.server run
+
+server-start: install  ## the same in the background (log in build/server/); returns once it answers
+	$(BIN)/python -m mnist_mlp.server start
+
+server-stop: install  ## stop what server-start started
+	$(BIN)/python -m mnist_mlp.server stop
+
+test-server: install  ## the tests that run against mlflow server on PostgreSQL (make server-deps first)
+	$(BIN)/pytest -m server
 
 test-browser: install  ## the MLflow UI and `mnist-mlp app` in headless Chromium against small real sweeps
 	$(BIN)/pytest -m browser
