@@ -162,8 +162,7 @@ def wait(root: Path, names: list[str], restart: Callable[[], None], poll_s: floa
     exit leaving experiments queued (seen after a `dvc queue stop`): after `stall_s` with none
     running, `restart` starts workers again, at most `patience` times in a row without progress."""
     started = idle_since = time.monotonic()
-    last: dict[str, str] = {}
-    restarts = 0
+    last, restarts = {}, 0
     while True:
         states = queue_status(root)
         current = {name: states.get(name, "Missing") for name in names}
@@ -223,4 +222,3 @@ def run_sweep(root: Path, sweep: Sweep, experiment: str, jobs: int = 2, force: b
     if failed:
         raise SweepError(f"{len(failed)} of {len(outcome)} experiments failed: {', '.join(failed)}; "
                          f"read why with `dvc queue logs {failed[0]}`")  # fmt: skip
-    return table
