@@ -58,6 +58,43 @@ def test_a_bad_grid_is_refused_before_anything_is_queued(kwargs, message):
         sweep.plan(**kwargs)
 
 
+def test_shards_split_the_grid_into_disjoint_parts_under_the_whole_grids_names():
+    whole = sweep.plan(["relu", "tanh", "sigmoid"], [0.0, 0.2, 0.5], sweep_id="s")
+    shards = [sweep.plan(["relu", "tanh", "sigmoid"], [0.0, 0.2, 0.5], sweep_id="s", shard=(k, 2)) for k in (1, 2)]
+    assert [shard.names for shard in shards] == [["s-1", "s-3", "s-5", "s-7", "s-9"], ["s-2", "s-4", "s-6", "s-8"]]
+    assert sorted(shards[0].names + shards[1].names) == sorted(whole.names)
+    # each point keeps the values DVC's own expansion of the whole grid gives that name
+    assert shards[1].points("abc")[0] == ("s-2", ["train.activation=relu", "train.dropout=0.2",
+                                                  'tracking.sweep_id="s"', 'tracking.sweep_base="abc"'])  # fmt: skip
+    assert shards[0].points("abc")[-1][1][:2] == ["train.activation=sigmoid", "train.dropout=0.5"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shard", "1/2"], "--shard 1/2 needs --sweep-id: every machine's shard must log under the same id"),
+        (["--shard", "3/3", "--sweep-id", "s", "--activations", "relu", "--dropouts", "0.0", "0.5"],
+         "--shard 3/3: the grid has 2 point(s), fewer than 3 parts"),
+    ],
+)  # fmt: skip
+def test_a_shard_that_cannot_be_one_of_a_sweeps_parts_is_one_line(argv, message, capsys):
+    code, out, err = cli_in_process(["sweep", *argv], capsys)
+    assert (code, out, err) == (1, "", f"mnist-mlp sweep: error: {message}\n")
+    assert cli_in_process(["sweep", "--shard", "3/2"], capsys)[0] == 2  # argparse: K/N with 1 <= K <= N
+
+
+def test_a_shard_queues_only_its_points_on_dvcs_queue(project):
+    planned = sweep.plan(["relu", "tanh"], [0.0, 0.5], sets=["train.epochs=1"], sweep_id="sh", shard=(2, 2))
+    base = sweep.sweep_base(project, planned)
+    sweep._queue_points(project, planned.points(base))
+    assert sweep.queue_status(project) == {"sh-2": "Queued", "sh-4": "Queued"}
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
+    queued = {exp["name"]: exp["data"]["params"]["params.yaml"]["data"] for commit in shown
+              for exp in commit.get("experiments") or [] for exp in exp["revs"]}  # fmt: skip
+    assert {name: (params["train"]["activation"], params["train"]["dropout"], params["tracking"]["sweep_id"])
+            for name, params in queued.items()} == {"sh-2": ("relu", 0.5, "sh"), "sh-4": ("tanh", 0.5, "sh")}  # fmt: skip
+
+
 def test_workers_share_the_cores():
     assert sweep.threads_per_worker(2, cores=2) == 1
     assert sweep.threads_per_worker(4, cores=2) == 1

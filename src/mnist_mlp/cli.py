@@ -207,10 +207,11 @@ def cmd_check_reproducible(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from mnist_mlp import sweep
 
-    planned = sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.sweep_id)
+    planned = sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.sweep_id, args.shard)
     experiment = configured_experiment(planned.experiment)
     sweep.run_sweep(repo_root(), planned, experiment, args.jobs, args.force, args.from_workspace, args.poll)
-    print(f"next: mnist-mlp compare --sweep-id {planned.sweep_id}")
+    whole = " (the whole grid once every shard is done)" if planned.shard[1] > 1 else ""
+    print(f"next: mnist-mlp compare --sweep-id {planned.sweep_id}{whole}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -225,6 +226,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def _positive_text(text: str) -> str:
     return str(_positive(text))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    part, _, parts = text.partition("/")
+    if not (part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 1/2")
+    return int(part), int(parts)
 
 
 def _positive(text: str) -> int:
@@ -345,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another override for every experiment, e.g. --set train.epochs=2 (repeatable)")
     sweep.add_argument("--jobs", "-j", type=_positive, default=2, help="queue workers (default %(default)s)")
     sweep.add_argument("--sweep-id", help="default: the current time, YYYYMMDD-HHMMSS")
+    sweep.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
+                       help="queue only the K-th of N disjoint parts of the grid, on this machine's own queue; "
+                            "give every machine the same grid, --sweep-id and MLFLOW_TRACKING_URI (one server)")  # fmt: skip
     sweep.add_argument("--force", action="store_true",
                        help="queue with `dvc exp run --force`: re-run every stage, download and preprocess too")
     sweep.add_argument("--from-workspace", action="store_true",

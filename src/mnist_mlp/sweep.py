@@ -5,6 +5,10 @@ runs each point in a copy under .dvc/tmp/exps/ (tracking finds the store through
 a safe base (DVC queues params.yaml as the workspace has it; each run records its base in tracking.sweep_base),
 the MLflow store made first (two workers creating a new SQLite store race), a share of the cores per
 worker, waiting (restarting workers that exit leaving experiments queued), and a summary.
+
+One sweep on several machines: `--shard K/N` queues every N-th grid point from the K-th, each under the
+name the whole grid gives it (`<sweep id>-<index>`), on this machine's own queue; with one sweep id and
+one tracking server, the shards' runs make up the whole grid there.
 """
 
 from __future__ import annotations
@@ -39,12 +43,28 @@ class Sweep:
     grid: dict[str, list]  # param -> its values
     sets: dict[str, str]  # --set param -> its value as typed (DVC reads it with Hydra's grammar)
     experiment: Optional[str] = None  # tracking.experiment, when --set gives it
+    shard: tuple[int, int] = (1, 1)  # (K, N): the K-th of N parts of the grid; (1, 1) is all of it
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(values) for values in self.grid.values())
 
     @property
     def names(self) -> list[str]:
-        """DVC names a grid's experiments <name>-1..N (a single point is no grid: <name>)."""
-        size = math.prod(len(values) for values in self.grid.values())
-        return [self.sweep_id] if size == 1 else [f"{self.sweep_id}-{index}" for index in range(1, size + 1)]
+        """DVC names a grid's experiments <name>-1..N (a single point is no grid: <name>); a shard has
+        every N-th of them from the K-th, under the same names."""
+        every = [self.sweep_id] if self.size == 1 else [f"{self.sweep_id}-{index}" for index in range(1, self.size + 1)]
+        part, parts = self.shard
+        return every[part - 1 :: parts]
+
+    def points(self, base: str) -> list[tuple[str, list[str]]]:
+        """(name, `-S` values) of each point of this shard, from DVC's own expansion of the grid: the
+        name and values the whole grid's `dvc exp run --queue` gives that point."""
+        from dvc.utils.hydra import get_hydra_sweeps
+
+        expanded = get_hydra_sweeps({"params.yaml": self.overrides(base)[1::2]})
+        part, parts = self.shard
+        return list(zip(self.names, [point["params.yaml"] for point in expanded[part - 1 :: parts]]))
 
     def overrides(self, base: str) -> list[str]:
         """`-S` arguments: a comma list is a grid axis; ids are quoted, so that 123 stays a string."""
@@ -80,10 +100,15 @@ def _parse_set(item: str):
 
 
 def plan(activations: Sequence[str], dropouts: Sequence[float], seeds: Sequence[int] = (),
-         sets: Sequence[str] = (), sweep_id: Optional[str] = None) -> Sweep:  # fmt: skip
+         sets: Sequence[str] = (), sweep_id: Optional[str] = None, shard: tuple[int, int] = (1, 1)) -> Sweep:  # fmt: skip
     """The grid, every value validated before anything is queued; the sweep id defaults to the time."""
     if not activations or not dropouts:
         raise SweepError("a sweep needs at least one activation and one dropout")
+    part, parts = shard
+    if not 1 <= part <= parts:
+        raise SweepError(f"--shard {part}/{parts}: expected K/N with 1 <= K <= N, e.g. 1/2")
+    if parts > 1 and not sweep_id:
+        raise SweepError(f"--shard {part}/{parts} needs --sweep-id: every machine's shard must log under the same id")
     sweep_id = sweep_id or f"{datetime.now():%Y%m%d-%H%M%S}"
     axes = zip(GRID, (activations, [float(dropout) for dropout in dropouts], seeds))
     grid = {key: list(dict.fromkeys(values)) for key, values in axes if values}
@@ -93,7 +118,10 @@ def plan(activations: Sequence[str], dropouts: Sequence[float], seeds: Sequence[
     parsed = dict(map(_parse_set, sets))
     _validate(parsed, "--set")
     raw = dict(item.split("=", 1) for item in sets)
-    return Sweep(sweep_id, grid, raw, parsed.get("tracking.experiment"))
+    planned = Sweep(sweep_id, grid, raw, parsed.get("tracking.experiment"), shard)
+    if parts > planned.size:
+        raise SweepError(f"--shard {part}/{parts}: the grid has {planned.size} point(s), fewer than {parts} parts")
+    return planned
 
 
 def threads_per_worker(jobs: int, cores: Optional[int] = None) -> int:
@@ -120,6 +148,13 @@ def _queue(root: Path, read: str):
 
     with Repo(str(root)) as repo:
         return getattr(repo.experiments.celery_queue, read)()
+
+
+def _queue_points(root: Path, points: list[tuple[str, list[str]]], force: bool = False) -> None:
+    """`dvc exp run --queue -n <name> -S ...` for each point (the CLI: DVC applies -S to params.yaml in the cwd)."""
+    for name, values in points:
+        _dvc(root, "exp", "run", "--queue", "-n", name, *[part for value in values for part in ("-S", value)],
+             *(["--force"] if force else []))  # fmt: skip
 
 
 def sweep_base(root: Path, sweep: Sweep, from_workspace: bool = False) -> str:
@@ -205,13 +240,22 @@ def run_sweep(root: Path, sweep: Sweep, experiment: str, jobs: int = 2, force: b
 
     base = sweep_base(root, sweep, from_workspace)
     experiment_id = tracking.ensure_experiment(experiment, root)
-    threads = threads_per_worker(jobs)
-    print(f"sweep {sweep.sweep_id}: {len(sweep.names)} experiments on {jobs} worker(s), {threads} thread(s) each; "
-          f"MLflow store {tracking.tracking_uri(root)}, experiment '{experiment}' (id {experiment_id})", flush=True)
+    threads, store = threads_per_worker(jobs), tracking.tracking_uri(root)
+    part, parts = sweep.shard
+    share = f", shard {part}/{parts}: {len(sweep.names)} of {sweep.size}" if parts > 1 else f": {len(sweep.names)}"
+    print(f"sweep {sweep.sweep_id}{share} experiments on {jobs} worker(s), {threads} thread(s) each; "
+          f"MLflow store {store}, experiment '{experiment}' (id {experiment_id})", flush=True)
+    if parts > 1 and not store.startswith(("http://", "https://")):
+        print(f"note: shard {part}/{parts} logs to this machine's own store; for the whole grid in one place, "
+              "set MLFLOW_TRACKING_URI to one tracking server on every machine", flush=True)  # fmt: skip
     _await_earlier_workers(root)
-    args = ["exp", "run", "--queue", "-n", sweep.sweep_id, *sweep.overrides(base), *(["--force"] if force else [])]
-    _dvc(root, *args)
-    print(f"queued {', '.join(sweep.names)}: dvc {shlex.join(args)}", flush=True)
+    if parts == 1:
+        args = ["exp", "run", "--queue", "-n", sweep.sweep_id, *sweep.overrides(base), *(["--force"] if force else [])]
+        _dvc(root, *args)
+        print(f"queued {', '.join(sweep.names)}: dvc {shlex.join(args)}", flush=True)
+    else:  # a part of a product is no product: each point of the shard is queued on its own, under its grid name
+        _queue_points(root, sweep.points(base), force)
+        print(f"queued {', '.join(sweep.names)}: `dvc exp run --queue -n <name>` per point of shard {part}/{parts}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     start = lambda: _dvc(root, "queue", "start", "-j", str(jobs), env=env)  # noqa: E731
     start()
