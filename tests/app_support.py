@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import io
-import os
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageDraw
 
@@ -61,13 +60,11 @@ def log_sweep(root: Path, sweep_id: str, settings: list[tuple[str, float]], expe
         name = f"{sweep_id}-{activation}-do{dropout:g}"
         params = validate_params({"train": {"hidden_sizes": [64], "activation": activation, "dropout": dropout},
                                   "tracking": {"experiment": experiment, "sweep_id": sweep_id}})  # fmt: skip
-        os.environ["DVC_EXP_NAME"] = name  # the run's name, as under `dvc exp run`
-        try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("DVC_EXP_NAME", name)  # the run's name, as under `dvc exp run`
             with tracking.training_run(experiment, flatten(params), {"sweep_id": sweep_id}) as run:
                 classifier = PixelClassifier(train_mlp(activation, dropout), NORMALIZATION.mean, NORMALIZATION.std)
                 run.log_model(classifier.eval(), example)
-        finally:
-            del os.environ["DVC_EXP_NAME"]
         names.append(name)
     return names
 

@@ -141,7 +141,7 @@ class Models:
                 return Lineup([current, *(self._uri_entry(uri, refresh) for uri in self.uris)])
             sweep = sweep or LATEST
             if sweep != LATEST:
-                validate_params({"tracking": {"sweep_id": sweep}}, source="?sweep=")
+                validate_params({"tracking": {"sweep_id": sweep}}, source="sweep id")
             if refresh or sweep not in self._sweeps:
                 self._sweeps[sweep] = self._find_sweep(sweep)
             found = self._sweeps[sweep]
