@@ -363,3 +363,69 @@ def static_problem(words: list[str]) -> str | None:
         finally:
             logging.getLogger("dvc").removeHandler(handler)
     return None
+
+
+# --- commands named in the text -----------------------------------------------------------------
+
+
+def inline_commands(page: Path) -> list[tuple[int, list[str]]]:
+    """(line, words) of each `mnist-mlp ...`, `dvc ...` or `make ...` in inline code outside code blocks."""
+    found, fence = [], None
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        stripped = line.strip()
+        opening = re.fullmatch(r"(```+|~~~+)\s*([^`]*)", stripped)
+        if fence is None and opening:
+            fence = opening.group(1)
+            continue
+        if fence is not None:
+            if stripped.startswith(fence) and stripped.strip(fence[0]) == "":
+                fence = None
+            continue
+        for code in re.findall(r"(?<!`)`([^`]+)`(?!`)", line):
+            if re.match(r"(mnist-mlp|dvc|make) ", code) and ": error:" not in code:  # not a quoted message
+                block = Block(page, number - 1, "bash", [code])
+                found += [(number, words) for _, words in simple_commands(block)]
+    return found
+
+
+def _subparser(parser, name: str):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name), sorted(action.choices)
+    return None, []
+
+
+def mention_problem(words: list[str]) -> str | None:
+    """Why a command named in the text is not one: an unknown make target, subcommand or option.
+    Its arguments may be left out (`mnist-mlp predict`, `dvc exp push`), so they are not parsed."""
+    program, args = words[0], words[1:]
+    if program == "make":
+        return static_problem([word for word in words if not re.fullmatch(r"\.\.\.|<.*>|[A-Z_]+", word)])
+    if program == "mnist-mlp":
+        from mnist_mlp.cli import build_parser
+
+        parser = build_parser()
+    else:
+        from dvc.cli.parser import get_main_parser
+
+        parser = get_main_parser()
+    path = [program]
+    for word in args:
+        if word.startswith("-"):
+            option = word.split("=", 1)[0]
+            if option not in parser._option_string_actions:
+                return f"`{' '.join(path)}` has no option {option}"
+            continue
+        if re.fullmatch(r"\.\.\.|<.*>|[A-Z_]+", word):
+            break  # a placeholder: `mnist-mlp ...`, `make X`
+        sub, names = _subparser(parser, word)
+        if sub is not None:
+            parser = sub
+            path.append(word)
+        elif names:
+            return f"`{' '.join(path)}` has no subcommand {word!r} (it has: {', '.join(names)})"
+        else:
+            break  # an argument: from here on, values
+    return None

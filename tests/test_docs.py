@@ -157,3 +157,20 @@ def test_relative_links_point_to_files(page: Path) -> None:
     targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
     missing = [target for target in targets if "://" not in target and not (page.parent / target).exists()]
     assert not missing, f"{page_id(page)} links to missing files: {missing}"
+
+
+@pytest.mark.parametrize("page", docs.PAGES, ids=page_id)
+def test_commands_named_in_the_text_exist(page: Path) -> None:
+    problems = [f"{page_id(page)}:{line}: `{' '.join(words)}`: {problem}"
+                for line, words in docs.inline_commands(page) if (problem := docs.mention_problem(words))]
+    assert not problems, "\n".join(problems)
+
+
+def test_named_commands_are_checked() -> None:
+    assert docs.mention_problem(["mnist-mlp", "predict"]) is None  # arguments may be left out
+    assert docs.mention_problem(["dvc", "exp", "push"]) is None
+    assert docs.mention_problem(["dvc", "queue", "remove", "--queued"]) is None
+    assert "no subcommand 'predikt'" in docs.mention_problem(["mnist-mlp", "predikt"])
+    assert "no subcommand 'shwo'" in docs.mention_problem(["dvc", "exp", "shwo"])
+    assert "no option --drop-all" in docs.mention_problem(["dvc", "exp", "show", "--drop-all"])
+    assert "no Makefile target" in docs.mention_problem(["make", "no-such-target"])
