@@ -98,12 +98,13 @@ _EXIT = re.compile(r"exit \d+")  # `; echo "exit $?"`: an exit status is compare
 _RULE = re.compile(r"([-─━═]){2,}")
 
 
-def normalize(line: str, root: str | None = None) -> str:
+def normalize(line: str, root: str | Path | None = None) -> str:
     """One output line as compared: see the module's docstring."""
     if _EXIT.fullmatch(line.strip()):
         return line.strip()
-    if root:
-        line = line.replace(root, SHOWN_ROOT)
+    if root:  # the project, and the venv its `.venv` links to (what `source .venv/bin/activate` puts on PATH)
+        venv = (Path(root) / ".venv").resolve()
+        line = line.replace(f"{venv}/", f"{SHOWN_ROOT}/.venv/").replace(str(root), SHOWN_ROOT)
     line = _HEX.sub("<hex>", line)
     line = _NUMBER.sub("<n>", line)
     # a net's shape (784-512-512-10 vs 784-32-10), a range (0..9), a list of sizes
@@ -117,7 +118,7 @@ def _line_pattern(expected: str) -> re.Pattern:
     return re.compile(".*".join(parts))
 
 
-def output_mismatch(expected: list[str], actual: list[str], root: str | None = None) -> str | None:
+def output_mismatch(expected: list[str], actual: list[str], root: str | Path | None = None) -> str | None:
     """None when `actual` matches the shown `expected` lines; else a short explanation."""
     want = [line for line in expected if line.strip()]
     got = [normalize(line, root) for line in actual if line.strip()]
