@@ -264,9 +264,12 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
 def markdown(result: Result) -> str:
     s, reps = result.summary(), result.repeats
 
+    def seconds(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     def cells(label: str, lecture: float, project: float, rate: float, speedup: float, ratio: float, fast) -> list[str]:
         return [label, f"{lecture:.2f}", f"{project:.2f}", f"{result.epoch_flops / rate:.2f}", f"{rate / 1e9:.1f}",
-                f"{speedup:.2f}x", f"{ratio:.2f}x", "-" if fast is None else f"{fast:.2f}"]
+                f"{speedup:.2f}x", f"{ratio:.2f}x", seconds(fast)]
 
     rows = [cells(str(i), r.lecture_epoch_s, r.project_epoch_s, r.matmul_flop_per_s, speedup, ratio, r.fast_to_target_s)
             for i, (r, speedup, ratio) in enumerate(zip(reps, result.speedups(), result.ratios_to_bound()), 1)]
@@ -276,7 +279,7 @@ def markdown(result: Result) -> str:
                "", *[f"- {problem}" for problem in result.problems], ""]
     lines = [
         "# Training benchmark", "", *(invalid if result.problems else []),
-        f"Device {result.device}, {result.threads} threads; default params: net {result.net}, batch {result.batch_size}, fp32. "
+        f"Device {result.device}, torch threads: {result.threads}; default params: net {result.net}, batch {result.batch_size}, fp32. "
         f"{len(reps)} interleaved repeats ({result.remeasured} re-measured), each ratio taken within a repeat. "
         f"Load average before/after: {result.load_average[0]:.2f} / {result.load_average[1]:.2f}.",
         "",
@@ -290,13 +293,14 @@ def markdown(result: Result) -> str:
         f"{result.train_samples / s['project_epoch_s']:,.0f} samples/s. Bound: {result.epoch_flops / 1e9:.1f} GFLOP of matmuls "
         "per epoch at the rate measured on one training step's matmuls (torch.utils.benchmark, blocked_autorange).",
         "",
-        f"`fast` preset ({result.fast_preset}): test accuracy {median(r.fast_test_accuracy for r in reps):.4f}; "
-        f"whole training {s['fast_train_s']:.2f} s (seconds in `fit`, test evaluations not counted; `-`: 98% not reached).",
+        f"`fast` preset ({result.fast_preset}): test accuracy {median(r.fast_test_accuracy for r in reps):.4f}, "
+        f"{TARGET_ACCURACY:.1%} after {seconds(s['fast_to_target_s'])} s, whole training {s['fast_train_s']:.2f} s (medians; "
+        "seconds in `fit`, test evaluations not counted; `-`: 98% not reached in every repeat).",
         "",
     ]
     if s["mlflow_share_of_stage"] is not None:
         lines.append(f"Train stage's MLflow work ({result.stage_epochs} epochs): {result.mlflow_s:.2f} s, "
-                     f"{s['mlflow_share_of_stage']:.1%} of them plus {result.stage_epochs} `fit` epochs.")
+                     f"{s['mlflow_share_of_stage']:.1%} of that plus {result.stage_epochs} project epochs.")
     return "\n".join([*lines, f"Peak RSS of the benchmark process: {result.peak_rss_mib:,.0f} MiB.", ""])
 
 
