@@ -7,6 +7,7 @@ one tiny project on synthetic MNIST where `dvc repro` already ran (where the qui
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -20,6 +21,11 @@ from conftest import TINY_PARAMS, _checksum_file, write_tiny_mnist
 CONSOLE_PAGES = [page for page in docs.PAGES if any(block.lang == "console" for block in docs.blocks(page))]
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def page_id(page: Path) -> str:
     return str(page.relative_to(docs.ROOT))
 
@@ -27,8 +33,11 @@ def page_id(page: Path) -> str:
 @pytest.fixture(scope="session")
 def docs_project(tmp_path_factory, empty_mlflow_db: Path) -> tuple[Path, dict]:
     venv = Path(sys.executable).parent.parent
-    return docs.make_base_project(tmp_path_factory.mktemp("docs-base"), venv, TINY_PARAMS, write_tiny_mnist,
+    started, cpu = time.monotonic(), _children_cpu()
+    made = docs.make_base_project(tmp_path_factory.mktemp("docs-base"), venv, TINY_PARAMS, write_tiny_mnist,
                                   _checksum_file, empty_mlflow_db)
+    print(f"{time.monotonic() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  the docs' project: dvc repro")
+    return made
 
 
 @pytest.mark.parametrize("page", CONSOLE_PAGES, ids=page_id)
@@ -38,10 +47,11 @@ def test_console_examples(page: Path, docs_project, tmp_path: Path) -> None:
                 for command in docs.console_commands(block)]
     failures = []
     for command in commands:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), _children_cpu()
         if problem := docs.check_command(command, repo, env):
             failures.append(problem)
-        print(f"{time.monotonic() - started:6.1f} s  {command.where}  $ {command.text.splitlines()[0]}")  # -s shows it
+        print(f"{time.monotonic() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  {command.where}  "
+              f"$ {command.text.splitlines()[0]}")  # shown with -s
     assert not failures, f"{len(failures)} of {len(commands)} examples differ from what they print:\n\n" + \
         "\n\n".join(failures)
 
