@@ -310,6 +310,9 @@ def _auth_config(settings: Settings) -> Path:
         f"database_uri = {settings.db_uri(settings.auth_database)}",
         f"admin_username = {AUTH_ADMIN}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        # a password check is a PBKDF2 hash, seconds on a busy 2-core machine, per request without this;
+        # the price: a changed password or removed user still works on other workers for up to a minute
+        "auth_cache_ttl_seconds = 60",
         "",
     ])  # fmt: skip
     _write_private(path, text)

@@ -47,6 +47,7 @@ class TrackingServerError(UserError, ConnectionError):
 
 
 PREFLIGHT_TIMEOUT = 5  # seconds: a live server answers /health in milliseconds
+LOGIN_TIMEOUT = 30  # seconds: the basic-auth app checks a password with PBKDF2, seconds on a busy 2-core machine
 _answered: set[str] = set()
 
 
@@ -59,7 +60,7 @@ def _network_reason(exc: BaseException) -> str:
         if isinstance(cause, socket.gaierror):
             return "unknown host"
         if isinstance(cause, (TimeoutError, socket.timeout)) or "Timeout" in type(cause).__name__:
-            return f"no answer within {PREFLIGHT_TIMEOUT} s"
+            return "timed out"
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror.lower()
         cause = cause.__cause__ or cause.__context__
@@ -86,7 +87,7 @@ def check_tracking_server(uri: Optional[str] = None) -> None:
             raise TrackingServerError(f"{uri}: not an MLflow tracking server (HTTP {health.status_code} at /health); {fix}")
         # /health needs no login; this does
         probe = http_request(creds, "/api/2.0/mlflow/experiments/search", "POST", max_retries=0,
-                             timeout=PREFLIGHT_TIMEOUT, raise_on_status=False, json={"max_results": 1})  # fmt: skip
+                             timeout=LOGIN_TIMEOUT, raise_on_status=False, json={"max_results": 1})  # fmt: skip
     except MlflowException as exc:
         raise TrackingServerError(f"{uri}: MLflow tracking server not answering ({_network_reason(exc)}); {fix}") from None
     if probe.status_code == 401:
