@@ -92,7 +92,7 @@ def console_commands(block: Block) -> list[Command]:
     return commands
 
 
-_HEX = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b")
+_HEX = re.compile(r"(?<![\w.])(?=[0-9a-f]*\d)[0-9a-f]{7,}\b(?!\.\d)")  # a git sha may be all digits, a word all letters
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(\d[\d,]*(\.\d+)?|\.\d+)([eE][-+]?\d+)?")  # 3.4s, 89.4%, 1e+30
 _EXIT = re.compile(r"exit \d+")  # `; echo "exit $?"`: an exit status is compared as it is
 _RULE = re.compile(r"([-─━═]){2,}")

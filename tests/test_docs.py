@@ -132,6 +132,8 @@ def test_normalize_keeps_words_and_drops_figures() -> None:
     assert docs.normalize("store /tmp/x/mnist-mlp/mlflow.db", "/tmp/x/mnist-mlp") == \
         f"store {docs.SHOWN_ROOT}/mlflow.db"
     assert docs.normalize("a deadbeef word") == "a deadbeef word"  # hex needs a digit
+    assert docs.normalize("HEAD (1234567)") == docs.normalize("HEAD (9767ced)")  # a short sha of digits only
+    assert docs.normalize("p 0.6843739151954651, 12345678.5") == docs.normalize("p 1.0, 2")
 
 
 def test_static_checks_catch_wrong_commands(tmp_path: Path) -> None:
