@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import mlflow
 import pytest
@@ -60,9 +60,10 @@ def shard(repo: Path, part: str, log: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
-def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> tuple[Path, Path, Path]:  # noqa: F811
-    """(origin, alice, bob): the project pushed to a bare git remote with a committed DVC folder remote;
-    Alice's clone has trained the pipeline and pushed it (git and DVC); Bob's clone is fresh."""
+def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> Iterator[tuple[Path, Path]]:  # noqa: F811
+    """(alice, bob): clones of the project pushed to a bare git remote with a committed DVC folder remote;
+    Alice has trained the pipeline and pushed it (git and DVC); Bob's clone is fresh. Afterwards no queue
+    worker of theirs is left running, whatever the test did."""
     for key, value in pg_server.env.items():
         monkeypatch.setenv(key, value)
     origin = tmp_path / "origin.git"
@@ -77,11 +78,14 @@ def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> tuple[Path, P
     run(["git", "commit", "-qm", "trained"], alice)
     run(["git", "push", "-q", "origin", "main"], alice)
     dvc(alice, "push")
-    return origin, alice, clone(origin, tmp_path / "bob")
+    bob = clone(origin, tmp_path / "bob")
+    yield alice, bob
+    for repo in (alice, bob):
+        run([DVC, "queue", "stop", "--kill"], repo, check=False)
 
 
 def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server, tmp_path: Path):  # noqa: F811
-    origin, alice, bob = team
+    alice, bob = team
     server = mlflow.MlflowClient(pg_server.uri)
     timings = {}
 
@@ -112,7 +116,12 @@ def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server
     started = time.monotonic()
     logs = [tmp_path / "alice-shard.log", tmp_path / "bob-shard.log"]
     shards = [shard(alice, "1/2", logs[0]), shard(bob, "2/2", logs[1])]
-    codes = [process.wait(timeout=1800) for process in shards]
+    try:
+        codes = [process.wait(timeout=1800) for process in shards]
+    finally:
+        for process in shards:
+            if process.poll() is None:
+                process.kill()
     outputs = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n\n".join(outputs)
     timings["sharded sweep"] = time.monotonic() - started
