@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, run
+from conftest import BIN, ROOT, cli_in_process, run
 from faults_support import stage_in_process, tiny_params
 from mnist_mlp import server, tracking
 from mnist_mlp.server import Settings, ServerError, free_port
@@ -58,6 +58,25 @@ def test_training_against_a_dead_server_stops_before_the_first_epoch(tiny_proces
     assert outcome.code == 1 and outcome.error_lines("train") == [f"train: error: {uri}: MLflow tracking server not answering "
                                                                   f"(connection refused); {FIX}"]  # fmt: skip
     assert "epoch" not in outcome.out and not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("argv, name", [
+    (["close-stale-runs"], "close-stale-runs"),
+    (["serve", "--model-uri", "models:/mnist-mlp@champion"], "serve"),
+    (["predict", "--model", "models:/mnist-mlp@champion", "digit.png"], "predict"),
+    (["promote", "--version", "1", "--rules", str(ROOT / "metrics_rules.yaml")], "promote"),
+    (["compare"], "compare"),
+])  # fmt: skip
+def test_every_command_on_a_dead_server_is_one_line_in_seconds(argv, name, monkeypatch, tmp_path, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    code, out, err = cli_in_process(argv, capsys)
+    assert time.monotonic() - started < 10
+    assert code == 1 and err.splitlines() == [f"mnist-mlp {name}: error: {uri}: MLflow tracking server not answering "
+                                              f"(connection refused); {FIX}"], err  # fmt: skip
 
 
 @pytest.mark.bad_input

@@ -134,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     model_uri = args.model_uri or serve.default_model_uri(args.metrics)
     store = tracking.tracking_uri()
+    tracking.check_tracking_server(store)  # before exec: mlflow's own retries would take minutes
     print(f"serving {model_uri} from {store} at http://{args.host}:{args.port}/invocations", file=sys.stderr)
     command = serve.serve_command(model_uri, args.host, args.port)
     # exec: Ctrl-C and a signal to this pid reach the server itself

@@ -42,7 +42,7 @@ def client():
     return mlflow.MlflowClient(tracking_uri())
 
 
-class TrackingServerError(UserError, ConnectionError):
+class TrackingServerError(UserError, RuntimeError):
     """A tracking server that does not answer, or refuses us; the message names the URI and the fix."""
 
 
@@ -475,6 +475,7 @@ def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[S
 def search_runs(experiment: Optional[str], filter_string: str = "", **options) -> pd.DataFrame:
     """`mlflow.search_runs` on the project's store: one row per run of `experiment` (None: of every
     experiment) matching `filter_string`, newest first; columns run_id, status, params.*, metrics.*, tags.*."""
+    check_tracking_server()
     mlflow.set_tracking_uri(tracking_uri())
     if experiment is not None and client().get_experiment_by_name(experiment) is None:
         raise SweepError(f"no experiment '{experiment}' in {tracking_uri()}; `make sweep` (or `make sweep-quick`) makes one")
