@@ -52,7 +52,7 @@ SECRETS = {
     "MLFLOW_FLASK_SERVER_SECRET_KEY": "signs the basic-auth app's sessions and CSRF tokens",
 }
 AUTH_ADMIN = "admin"
-READY_TIMEOUT = 120.0  # seconds; the server answers after ~11 s on the 2-core development machine
+READY_TIMEOUT = 180.0  # seconds: startup imports MLflow once per worker, slow on a busy CPU
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # role and database names that need no SQL quoting
 
 
@@ -310,8 +310,7 @@ def _auth_config(settings: Settings) -> Path:
         f"database_uri = {settings.db_uri(settings.auth_database)}",
         f"admin_username = {AUTH_ADMIN}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        # a password check is a PBKDF2 hash, seconds on a busy 2-core machine, per request without this;
-        # the price: a changed password or removed user still works on other workers for up to a minute
+        # without it every request pays a PBKDF2 hash; the price: an old password works up to a minute longer
         "auth_cache_ttl_seconds = 60",
         "",
     ])  # fmt: skip

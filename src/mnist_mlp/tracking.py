@@ -46,10 +46,8 @@ class TrackingServerError(UserError, RuntimeError):
     """A tracking server that does not answer, or refuses us; the message names the URI and the fix."""
 
 
-# seconds: a dead server refuses at once; only a hung one takes this. A live one answers /health in
-# milliseconds, but took over 5 s here with five agents' trainings on the 2-core machine
-PREFLIGHT_TIMEOUT = 15
-LOGIN_TIMEOUT = 30  # seconds: the basic-auth app checks a password with PBKDF2, seconds on a busy 2-core machine
+PREFLIGHT_TIMEOUT = 15  # seconds: a dead server refuses at once, only a hung one waits this; a busy CPU delays /health
+LOGIN_TIMEOUT = 30  # seconds: the basic-auth app checks a password with PBKDF2, slow on a busy CPU
 _answered: set[str] = set()
 
 
