@@ -228,6 +228,10 @@ def make_base_project(folder: Path, venv: Path, tiny_params: dict, write_mirror,
         if result.returncode:
             raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
 
+    # a `make X` in the docs must never reinstall the venv from this copy (an editable install of a temp folder)
+    stamp = subprocess.run(["make", "-q", ".venv/.installed"], cwd=repo, env=env, capture_output=True)
+    if stamp.returncode != 0:
+        raise AssertionError(f"{venv}/.installed is missing: make the venv with `make install` before running the docs tests")
     run("git", "init", "-q", "-b", "main")
     (repo / ".git" / "info" / "exclude").write_text("/.venv\n")  # a symlink, which `/.venv/` does not match
     run("git", "add", "-A")
