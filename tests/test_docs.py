@@ -163,12 +163,29 @@ def test_the_docs_project_is_a_committed_repro(docs_project) -> None:
     assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout == ""
 
 
+def anchors(page: Path) -> set[str]:
+    """GitHub's ids of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = [line.lstrip("#").strip() for block_free in [_without_code(page.read_text())]
+                for line in block_free.splitlines() if re.match(r"#{1,6} ", line)]
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def _without_code(text: str) -> str:
+    return re.sub(r"^(```+|~~~+).*?^\1\s*$", "", text, flags=re.M | re.S)
+
+
 @pytest.mark.parametrize("page", docs.PAGES, ids=page_id)
-def test_relative_links_point_to_files(page: Path) -> None:
-    text = page.read_text()
-    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
-    missing = [target for target in targets if "://" not in target and not (page.parent / target).exists()]
-    assert not missing, f"{page_id(page)} links to missing files: {missing}"
+def test_relative_links_point_to_files_and_headings(page: Path) -> None:
+    problems = []
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+        if "://" in target:
+            continue
+        linked = (page.parent / target) if target else page
+        if not linked.exists():
+            problems.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            problems.append(f"{target}#{anchor}: no such heading in {linked.name}")
+    assert not problems, f"{page_id(page)} links to: " + "; ".join(problems)
 
 
 @pytest.mark.parametrize("page", docs.PAGES, ids=page_id)
@@ -186,3 +203,9 @@ def test_named_commands_are_checked() -> None:
     assert "no subcommand 'shwo'" in docs.mention_problem(["dvc", "exp", "shwo"])
     assert "no option --drop-all" in docs.mention_problem(["dvc", "exp", "show", "--drop-all"])
     assert "no Makefile target" in docs.mention_problem(["make", "no-such-target"])
+
+
+def test_a_link_to_a_missing_heading_is_found(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\n## Mistakes: a typo, or a value\n\n```bash\n# not a heading\n```\n")
+    assert anchors(page) == {"title", "mistakes-a-typo-or-a-value"}
