@@ -75,7 +75,7 @@ browser-deps:  ## headless Chromium and its driver for test-browser (Debian, as 
 # SERVER_ARTIFACTS: a folder (default ~/.local/share/mnist-mlp/mlflow-artifacts) or s3://bucket/prefix;
 # SERVER_AUTH=1: MLflow's basic-auth app. Secrets: environment, else ~/.config/mnist-mlp/server.env (mode 600).
 SERVER_PORT ?= 5000
-export SERVER_PORT SERVER_HOST SERVER_DB SERVER_ARTIFACTS SERVER_AUTH SERVER_WORKERS
+export SERVER_PORT SERVER_HOST SERVER_DB SERVER_ARTIFACTS SERVER_AUTH SERVER_WORKERS SERVER_OPTIONS
 
 server-deps: install  ## PostgreSQL from Debian where missing, started, with MLflow's role and databases (as root)
 	command -v pg_lsclusters >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql; }

@@ -92,6 +92,7 @@ def _percentile(values: list[float], share: float) -> float:
 
 def load(label: str, uri: str, trainings: int, epochs: int, folder: Path) -> dict:
     """`trainings` concurrent workers against `uri`; their logging timed, the store checked."""
+    print(f"{label}: {trainings} trainings x {epochs} epochs", file=sys.stderr, flush=True)
     go = folder / f"go-{label}"
     workers = [_spawn(uri, epochs, go) for _ in range(trainings)]
     for process in workers:  # every run open before any logs: they log at the same time
@@ -125,6 +126,7 @@ def load(label: str, uri: str, trainings: int, epochs: int, folder: Path) -> dic
 
 def restart_under_a_run(scratch: server.ServerProcess, epochs: int, pause: float, folder: Path) -> dict:
     """One run logs an epoch every `pause` s; after a third of its epochs the server is stopped and started."""
+    print(f"restart: one run of {epochs} epochs, the server restarted after epoch {max(1, epochs // 3)}", file=sys.stderr, flush=True)
     go = folder / "go-restart"
     go.touch()
     process = _spawn(scratch.uri, epochs, go, pause)
@@ -161,7 +163,8 @@ def markdown(report: dict) -> str:
     return "\n".join([
         f"### Logging under load: {report['trainings']} concurrent trainings x {report['epochs']} epochs "
         f"(one 7-metric batch per epoch), {verdict}", "",
-        f"`{report['command']}` on {report['machine']}, {report['date']}", "", *rows, "",
+        f"`{report['command']}` on {report['machine']}, {report['date']}; load average {report['load_average_before']:.1f} "
+        f"before, {report['load_average_after']:.1f} after (other jobs on the machine)", "", *rows, "",
         f"Server restarted under a run (an epoch every {restart['pause_s']} s, restart after epoch "
         f"{restart['restarted_after_epoch']} of {restart['epochs']}, the restart took {restart['restart_s'] or 0:.1f} s): "
         f"run {restart['status']}, {restart['metric_values_missing']} metric values missing, "
@@ -183,6 +186,7 @@ def main() -> None:
     if args.mode == "worker":
         worker(args.epochs, args.go, args.pause)
         return
+    load_before = os.getloadavg()[0]  # other jobs on the machine slow both stores
     with tempfile.TemporaryDirectory(prefix="server-load-") as temp:
         folder = Path(temp)
         sqlite_uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -201,6 +205,7 @@ def main() -> None:
     report = {
         "command": " ".join(["python benchmarks/server_load.py", *sys.argv[1:]]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
+        "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "trainings": args.trainings, "epochs": args.epochs, "load": results, "restart": restart,
         "valid": not problems, "why": "; ".join(problems) or None,
     }  # fmt: skip

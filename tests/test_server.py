@@ -142,6 +142,15 @@ def test_make_server_says_so_when_postgresql_is_down(tmp_path):
                                         "start it with `make server-deps` (as root) or `pg_ctlcluster <version> main start`"]  # fmt: skip
 
 
+def test_the_server_command_holds_no_secret_and_passes_extra_options(monkeypatch):
+    monkeypatch.setenv("MLFLOW_DB_PASSWORD", "s3cret")
+    settings = Settings.from_env({"SERVER_OPTIONS": "--allowed-hosts mlflow.example.com", "SERVER_ARTIFACTS": "s3://bucket/mlflow"})
+    command, env = server.server_command(settings)
+    assert "s3cret" not in " ".join(command) and env["PGPASSWORD"] == "s3cret"  # libpq reads it; no URI or argv shows it
+    assert command[-2:] == ["--allowed-hosts", "mlflow.example.com"]
+    assert command[command.index("--artifacts-destination") + 1] == "s3://bucket/mlflow"
+
+
 def test_the_setup_sql_creates_only_what_is_missing():
     sql = server.setup_sql(Settings.from_env({}), "it's")
     assert "ALTER ROLE mlflow LOGIN CREATEDB PASSWORD 'it''s';" in sql  # quoted, and sent on psql's stdin

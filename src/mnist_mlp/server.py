@@ -13,6 +13,7 @@ environment (the Makefile passes its variables of the same names):
     SERVER_ARTIFACTS           where proxied artifacts go: a folder, or s3://bucket/prefix (boto3 and AWS_* then)
     SERVER_AUTH=1              MLflow's basic-auth app: every request needs an MLflow user's name and password
     SERVER_WORKERS             uvicorn workers (MLflow's default when unset)
+    SERVER_OPTIONS             more `mlflow server` options, e.g. --allowed-hosts mlflow.example.com behind a proxy
 
 Secrets come from the environment, else from a file outside the repository that `deps` creates with mode 600
 (MNIST_MLP_SERVER_ENV, default ~/.config/mnist-mlp/server.env): one PostgreSQL cluster per machine, one secret
@@ -27,6 +28,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -68,6 +70,7 @@ class Settings:
     artifacts: str
     auth: bool
     workers: Optional[str]
+    options: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Optional[dict] = None) -> "Settings":
@@ -85,8 +88,8 @@ class Settings:
             if not name or not _NAME.match(name):
                 raise ServerError(f"SERVER_DB={db!r}: {what} {name!r}: expected lowercase letters, digits and _")
         artifacts = env.get("SERVER_ARTIFACTS") or str(default_data_home() / "mlflow-artifacts")
-        return cls(env.get("SERVER_HOST") or "127.0.0.1", int(port), db, artifacts,
-                   env.get("SERVER_AUTH", "") not in ("", "0"), env.get("SERVER_WORKERS") or None)  # fmt: skip
+        return cls(env.get("SERVER_HOST") or "127.0.0.1", int(port), db, artifacts, env.get("SERVER_AUTH", "") not in ("", "0"),
+                   env.get("SERVER_WORKERS") or None, tuple(shlex.split(env.get("SERVER_OPTIONS") or "")))  # fmt: skip
 
     @property
     def uri(self) -> str:
@@ -325,6 +328,7 @@ def server_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
                "--artifacts-destination", settings.artifacts, "--host", settings.host, "--port", str(settings.port)]  # fmt: skip
     if settings.workers:
         command += ["--workers", settings.workers]
+    command += settings.options
     env = {**os.environ, "PGPASSWORD": values.get("MLFLOW_DB_PASSWORD", "")}
     if settings.auth:
         for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
