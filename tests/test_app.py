@@ -234,7 +234,7 @@ def test_an_unreachable_tracking_server_is_a_notice_not_a_crash(client, checkpoi
     client = app.create_app(app.Models(str(checkpoint))).test_client()
     body = post(client, png(drawn("one"))).get_json()
     assert body["models"][0]["label"] == 1
-    assert body["notice"].startswith(f"cannot read the sweeps in http://127.0.0.1:{port} (")
+    assert body["notice"].startswith(f"http://127.0.0.1:{port}: MLflow tracking server not answering (")
 
 
 # --- the command -------------------------------------------------------------------------
