@@ -22,6 +22,7 @@ from faults_support import stage_in_process, tiny_params
 from mnist_mlp import server, tracking
 from mnist_mlp.server import Settings, ServerError, free_port
 from server_support import pg_server, tracking_server  # noqa: F401  (pg_server: a fixture by import)
+from test_browser import browser, wait_for_texts  # noqa: F401  (browser: headless Chromium, `make browser-deps`)
 
 DVC, MNIST_MLP = str(BIN / "dvc"), str(BIN / "mnist-mlp")
 FIX = "start it with `make server` or unset MLFLOW_TRACKING_URI"
@@ -199,7 +200,7 @@ def test_server_start_prints_the_uri_and_stop_ends_it(pg_server, tmp_path):  # n
 
 
 @pytest.mark.server
-def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server, tmp_path, monkeypatch):  # noqa: F811
+def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server, browser, tmp_path, monkeypatch):  # noqa: F811
     """dvc repro, dvc exp run, promote, predict and serve with models:/ and runs:/, compare, close-stale-runs, the UI."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_server.uri)
     run([DVC, "repro"], project)
@@ -232,8 +233,11 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
 
     assert "0 stale run(s) closed" in run([MNIST_MLP, "close-stale-runs"], project).stdout
 
-    with urllib.request.urlopen(f"{pg_server.uri}/", timeout=30) as page:  # the UI the server ships
-        assert page.status == 200 and b"<html" in page.read().lower()
+    # the UI the server ships, in headless Chromium: both runs, and the registered model's champion
+    browser.get(f"{pg_server.uri}/#/experiments/{trained.info.experiment_id}/runs")
+    wait_for_texts(browser, ["workspace", exp_run.info.run_name])
+    browser.get(f"{pg_server.uri}/#/models/mnist-mlp")
+    wait_for_texts(browser, ["Version 1", "Version 2", "champion"])
 
     port = free_port()
     serving = subprocess.Popen([MNIST_MLP, "serve", "--model-uri", "models:/mnist-mlp@champion", "--port", str(port)], cwd=project,
