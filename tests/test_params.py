@@ -178,3 +178,14 @@ def test_a_preset_sets_nested_keys_one_by_one(tmp_path: Path):
     preset.write_text(yaml.safe_dump({"train": {"augment": {"rotation": 10}}}))
     augment = apply_preset(base, preset).train.augment
     assert (augment.shift, augment.rotation, augment.elastic_alpha, augment.elastic_sigma) == (2.0, 10.0, 34.0, 4.0)
+
+
+def test_a_small_float_as_dvc_writes_it_is_a_number(tmp_path):
+    # `dvc exp run -S train.lr=1e-5` writes `lr: 1e-05`, a string to YAML 1.1
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 1e-05\n  weight_decay: 5E-4\n")
+    params = load_params(path)
+    assert (params.train.lr, params.train.weight_decay) == (1e-05, 5e-4)
+    path.write_text("train:\n  lr: .e5\n")
+    with pytest.raises(ParamsError, match="invalid 'train.lr'"):
+        load_params(path)

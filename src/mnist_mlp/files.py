@@ -62,13 +62,31 @@ def save_figure(path: str | Path, figure: Any) -> None:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
 
 
+def _yaml_loader():
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: DVC's `-S train.lr=1e-5` writes `1e-05`,
+    which YAML 1.1 (PyYAML's default) reads as a string."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
 def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
     """Parse a YAML file; a missing or broken one raises `error` with one line naming it."""
     import yaml
 
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_yaml_loader())
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except yaml.YAMLError as exc:
