@@ -198,6 +198,18 @@ def test_server_start_prints_the_uri_and_stop_ends_it(pg_server, tmp_path):  # n
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not server.health(f"http://127.0.0.1:{port}")
 
+    # `make server` in the foreground: SIGTERM (or Ctrl-C, SIGHUP) stops mlflow server and its workers too
+    foreground = subprocess.Popen([sys.executable, "-m", "mnist_mlp.server", "run"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    for line in foreground.stdout:
+        if "ready" in line:
+            break
+    assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in line and server.health(f"http://127.0.0.1:{port}")
+    foreground.terminate()
+    assert foreground.wait(timeout=120) == 0 and "server: stopped" in foreground.stdout.read()
+    assert not server.health(f"http://127.0.0.1:{port}")
+    assert server._port_free("127.0.0.1", port)  # no worker left holding the port
+
 
 @pytest.mark.server
 def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server, browser, tmp_path, monkeypatch):  # noqa: F811

@@ -368,25 +368,44 @@ def _ready_line(settings: Settings) -> str:
     return f"MLflow tracking server ready; in another terminal: export MLFLOW_TRACKING_URI={settings.uri}{auth}"
 
 
+def _interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 def run(settings: Settings) -> None:
-    """Foreground: Ctrl-C stops the server (it shares our process group, so the terminal's SIGINT reaches it)."""
+    """Foreground until Ctrl-C (the terminal's SIGINT reaches the whole process group), SIGTERM or SIGHUP;
+    each stops the server and its workers, never leaves them behind."""
     preflight(settings)
     command, env = server_command(settings)
     print(f"server: mlflow server on {settings.uri}, backend {settings.db}, artifacts {settings.artifacts}", flush=True)
-    process = subprocess.Popen(command, env=env)
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _interrupt)
+    # its own session: one killpg reaches mlflow server and the uvicorn workers it starts
+    process = subprocess.Popen(command, env=env, start_new_session=True)
     try:
         wait_ready(settings.uri, process)
         print(_ready_line(settings), flush=True)
         process.wait()
-    except (KeyboardInterrupt, ServerError):
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    except KeyboardInterrupt:
+        _stop_group(process)
+        print(f"server: stopped ({settings.uri})")
+        return
+    except ServerError:
+        _stop_group(process)
         raise
-    if process.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+    if process.returncode != 0:
         raise ServerError(f"mlflow server exited with code {process.returncode}; its output is above")
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def state_files(settings: Settings) -> tuple[Path, Path]:
@@ -486,14 +505,8 @@ class ServerProcess:
             raise ServerError(f"{exc}; its log: {self.log}") from None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # its own session: the server and its workers only
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            _stop_group(self.process)
 
     def restart(self, timeout: float = READY_TIMEOUT) -> None:
         self.stop()
