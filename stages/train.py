@@ -37,14 +37,12 @@ def main() -> None:
     print(f"train: {architecture(settings.hidden_sizes)} {settings.activation} MLP, {count_parameters(model):,} parameters, on {device}")
     if is_active(settings.augment):
         print(f"train: augmented training batches: {describe(settings.augment)}")
-    save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
 
     splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
     tags = {"device": str(device), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
     tags |= {f"sweep_{key}": value for key, value in (("id", params.tracking.sweep_id), ("base", params.tracking.sweep_base)) if value}
     with tracking.training_run(params.tracking.experiment, flatten(params), tags) as run:
         run.log_datasets(splits)
-        run.log_files([args.augmented], "figures")
 
         def report(record: dict) -> None:
             run.log_epoch(record)
@@ -58,6 +56,9 @@ def main() -> None:
         info = {**summary, "epochs": settings.epochs, "device": str(device), "mlflow_run_id": run.run_id}
         save_checkpoint(args.model, model, train.normalization, params.model_dump(), info)
         write_csv(args.log, result.history)
+        # after training: a failed run leaves the previous outputs as they were
+        save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
+        run.log_files([args.augmented], "figures")
     print(f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}, "
           f"{result.seconds:.1f}s; MLflow run {run.run_id}")
 
