@@ -133,7 +133,11 @@ def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_
     model = tmp_path / "model.pt"
     info = {"best_val_accuracy": 0.5, "best_epoch": 1, "epochs": 1, "train_seconds": 0.1, "mlflow_run_id": "not-in-this-store"}
     save_checkpoint(model, MLP([8], "relu", 0.0), Normalization(mean=0.13, std=0.31), params, info)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "DVC_EXP_NAME": "exp-registry"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "DVC_EXP_NAME": "exp-registry",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    for git in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
+        subprocess.run(["git", *git], cwd=tmp_path, env=env, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
     done = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "--params", "params.yaml", "--model", str(model),
                            "--test", str(tiny_processed / "test.pt"), "--reports", "reports"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
@@ -142,5 +146,5 @@ def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_
     version = tracking.version_of_run("digits", report["mlflow_run_id"])
     assert f"registered as digits version {version.version}" in done.stdout
     assert version.tags["test_accuracy"] == str(report["test"]["accuracy"])
-    assert version.tags["dvc_exp_name"] == "exp-registry"
+    assert version.tags["dvc_exp_name"] == "exp-registry" and version.tags["git_commit"] == commit
     assert registry.metrics_tree(tracking.run_metrics(version.run_id)) == {"test": report["test"]}
