@@ -188,13 +188,14 @@ def test_server_start_prints_the_uri_and_stop_ends_it(pg_server, tmp_path):  # n
     port = free_port()
     env = {**os.environ, "SERVER_PORT": str(port), "SERVER_DB": pg_server.settings.db, "SERVER_ARTIFACTS": str(tmp_path),
            "SERVER_WORKERS": "1"}  # fmt: skip
-    started = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "start"], env=env, capture_output=True, text=True, timeout=400)
+    # cwd: its pid and log go to <project>/build/server, here the temp folder
+    started = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "start"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert started.returncode == 0, started.stderr
     assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
     assert server.health(f"http://127.0.0.1:{port}")
     again = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "run"], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and f"an MLflow server already answers at http://127.0.0.1:{port}" in again.stderr
-    stopped = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "stop"], env=env, capture_output=True, text=True, timeout=120)
+    stopped = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "stop"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not server.health(f"http://127.0.0.1:{port}")
 
