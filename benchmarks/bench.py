@@ -13,7 +13,6 @@ import argparse
 import os
 import platform
 import resource
-import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from mnist_mlp import files, server, tracking
 from mnist_mlp.errors import UserError

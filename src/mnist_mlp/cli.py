@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_mlp.params import Params, ParamsError, apply_preset, read_preset, validate_params
+from mnist_mlp.params import Params, ParamsError, apply_preset, load_params, read_preset, validate_params
 from mnist_mlp.project import repo_root, run_cli
 from mnist_mlp.serve import DEFAULT_PORT as DEFAULT_SERVE_PORT
 
@@ -62,14 +62,15 @@ def cmd_preset(args: argparse.Namespace) -> None:
     print(" ".join(_preset_overrides(args.name)))
 
 
+def configured_params() -> Params:
+    """The project's params.yaml, or the defaults outside a project."""
+    path = repo_root() / "params.yaml"
+    return load_params(path) if path.is_file() else Params()
+
+
 def configured_experiment(override: str | None = None) -> str:
     """The MLflow experiment a command uses: its --experiment, else params.yaml's tracking.experiment."""
-    from mnist_mlp.params import load_params
-
-    if override:
-        return override
-    path = repo_root() / "params.yaml"
-    return load_params(path).tracking.experiment if path.is_file() else Params().tracking.experiment
+    return override or configured_params().tracking.experiment
 
 
 def cmd_init_store(args: argparse.Namespace) -> None:
@@ -168,12 +169,10 @@ def cmd_check_metrics(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from mnist_mlp import promote
-    from mnist_mlp.params import load_params
+    from mnist_mlp import promote, registry
 
-    path = repo_root() / "params.yaml"
-    name = args.model or (load_params(path) if path.is_file() else Params()).tracking.registered_model
-    run_id = None if args.version else (args.run_id or promote.evaluated_run_id(args.metrics))
+    name = args.model or configured_params().tracking.registered_model
+    run_id = None if args.version else (args.run_id or registry.evaluated_run_id(args.metrics, "--run-id or --version"))
     print(promote.promote(name, args.rules, run_id, args.version).line())
 
 
@@ -192,7 +191,6 @@ def _threads(text: str) -> int:
 
 def cmd_check_reproducible(args: argparse.Namespace) -> None:
     from mnist_mlp.model import architecture
-    from mnist_mlp.params import load_params
     from mnist_mlp.reproducible import check_reproducible
 
     configured = load_params(args.params).train.model_dump()

@@ -9,7 +9,6 @@ ceilings apply, as with no baseline in git.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,18 +42,6 @@ class Promotion:
 def _accuracy(rows: list[gate.Row]) -> str:
     row = next((row for row in rows if row.metric == "test.accuracy"), None)
     return f", test accuracy {row.new:.4f}" if row else ""
-
-
-def evaluated_run_id(metrics_path: str | Path) -> str:
-    """The MLflow run id the evaluate stage wrote into reports/metrics.json."""
-    path = Path(metrics_path)
-    try:
-        run_id = json.loads(path.read_text())["mlflow_run_id"]
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; run `dvc repro` first, or pass --run-id or --version") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}: no mlflow_run_id; expected the evaluate stage's metrics.json") from None
-    return str(run_id)
 
 
 def promote(name: str, rules_path: str | Path, run_id: Optional[str] = None, version: Optional[str] = None,

@@ -8,7 +8,11 @@ metrics.json's shape, so the gate's rules (metrics_rules.yaml: `test.accuracy`,
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
+
+from mnist_mlp.errors import UserError
 
 CHAMPION = "champion"  # the alias `mnist-mlp promote` moves and `models:/<name>@champion` loads
 PER_CLASS = ("precision", "recall", "f1")
@@ -32,3 +36,15 @@ def metrics_tree(logged: dict[str, float]) -> dict:
         elif name.startswith("test_"):
             test[name.removeprefix("test_")] = value
     return {"test": test} if test else {}
+
+
+def evaluated_run_id(metrics_path: str | Path, otherwise: str) -> str:
+    """The MLflow run id the evaluate stage wrote into reports/metrics.json; `otherwise` names the option to pass instead."""
+    path = Path(metrics_path)
+    try:
+        run_id = json.loads(path.read_text())["mlflow_run_id"]
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run `dvc repro` first, or pass {otherwise}") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path}: no mlflow_run_id; expected the evaluate stage's metrics.json") from None
+    return str(run_id)

@@ -8,11 +8,11 @@ to /invocations and get {"predictions": [[10 probabilities], ...]}.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from mnist_mlp.errors import UserError
+from mnist_mlp.registry import evaluated_run_id
 
 DEFAULT_PORT = 5001  # 5000 is the MLflow UI's
 
@@ -23,14 +23,7 @@ class ServeError(UserError, ValueError):
 
 def default_model_uri(metrics_path: str | Path) -> str:
     """`runs:/<id>/model` of the run recorded in reports/metrics.json by the evaluate stage."""
-    metrics_path = Path(metrics_path)
-    try:
-        run_id = json.loads(metrics_path.read_text())["mlflow_run_id"]
-    except FileNotFoundError:
-        raise ServeError(f"{metrics_path}: not found; run `dvc repro` first, or pass --model-uri runs:/<run id>/model") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ServeError(f"{metrics_path}: no mlflow_run_id; expected the evaluate stage's metrics.json") from None
-    return f"runs:/{run_id}/model"
+    return f"runs:/{evaluated_run_id(metrics_path, '--model-uri runs:/<run id>/model')}/model"
 
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
