@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -244,7 +245,9 @@ def deps(settings: Settings) -> None:
     if not _wait_for_port(settings.db_host, settings.db_port, 30):
         raise ServerError(f"PostgreSQL {name} is not answering on {settings.db_host}:{settings.db_port}; its log: {cluster['logfile']}")
     password = ensure_secrets()["MLFLOW_DB_PASSWORD"]
-    psql = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(settings.db_port), "-d", "postgres"]
+    # runuser lives in /usr/sbin, which a non-login shell's PATH may lack
+    runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin{os.pathsep}/sbin") or "runuser"
+    psql = [runuser, "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(settings.db_port), "-d", "postgres"]
     done = subprocess.run(psql, input=setup_sql(settings, password), capture_output=True, text=True)
     if done.returncode != 0:
         raise ServerError(f"psql as postgres failed: {(done.stderr.strip().splitlines() or [f'exit {done.returncode}'])[-1]}")
