@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from mnist_mlp.files import md5_of
-from conftest import ROOT, TINY_PARAMS, _checksum_file, merge, run, write_tiny_mnist
+from conftest import ROOT, TINY_PARAMS, _checksum_file, default_params, merge, run, write_tiny_mnist
 
 RAW_FILES = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
 STAGES = {
@@ -37,7 +37,7 @@ def pipeline(tmp_path_factory, empty_mlflow_db):
     base = tmp_path_factory.mktemp("stages")
     workdir = base / "work"
     workdir.mkdir()
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    params = merge(default_params(), TINY_PARAMS)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     mirror = write_tiny_mnist(base / "mirror")
     (base / "store").mkdir()
