@@ -36,6 +36,9 @@ def test_the_grid_is_one_set_of_dvc_overrides():
     assert sweep.plan(["relu"], [0.0], sweep_id="s3").names == ["s3"]  # one point is no grid to DVC
     assert sweep.plan(["relu"], [0.0], sets=["tracking.experiment='my runs'"]).experiment == "my runs"
     assert sweep.plan(["relu"], [0.0]).sweep_id.replace("-", "").isdigit()
+    nested = sweep.plan(["relu"], [0.0], sets=["train.augment.shift=2", "train.augment.elastic_alpha=20",
+                                               "train.augment.elastic_sigma=4"], sweep_id="s4")  # fmt: skip
+    assert nested.overrides("abc")[-2:] == ["-S", "train.augment.elastic_sigma=4"]
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,8 @@ def test_the_grid_is_one_set_of_dvc_overrides():
         ({"activations": ["relu"], "dropouts": [1.0]}, "--dropouts: invalid 'train.dropout' \\(got 1.0\\)"),
         ({"activations": ["relu"], "dropouts": [0.0], "seeds": [-1]}, "--seeds: invalid 'train.seed'"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.epoch=2"]}, "unknown key 'train.epoch'; did you mean 'train.epochs'"),
+        ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.augment.shfit=2"]}, "unknown key 'train.augment.shfit'; did you mean 'train.augment.shift'"),
+        ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.augment.elastic_alpha=20"]}, "'train.augment.elastic_sigma'.*must be > 0"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.epochs"]}, "expected section.key=value"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["+train.epochs=2"]}, "expected section.key=value"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.dropout=0.1"]}, "set by the sweep itself"),

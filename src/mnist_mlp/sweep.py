@@ -76,8 +76,11 @@ class Sweep:
 def _validate(values: dict[str, object], source: str) -> None:
     nested: dict[str, dict] = {}
     for key, value in values.items():  # a key without a section is reported as unknown
-        section, _, name = key.partition(".")
-        nested.setdefault(section, {})[name] = value
+        *sections, name = key.split(".")  # train.augment.shift: nested sections
+        node = nested
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
     validate_params(nested, source=source)
 
 
