@@ -216,6 +216,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from mnist_mlp import compare
 
+    if args.presets:
+        experiment = configured_experiment(args.experiment)
+        table = compare.compare_presets(experiment, repo_root() / "params")
+        print(table.to_string(index=False))
+        print(f"wrote {compare.write_presets_report(table, experiment, args.reports)}")
+        return
     result = compare.compare(configured_experiment(args.experiment), compare.ALL if args.all else args.sweep_id)
     table, picture = compare.write_report(result, args.reports)
     print(result.summary[["activation", "dropout", "runs", *compare.VALUES]].to_string(index=False))
@@ -366,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = compare.add_mutually_exclusive_group()
     which.add_argument("--sweep-id", default="latest", help="default: the latest sweep")
     which.add_argument("--all", action="store_true", help="every run of the experiment, swept or not")
+    which.add_argument("--presets", action="store_true",
+                       help="default and every preset side by side (reports/presets.md): each run under the preset "
+                            "whose params it logged, mean ± std over seeds")  # fmt: skip
     compare.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     compare.add_argument("--reports", type=Path, default=Path("reports"), help="default %(default)s")
     compare.set_defaults(func=cmd_compare)

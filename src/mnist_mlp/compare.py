@@ -16,6 +16,7 @@ import pandas as pd
 from mnist_mlp import tracking
 from mnist_mlp.errors import UserError
 from mnist_mlp.files import save_figure, write_text
+from mnist_mlp.params import Params, apply_preset, flatten
 
 LATEST, ALL = "latest", "all"
 SETTING = ["activation", "dropout"]
@@ -23,6 +24,8 @@ AXES = [*SETTING, "seed"]  # what a grid varies; the sweep id differs between sw
 VALUES = {"best val accuracy": "best_val_accuracy", "test accuracy": "test_accuracy", "seconds": "train_seconds"}
 FORMATS = {"dropout": "g", "seed": "g", "best_val_accuracy": ".4f", "test_accuracy": ".4f", "train_seconds": ".1f"}
 HEADERS = {**{field: label for label, field in VALUES.items()}, "name": "run (DVC experiment)", "run_id": "MLflow run"}
+# what a preset leaves free: its runs differ in these and are still runs of the preset
+NOT_PRESET = {"seed", "device", "tracking.experiment", "tracking.sweep_id", "tracking.sweep_base", "tracking.registered_model"}
 
 
 class CompareError(UserError, LookupError):
@@ -166,3 +169,49 @@ def write_report(result: Comparison, reports: Path) -> tuple[Path, Path]:
         plt.close(fig)
     write_text(table, markdown(result))
     return table, picture
+
+
+def preset_settings(presets: Path) -> dict[str, dict[str, str]]:
+    """name -> every param a run of it logs (as MLflow holds them, strings), but NOT_PRESET: `default`
+    (the schema's defaults, which params.yaml ships) and each preset params/<name>.yaml laid over them."""
+    base = Params()
+    resolved = {"default": base} | {path.stem: apply_preset(base, path) for path in sorted(presets.glob("*.yaml"))}
+    return {name: {key: str(value) for key, value in flatten(params).items() if key not in NOT_PRESET}
+            for name, params in resolved.items()}  # fmt: skip
+
+
+def compare_presets(experiment: str, presets: Path) -> pd.DataFrame:
+    """One row per preset with finished runs: each run counted under the preset whose every param it
+    logged, the newest run per seed (a rerun of a seed is not a new sample); mean ± std over seeds."""
+    found = tracking.search_runs(experiment, "attributes.status = 'FINISHED'")
+    if found.empty or "metrics.test_accuracy" not in found:
+        raise CompareError(f"no finished run with a test accuracy in experiment '{experiment}' yet; run `dvc repro` first")
+    found = found[found["metrics.test_accuracy"].notna()].sort_values("start_time", ascending=False)
+    rows = []
+    for name, settings in preset_settings(presets).items():
+        columns = [f"params.{key}" for key in settings]
+        if not set(columns) <= set(found.columns):
+            continue  # no run logged every key of it (runs from before a key existed)
+        matching = (found[columns] == pd.Series(settings).set_axis(columns)).all(axis=1)
+        runs = found[matching].drop_duplicates("params.seed")  # newest first: the newest run of each seed
+        if runs.empty:
+            continue
+        rows.append({"preset": name, "runs": len(runs), "seeds": ", ".join(sorted(runs["params.seed"], key=int)),
+                     **{label: _mean_std(runs[f"metrics.{field}"], FORMATS[field]) for label, field in VALUES.items()}})  # fmt: skip
+    if not rows:
+        raise CompareError(f"no finished run of experiment '{experiment}' has the params of default or a preset "
+                           f"({', '.join(p.stem for p in sorted(presets.glob('*.yaml')))})")
+    return pd.DataFrame(rows)
+
+
+def write_presets_report(table: pd.DataFrame, experiment: str, reports: Path) -> Path:
+    """reports/presets.md: the table, and how runs were matched to presets."""
+    path = reports / "presets.md"
+    write_text(path, "\n\n".join([
+        f"# Presets side by side: experiment `{experiment}`",
+        f"Finished runs in the MLflow store `{tracking.tracking_uri()}`, each under the preset whose every param it "
+        f"logged ({', '.join(sorted(NOT_PRESET))} may differ); the newest run per seed; several seeds: mean ± std.",
+        _table(table),
+    ]) + "\n")
+    return path
+
