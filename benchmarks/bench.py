@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from mnist_mlp import files
+from mnist_mlp.augment import describe
 from mnist_mlp.data import Split, load_split, normalize
 from mnist_mlp.errors import UserError
 from mnist_mlp.model import INPUT_SIZE, MLP, NUM_CLASSES, architecture
@@ -48,6 +49,7 @@ class Repeat:
     fast_to_target_s: Optional[float]  # `fit` seconds until the test accuracy first reached the target
     fast_train_s: float
     fast_test_accuracy: float  # of the best-on-validation weights, which the train stage keeps
+    augmented_epoch_s: Optional[float] = None  # `project_epoch_s` with the `best` preset's train.augment on
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Result:
     fast_preset: str
     stage_epochs: int
     repeats: list[Repeat]
+    augment: str = ""  # the `best` preset's train.augment, as augment.describe writes it
     remeasured: int = 0
     problems: list[str] = field(default_factory=list)  # empty: valid
     mlflow_s: Optional[float] = None  # the train stage's MLflow calls
@@ -88,7 +91,15 @@ class Result:
             "ratio_to_bound": median(self.ratios_to_bound()),
             "fast_to_target_s": None if None in fast else median(fast),
             "mlflow_share_of_stage": None if stage_s is None else self.mlflow_s / stage_s,
+            **self.augment_cost(),
         }
+
+    def augment_cost(self) -> dict:
+        """What augmenting each training batch adds to a `fit` epoch: seconds and share (medians of the repeats)."""
+        pairs = [(r.augmented_epoch_s, r.project_epoch_s) for r in self.repeats if r.augmented_epoch_s is not None]
+        if not pairs:
+            return {"augment_cost_s": None, "augment_cost_share": None}
+        return {"augment_cost_s": median(a - p for a, p in pairs), "augment_cost_share": median(a / p - 1 for a, p in pairs)}
 
 
 def problems(result: Result) -> list[tuple[int, str]]:
@@ -230,14 +241,18 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
     load_before = os.getloadavg()[0]
 
     project = settings.model_copy(update={"epochs": PROJECT_EPOCHS})
+    augmented = project.model_copy(update={"augment": apply_preset(params, ROOT / "params" / "best.yaml").train.augment})
 
     def measure() -> Repeat:
         lecture_s = lecture_epoch(raw, settings, device)
         with deterministic(device):  # as the train stage runs `fit`
             history = fit(seeded_model(project), train, val, project, device).history
+            augmented_history = fit(seeded_model(augmented), train, val, augmented, device).history
         rate = settings.batch_size * step_flops / matmuls.blocked_autorange(min_run_time=min_run_time).median
-        repeat = Repeat(lecture_s, median(r["seconds"] for r in history), rate, *fast_run(train, val, test, fast, device))
-        print(f"bench: lecture {lecture_s:.2f} s, project {repeat.project_epoch_s:.2f} s, "
+        repeat = Repeat(lecture_s, median(r["seconds"] for r in history), rate, *fast_run(train, val, test, fast, device),
+                        augmented_epoch_s=median(r["seconds"] for r in augmented_history))
+        print(f"bench: lecture {lecture_s:.2f} s, project {repeat.project_epoch_s:.2f} s "
+              f"({repeat.augmented_epoch_s:.2f} s augmented), "
               f"matmuls {rate / 1e9:.1f} GFLOP/s, fast {repeat.fast_train_s:.2f} s", flush=True)
         return repeat
 
@@ -248,7 +263,7 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
         train_samples=len(train.labels), lecture_samples=len(train.labels) + len(val.labels),
         fast_preset=f"{architecture(fast.hidden_sizes)}, batch {fast.batch_size}, {fast.optimizer} {fast.schedule} "
                     f"lr {fast.lr}, dropout {fast.dropout}, {fast.epochs} epochs",
-        stage_epochs=settings.epochs, repeats=[measure() for _ in range(repeats)],
+        stage_epochs=settings.epochs, augment=describe(augmented.augment), repeats=[measure() for _ in range(repeats)],
     )
     remeasure(result, measure, retries)
     if with_mlflow:
@@ -297,6 +312,11 @@ def markdown(result: Result) -> str:
         "seconds in `fit`, test evaluations not counted; `-`: 98% not reached in every repeat).",
         "",
     ]
+    if s["augment_cost_s"] is not None:
+        lines += [f"Augmentation (the `best` preset's train.augment: {result.augment}; each training batch deformed on "
+                  f"the device): the default net's `fit` epoch takes {median(r.augmented_epoch_s for r in reps):.2f} s "
+                  f"instead of {s['project_epoch_s']:.2f} s, +{s['augment_cost_s']:.2f} s "
+                  f"({s['augment_cost_share']:+.0%}; medians of each repeat's difference).", ""]
     if s["mlflow_share_of_stage"] is not None:
         lines.append(f"Train stage's MLflow work ({result.stage_epochs} epochs): {result.mlflow_s:.2f} s, "
                      f"{s['mlflow_share_of_stage']:.1%} of that plus {result.stage_epochs} project epochs.")

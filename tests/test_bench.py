@@ -64,6 +64,18 @@ def test_flop_count_and_the_timed_matmuls_agree_with_torchs_counter():
     assert counter.get_total_flops() == 7 * forward
 
 
+def test_the_cost_of_augmentation_per_epoch_is_the_median_difference():
+    repeats = [bench.Repeat(4.0, project, 1e9, 1.0, 1.5, 0.981, augmented_epoch_s=augmented)
+               for project, augmented in ((2.0, 2.5), (2.0, 2.6), (2.2, 2.6))]
+    measured = result(*repeats)
+    measured.augment = "shift 2, rotation 10"
+    summary = measured.summary()
+    assert summary["augment_cost_s"] == pytest.approx(0.5) and summary["augment_cost_share"] == pytest.approx(0.25)
+    assert "Augmentation (the `best` preset's train.augment: shift 2, rotation 10;" in bench.markdown(measured)
+    assert "+0.50 s (+25%" in bench.markdown(measured)
+    assert result(repeat()).summary()["augment_cost_s"] is None and "Augmentation" not in bench.markdown(result(repeat()))
+
+
 def test_consistent_repeats_are_valid():
     valid = result(repeat(), repeat(4.4, 2.1, 0.9e9), repeat(3.8, 1.9, 1.1e9))
     assert bench.problems(valid) == []
@@ -145,6 +157,7 @@ def test_a_tiny_real_run_writes_both_reports_and_exits_0_only_when_valid(tiny_ra
     assert report["epoch_flops"] == 500 * 3_209_216 + 100 * 1_337_344  # the tiny split: 500 trained on, 100 validated
     assert report["lecture_samples"] == 600 and report["mlflow_s"] is None
     assert text.startswith("# Training benchmark") and "784-256-256-10, batch 256" in text  # params/fast.yaml
+    assert all(r["augmented_epoch_s"] > 0 for r in report["repeats"]) and "`best` preset's train.augment: shift" in text
     assert run.returncode == (0 if report["summary"]["valid"] else 1), run.stderr
     assert ("**INVALID**" in text) == (not report["summary"]["valid"]) == ("bench: error: INVALID" in run.stderr)
     assert sorted(p.name for p in out.iterdir()) == ["benchmarks.json", "benchmarks.md"]  # no temp files left
