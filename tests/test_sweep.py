@@ -201,3 +201,24 @@ def test_a_queued_sweep_logs_every_run_once_to_the_workspace_store(project: Path
     run([str(BIN / "dvc"), "plots", "diff", *names, "-o", str(tmp_path / "plots")], project)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert all(name in page for name in names) and "val_accuracy" in page
+
+
+def test_a_preset_sweep_queues_every_key_of_the_preset_and_set_keys_win(project, monkeypatch):
+    from mnist_mlp import cli
+
+    monkeypatch.chdir(project)
+    args = cli.build_parser().parse_args(["sweep", "--preset", "best", "--seeds", "0", "1", "--set", "train.epochs=1",
+                                          "--sweep-id", "pb"])  # fmt: skip
+    planned = cli.sweep_plan(args)
+    assert planned.grid == {"train.activation": ["relu"], "train.dropout": [0.2], "train.seed": [0, 1]}
+    sweep._dvc(project, "exp", "run", "--queue", "-n", planned.sweep_id, *planned.overrides(sweep.sweep_base(project, planned)))
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
+    queued = [exp["data"]["params"]["params.yaml"]["data"]["train"] for commit in shown
+              for exp in commit.get("experiments") or [] for exp in exp["revs"] if exp["name"] in planned.names]  # fmt: skip
+    best = yaml.safe_load((project / "params" / "best.yaml").read_text())["train"]
+    assert sorted(train["seed"] for train in queued) == [0, 1]
+    for train in queued:  # the preset's nested keys reach params.yaml; the tiny project's own values do not stay
+        assert train["hidden_sizes"] == best["hidden_sizes"] and train["epochs"] == 1
+        assert {key: train["augment"][key] for key in best["augment"]} == best["augment"]
+    with pytest.raises(ParamsError, match="no such preset; available: best, fast, tutorial"):
+        cli.sweep_plan(cli.build_parser().parse_args(["sweep", "--preset", "nope"]))

@@ -203,10 +203,26 @@ def cmd_check_reproducible(args: argparse.Namespace) -> None:
           f"all {len(outcome.state)} weight tensors bit-identical")
 
 
+def sweep_plan(args: argparse.Namespace):
+    """The sweep the command line asks for; --preset NAME gives every key of the preset as --set
+    (--set keys win) and the preset's activation and dropout as the axes' defaults."""
+    from mnist_mlp import sweep
+
+    activations, dropouts, sets = args.activations, args.dropouts, args.set
+    if args.preset:
+        preset = dict(item.split("=", 1) for item in _preset_overrides(args.preset)[1::2])
+        activations = activations or [preset["train.activation"]]
+        dropouts = dropouts or [float(preset["train.dropout"])]
+        given = {item.split("=", 1)[0] for item in sets}
+        sets = [f"{key}={value}" for key, value in preset.items() if key not in sweep.OWN_KEYS | given] + sets
+    return sweep.plan(activations or ["relu", "tanh", "sigmoid"], dropouts or [0.0, 0.2, 0.5], args.seeds, sets,
+                      args.sweep_id, args.shard)  # fmt: skip
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from mnist_mlp import sweep
 
-    planned = sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.sweep_id, args.shard)
+    planned = sweep_plan(args)
     experiment = configured_experiment(planned.experiment)
     sweep.run_sweep(repo_root(), planned, experiment, args.jobs, args.force, args.from_workspace, args.poll)
     whole = " (the whole grid once every shard is done)" if planned.shard[1] > 1 else ""
@@ -350,8 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep", help="queue activation x dropout experiments (dvc exp run --queue), run them, wait, show them"
     )
-    sweep.add_argument("--activations", nargs="+", default=["relu", "tanh", "sigmoid"], metavar="NAME")
-    sweep.add_argument("--dropouts", nargs="+", type=float, default=[0.0, 0.2, 0.5], metavar="P")
+    sweep.add_argument("--activations", nargs="+", metavar="NAME",
+                       help="default: relu tanh sigmoid (with --preset: the preset's)")
+    sweep.add_argument("--dropouts", nargs="+", type=float, metavar="P",
+                       help="default: 0.0 0.2 0.5 (with --preset: the preset's)")
+    sweep.add_argument("--preset", metavar="NAME",
+                       help="every experiment runs params/NAME.yaml over the defaults, as `mnist-mlp preset NAME` "
+                            "prints it; --set keys win, e.g. --preset best --seeds 0 1 2")  # fmt: skip
     sweep.add_argument("--seeds", nargs="+", type=int, default=[], metavar="N",
                        help="several seeds per setting (default: params.yaml's train.seed)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
