@@ -241,7 +241,9 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
     load_before = os.getloadavg()[0]
 
     project = settings.model_copy(update={"epochs": PROJECT_EPOCHS})
-    augmented = project.model_copy(update={"augment": apply_preset(params, ROOT / "params" / "best.yaml").train.augment})
+    deformations = apply_preset(params, ROOT / "params" / "best.yaml").train.augment
+    # every measured epoch deformed (the preset's clean last epochs would leave these few undeformed)
+    augmented = project.model_copy(update={"augment": deformations.model_copy(update={"last_clean_epochs": 0})})
 
     def measure() -> Repeat:
         lecture_s = lecture_epoch(raw, settings, device)

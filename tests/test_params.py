@@ -153,8 +153,8 @@ def test_preset_is_laid_over_the_params(tmp_path: Path):
 
 
 def test_augment_is_off_by_default_and_each_value_is_bounded():
-    assert validate_params({}).train.augment.model_dump() == dict.fromkeys(
-        ["shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma"], 0.0)
+    assert validate_params({}).train.augment.model_dump() == {**dict.fromkeys(
+        ["shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma"], 0.0), "last_clean_epochs": 0}
     assert validate_params({"train": {"augment": {"rotation": 10}}}).train.augment.rotation == 10.0  # YAML int
     for key, bad, allowed in (("shift", 9, "<= 8.0"), ("rotation", -1, ">= 0.0"), ("scale", 0.6, "<= 0.5"),
                               ("shear", 50, "<= 45.0"), ("elastic_alpha", 200, "<= 100.0")):
@@ -164,6 +164,11 @@ def test_augment_is_off_by_default_and_each_value_is_bounded():
         validate_params({"train": {"augment": {"elastic_alpha": 34}}})
     with pytest.raises(ParamsError, match=r"unknown key 'train\.augment\.rotate'; did you mean 'train\.augment\.rotation'"):
         validate_params({"train": {"augment": {"rotate": 10}}})
+    assert validate_params({"train": {"epochs": 20, "augment": {"last_clean_epochs": 19}}}).train.augment.last_clean_epochs == 19
+    with pytest.raises(ParamsError, match=r"train\.augment\.last_clean_epochs \(20\) must be below train\.epochs \(20\)"):
+        validate_params({"train": {"epochs": 20, "augment": {"shift": 2, "last_clean_epochs": 20}}})
+    with pytest.raises(ParamsError, match=r"invalid 'train\.augment\.last_clean_epochs' \(got -1\).*>= 0"):
+        validate_params({"train": {"augment": {"last_clean_epochs": -1}}})
 
 
 def test_flatten_dots_nested_train_sections():

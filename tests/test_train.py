@@ -221,3 +221,20 @@ def test_validation_digits_are_never_augmented():
     result = fit(model, train, val, small(epochs=3, augment={**AUGMENTED, "rotation": 90.0, "shift": 8.0}), CPU)
     model.load_state_dict(result.best_state)
     assert accuracy(model, val) == result.best_val_accuracy
+
+
+def test_the_last_clean_epochs_see_the_digits_as_stored(monkeypatch):
+    from mnist_mlp import train as train_module
+
+    deformed, real_augment = [0], train_module.augment_batch
+
+    def counting(*args, **kwargs):  # the real deformation, counted
+        deformed[0] += 1
+        return real_augment(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment_batch", counting)
+    settings = small(epochs=3, batch_size=64, augment={**AUGMENTED, "last_clean_epochs": 2})
+    after_each_epoch = []
+    fit(MLP([8]), split_of(256, seed=1), split_of(32, seed=2), settings, CPU,
+        on_epoch=lambda record: after_each_epoch.append(deformed[0]))  # fmt: skip
+    assert after_each_epoch == [4, 4, 4]  # 4 batches a epoch: epoch 1 deformed, epochs 2 and 3 as stored

@@ -68,6 +68,7 @@ class AugmentParams(_Section):
     shear: float = Field(default=0.0, ge=0.0, le=45.0, description="degrees, uniform in [-shear, shear]")
     elastic_alpha: float = Field(default=0.0, ge=0.0, le=100.0, description="elastic displacement, pixels (0 = none)")
     elastic_sigma: float = Field(default=0.0, ge=0.0, le=10.0, description="smoothing of the elastic field, pixels")
+    last_clean_epochs: int = Field(default=0, ge=0, description="the last N epochs train on undeformed digits, as tested")
 
     @field_validator("shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma", mode="before")
     @classmethod
@@ -98,6 +99,15 @@ class TrainParams(_Section):
     seed: int = Field(default=0, ge=0)
     device: Device = "auto"
     augment: AugmentParams = AugmentParams()
+
+    @field_validator("augment")
+    @classmethod
+    def _some_epochs_deformed(cls, augment: AugmentParams, info: ValidationInfo) -> AugmentParams:
+        epochs = info.data.get("epochs")
+        if augment.last_clean_epochs and epochs is not None and augment.last_clean_epochs >= epochs:
+            raise ValueError(f"train.augment.last_clean_epochs ({augment.last_clean_epochs}) must be below train.epochs "
+                             f"({epochs}): no epoch would see a deformed digit")
+        return augment
 
     @field_validator("hidden_sizes")
     @classmethod

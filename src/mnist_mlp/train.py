@@ -160,6 +160,8 @@ def fit(
     for epoch in range(1, params.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
+        # the last train.augment.last_clean_epochs see the digits as stored, as the test digits are
+        deformed = epoch <= params.epochs - params.augment.last_clean_epochs
         order = torch.randperm(n, device=device, generator=shuffle)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -173,7 +175,8 @@ def fit(
             # index_select: cheaper than advanced indexing (x_train[idx]) on the CPU
             inputs, labels = x_train.index_select(0, idx), y_train.index_select(0, idx)  # (B, 784), (B,)
             # fresh deformations per batch (train.augment; all 0 returns the batch as is); never val or test
-            inputs = augment_batch(inputs, params.augment, background)
+            if deformed:
+                inputs = augment_batch(inputs, params.augment, background)
             loss, logits = train_step(model, optimizer, schedule, inputs, labels, params)
             if check_every_step and not math.isfinite(loss.item()):
                 raise _non_finite(loss, epoch, step + 1, params.lr)
