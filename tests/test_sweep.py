@@ -150,6 +150,11 @@ def test_dvc_queues_the_planned_grid_and_a_stalled_queue_does_not_hang(project):
     # a numeric id stays a string, or the params schema would refuse it in every run
     assert {(params["tracking"]["sweep_id"], params["tracking"]["sweep_base"], params["train"]["epochs"]) for params in queued} == {
         ("123", base, 1)}
+    # the same id again would wait on these experiments, not its own: refused before anything is queued or made
+    with pytest.raises(sweep.SweepError, match=r"--sweep-id 123: DVC already has experiments named 123-1, 123-2, 123-3, 123-4; "
+                                               r"choose another --sweep-id, or remove them first: dvc exp remove 123-1 "):
+        sweep.run_sweep(project, planned, "mnist-mlp")
+    assert not Path(project.parent / "store" / "mlflow.db").exists()
 
     # no worker runs them (as when workers exit early): the sweep restarts them, then gives up with their names
     restarts = []

@@ -183,6 +183,15 @@ def queue_status(root: Path) -> dict[str, str]:
     return {entry["name"]: entry["status"] for entry in _queue(root, "status")}
 
 
+def used_names(root: Path) -> set[str]:
+    """Experiment names DVC already holds: experiments of any commit, and its queue's entries."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        made = {name for entries in repo.experiments.ls(all_commits=True).values() for name, _ in entries if name}
+    return made | set(queue_status(root))
+
+
 def _await_earlier_workers(root: Path, patience_s: float = 30.0) -> None:
     """A live worker would run this sweep's experiments in its own environment (thread count);
     DVC stops an idle one about 10 s after its queue runs dry."""
@@ -242,6 +251,9 @@ def run_sweep(root: Path, sweep: Sweep, experiment: str, jobs: int = 2, force: b
     from mnist_mlp import tracking
 
     base = sweep_base(root, sweep, from_workspace)
+    if taken := sorted(set(sweep.names) & used_names(root)):  # the wait would follow those, not this sweep's
+        raise SweepError(f"--sweep-id {sweep.sweep_id}: DVC already has experiments named {', '.join(taken)}; "
+                         f"choose another --sweep-id, or remove them first: dvc exp remove {' '.join(taken)}")
     experiment_id = tracking.ensure_experiment(experiment, root)
     threads, store = threads_per_worker(jobs), tracking.tracking_uri(root)
     part, parts = sweep.shard
