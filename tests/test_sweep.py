@@ -212,9 +212,10 @@ def test_a_preset_sweep_queues_every_key_of_the_preset_and_set_keys_win(project,
     from mnist_mlp import cli
 
     monkeypatch.chdir(project)
-    args = cli.build_parser().parse_args(["sweep", "--preset", "best", "--seeds", "0", "1", "--set", "train.epochs=1",
-                                          "--sweep-id", "pb"])  # fmt: skip
-    planned = cli.sweep_plan(args)
+    shortened = ["sweep", "--preset", "best", "--seeds", "0", "1", "--set", "train.epochs=2", "--sweep-id", "pb"]
+    with pytest.raises(ParamsError, match=r"train\.augment\.last_clean_epochs \(10\) must be below train\.epochs \(2\)"):
+        cli.sweep_plan(cli.build_parser().parse_args(shortened))  # the preset's 10 clean epochs would be all of them
+    planned = cli.sweep_plan(cli.build_parser().parse_args([*shortened, "--set", "train.augment.last_clean_epochs=1"]))
     assert planned.grid == {"train.activation": ["relu"], "train.dropout": [0.2], "train.seed": [0, 1]}
     sweep._dvc(project, "exp", "run", "--queue", "-n", planned.sweep_id, *planned.overrides(sweep.sweep_base(project, planned)))
     shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], project).stdout)
@@ -223,7 +224,7 @@ def test_a_preset_sweep_queues_every_key_of_the_preset_and_set_keys_win(project,
     best = yaml.safe_load((project / "params" / "best.yaml").read_text())["train"]
     assert sorted(train["seed"] for train in queued) == [0, 1]
     for train in queued:  # the preset's nested keys reach params.yaml; the tiny project's own values do not stay
-        assert train["hidden_sizes"] == best["hidden_sizes"] and train["epochs"] == 1
-        assert {key: train["augment"][key] for key in best["augment"]} == best["augment"]
+        assert train["hidden_sizes"] == best["hidden_sizes"] and train["epochs"] == 2
+        assert {key: train["augment"][key] for key in best["augment"]} == {**best["augment"], "last_clean_epochs": 1}
     with pytest.raises(ParamsError, match="no such preset; available: best, fast, tutorial"):
         cli.sweep_plan(cli.build_parser().parse_args(["sweep", "--preset", "nope"]))
