@@ -214,4 +214,3 @@ def write_presets_report(table: pd.DataFrame, experiment: str, reports: Path) ->
         _table(table),
     ]) + "\n")
     return path
-
