@@ -4,6 +4,7 @@ MLflow store (slow)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import yaml
 from conftest import BIN, cli_in_process, run
 from mnist_mlp import sweep
 from mnist_mlp.params import ParamsError
-from sweep_support import run_sweep, sweep_runs
+from sweep_support import run_sweep, sweep_runs, without_venv_on_path
 
 
 def _edit_params(repo: Path, **train) -> None:
@@ -106,6 +107,12 @@ def test_workers_share_the_cores():
     assert sweep.threads_per_worker(2, cores=8) == 4
 
 
+def test_dvc_and_its_stages_python_come_from_this_venv_whatever_path_holds(monkeypatch):
+    monkeypatch.setenv("PATH", f"/usr/bin{os.pathsep}/bin")
+    assert sweep.with_own_scripts()["PATH"].split(os.pathsep) == [str(BIN), "/usr/bin", "/bin"]
+    assert sweep.with_own_scripts({"OMP_NUM_THREADS": "1"}) == {"OMP_NUM_THREADS": "1", "PATH": str(BIN)}
+
+
 def test_the_cli_reports_a_bad_grid_in_one_line(tmp_path):
     result = run([str(BIN / "mnist-mlp"), "sweep", "--activations", "swish"], tmp_path, check=False)
     assert result.returncode == 1
@@ -166,7 +173,9 @@ def test_dvc_queues_the_planned_grid_and_a_stalled_queue_does_not_hang(project):
 @pytest.mark.slow
 def test_a_queued_sweep_logs_every_run_once_to_the_workspace_store(project: Path, tmp_path: Path):
     _edit_params(project, lr=0.02)  # taken from the workspace on purpose
-    output = run_sweep(project, ["relu", "tanh"], ["0.0"], "--set", "train.epochs=1", "--sweep-id", "t1", "--from-workspace")
+    # called as `.venv/bin/mnist-mlp` from a shell without the venv on PATH (CI): its dvc and its stages' python run
+    output = run_sweep(project, ["relu", "tanh"], ["0.0"], "--set", "train.epochs=1", "--sweep-id", "t1", "--from-workspace",
+                       env=without_venv_on_path())
     names, base = ["t1-1", "t1-2"], f"{_head(project)}+train.lr"
     assert "note: sweeping from the workspace" in output and "2/2 done" in output
     assert "note: no worker" not in output and "already running" not in output

@@ -17,6 +17,7 @@ import math
 import os
 import shlex
 import subprocess
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -131,7 +132,16 @@ def threads_per_worker(jobs: int, cores: Optional[int] = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
+def with_own_scripts(env: Optional[dict] = None) -> dict:
+    """`env` (default os.environ) with this interpreter's scripts folder first on PATH: `.venv/bin/mnist-mlp sweep`
+    runs the venv's `dvc`, and its stages the venv's `python`, whatever the caller's PATH holds."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), *filter(None, [env.get("PATH")])])
+    return env
+
+
 def _dvc(root: Path, *args: str, env: Optional[dict] = None) -> None:
+    env = with_own_scripts(env)
     # through a file, not a pipe: `dvc queue start` leaves daemon workers holding its output
     with tempfile.TemporaryFile("w+") as out:
         try:
