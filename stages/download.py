@@ -10,6 +10,7 @@ import argparse
 import os
 
 from mnist_mlp.download import download_mnist, expected_files, official_sources, redact, resolve_sources
+from mnist_mlp.files import one_unit
 from mnist_mlp.params import load_params
 from mnist_mlp.project import repo_root, run_cli
 
@@ -24,7 +25,8 @@ def main() -> None:
     official = official_sources(os.environ.get("MNIST_OFFICIAL_MIRRORS"))
     sources = resolve_sources(params.download.mirror, os.environ.get("MNIST_MIRROR"), repo_root(), official)
     print(f"download: sources in order: {', '.join(redact(s) for s in sources)}")
-    checksums = download_mnist(args.out, sources, expected_files(os.environ.get("MNIST_CHECKSUMS")))
+    with one_unit():  # the four files replace the previous ones together, or not at all
+        checksums = download_mnist(args.out, sources, expected_files(os.environ.get("MNIST_CHECKSUMS")))
     for name, md5 in checksums.items():
         print(f"download: {args.out}/{name} md5 {md5} verified")
 

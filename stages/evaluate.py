@@ -9,7 +9,7 @@ from mnist_mlp import tracking
 from mnist_mlp.checkpoint import load_checkpoint
 from mnist_mlp.data import load_split
 from mnist_mlp.evaluate import confusion_figure, evaluate, misclassified_figure, summary_metrics
-from mnist_mlp.files import md5_of, save_figure, write_csv, write_json
+from mnist_mlp.files import md5_of, one_unit, save_figure, write_csv, write_json
 from mnist_mlp.params import flatten, load_params, validate_params
 from mnist_mlp.project import run_cli
 from mnist_mlp.registry import logged_metrics
@@ -31,12 +31,12 @@ def main() -> None:
     labels = test.labels.numpy()
 
     figures = args.reports / "figures"
-    save_figure(figures / "confusion_matrix.png", confusion_figure(metrics["confusion_matrix"]))
-    save_figure(figures / "misclassified.png", misclassified_figure(test.images, labels, predictions, settings.gallery_size))
-    write_csv(args.reports / "predictions.csv", [{"actual": int(a), "predicted": int(p)} for a, p in zip(labels, predictions)])
-
     trained = validate_params(checkpoint.params, source=f"{args.model} params")
-    with tracking.evaluation_run(checkpoint.info["mlflow_run_id"], trained.tracking.experiment, flatten(trained)) as run:
+    # one unit: nothing is replaced until MLflow has the run and every output is written
+    with one_unit(), tracking.evaluation_run(checkpoint.info["mlflow_run_id"], trained.tracking.experiment, flatten(trained)) as run:
+        save_figure(figures / "confusion_matrix.png", confusion_figure(metrics["confusion_matrix"]))
+        save_figure(figures / "misclassified.png", misclassified_figure(test.images, labels, predictions, settings.gallery_size))
+        write_csv(args.reports / "predictions.csv", [{"actual": int(a), "predicted": int(p)} for a, p in zip(labels, predictions)])
         run.log_datasets({"test": (Path(args.test), md5_of(args.test))})
         report = summary_metrics(metrics, checkpoint.info, run.run_id)
         run.log_metrics(logged_metrics(report["test"]))

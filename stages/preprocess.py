@@ -3,6 +3,7 @@
 import argparse
 
 from mnist_mlp.data import preprocess
+from mnist_mlp.files import one_unit
 from mnist_mlp.params import load_params
 from mnist_mlp.project import run_cli
 
@@ -15,7 +16,8 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load_params(args.params).preprocess
-    summary = preprocess(args.raw, args.out, settings.normalization, settings.val_size, settings.split_seed)
+    with one_unit():  # the three splits replace the previous ones together, or not at all
+        summary = preprocess(args.raw, args.out, settings.normalization, settings.val_size, settings.split_seed)
     norm = summary["normalization"]
     print(f"preprocess: {norm['method']} normalization, mean {norm['mean']:.4f}, std {norm['std']:.4f}")
     print("preprocess: " + ", ".join(f"{split} {size}" for split, size in summary["sizes"].items()))

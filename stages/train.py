@@ -13,7 +13,7 @@ from mnist_mlp import tracking
 from mnist_mlp.augment import augmented_figure, describe, is_active
 from mnist_mlp.checkpoint import save_checkpoint
 from mnist_mlp.data import load_split
-from mnist_mlp.files import md5_of, save_figure, write_csv
+from mnist_mlp.files import md5_of, one_unit, save_figure, write_csv
 from mnist_mlp.model import architecture, count_parameters
 from mnist_mlp.params import flatten, load_params
 from mnist_mlp.project import run_cli
@@ -54,11 +54,12 @@ def main() -> None:
         summary = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "train_seconds": result.seconds}
         run.log_metrics(summary)
         info = {**summary, "epochs": settings.epochs, "device": str(device), "mlflow_run_id": run.run_id}
-        save_checkpoint(args.model, model, train.normalization, params.model_dump(), info)
-        write_csv(args.log, result.history)
-        # after training: a failed run leaves the previous outputs as they were
-        save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
-        run.log_files([args.augmented], "figures")
+        # one unit after training: a failed run (a full disk too) leaves every previous output as it was
+        with one_unit():
+            save_checkpoint(args.model, model, train.normalization, params.model_dump(), info)
+            write_csv(args.log, result.history)
+            save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
+            run.log_files([args.augmented], "figures")
     print(f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}, "
           f"{result.seconds:.1f}s; MLflow run {run.run_id}")
 

@@ -89,6 +89,13 @@ def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
         assert served.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
         one = np.array(post(port, {"inputs": pixels[:1].tolist()})["predictions"])  # batch size is free
         np.testing.assert_allclose(one, expected[:1], atol=1e-5)
+        for bad in (float("nan"), float("inf"), 1e30, -0.5):  # refused by the model itself, not answered
+            row = pixels[:1].copy()
+            row[0, 300] = bad
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                post(port, {"inputs": row.tolist()})
+            assert refused.value.code == 400
+            assert "pixels must be finite numbers in [0, 1]" in json.loads(refused.value.read())["stack_trace"]
     finally:
         stop(server)
     assert server.returncode is not None

@@ -129,18 +129,32 @@ def cmd_render_samples(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     import os
+    import signal
+    import subprocess
     import sys
 
     from mnist_mlp import serve, tracking
 
     model_uri = args.model_uri or serve.default_model_uri(args.metrics)
     store = tracking.tracking_uri()
-    tracking.check_tracking_server(store)  # before exec: mlflow's own retries would take minutes
-    print(f"serving {model_uri} from {store} at http://{args.host}:{args.port}/invocations", file=sys.stderr)
-    command = serve.serve_command(model_uri, args.host, args.port)
-    # exec: Ctrl-C and a signal to this pid reach the server itself
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    os.execve(command[0], command, {**quiet, **os.environ, "MLFLOW_TRACKING_URI": store, **tracking.NO_PICKLE_ENV})
+    tracking.check_tracking_server(store)  # before the server starts: mlflow's own retries would take minutes
+    if not serve.is_loopback(args.host):
+        print(f"serve: warning: --host {args.host} accepts requests from other machines; the REST API has no login",
+              file=sys.stderr)  # fmt: skip
+    # MLflow is handed only the verified private copy, never the URI: nothing of a crafted model runs
+    with tracking.verified_model(model_uri) as local:
+        print(f"serving {model_uri} from {store} at http://{args.host}:{args.port}/invocations", file=sys.stderr)
+        quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        server = subprocess.Popen(serve.serve_command(str(local), args.host, args.port),
+                                  env={**quiet, **os.environ, "MLFLOW_TRACKING_URI": store, **tracking.NO_PICKLE_ENV})  # fmt: skip
+        # a SIGTERM to this pid stops the server too, then the copy is removed
+        signal.signal(signal.SIGTERM, lambda signum, frame: server.terminate())
+        try:
+            returncode = server.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the server as well: let it finish
+            returncode = server.wait()
+    if returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+        raise SystemExit(returncode)
 
 
 def cmd_app(args: argparse.Namespace) -> None:
@@ -306,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-uri", help="e.g. models:/mnist-mlp@champion (default: runs:/<mlflow_run_id in --metrics>/model)")
     serve.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"), help="default %(default)s")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_SERVE_PORT, help="default %(default)s (the MLflow UI has 5000)")
+    serve.add_argument("--port", type=_port, default=DEFAULT_SERVE_PORT, help="default %(default)s (the MLflow UI has 5000)")
     serve.set_defaults(func=cmd_serve)
 
     web = commands.add_parser(

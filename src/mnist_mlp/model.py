@@ -64,5 +64,7 @@ class PixelClassifier(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # flatten, not reshape(len(pixels), -1): len() pins the batch size when torch.export
         # traces the model for MLflow, and the served model would accept only that many rows
+        # inside the exported graph too: `mlflow models serve` answers 400, not NaN or a confident digit
+        torch._assert_async(((pixels >= 0) & (pixels <= 1)).all(), "pixels must be finite numbers in [0, 1]")
         x = (pixels.flatten(1) - self.mean) / self.std  # (B, 784)
         return torch.softmax(self.mlp(x), dim=1)  # (B, 10)

@@ -8,22 +8,26 @@ to /invocations and get {"predictions": [[10 probabilities], ...]}.
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
-from mnist_mlp.errors import UserError
 from mnist_mlp.registry import evaluated_run_id
 
 DEFAULT_PORT = 5001  # 5000 is the MLflow UI's
 
 
-class ServeError(UserError, ValueError):
-    """No model to serve; the message says where it was looked for."""
-
-
 def default_model_uri(metrics_path: str | Path) -> str:
     """`runs:/<id>/model` of the run recorded in reports/metrics.json by the evaluate stage."""
     return f"runs:/{evaluated_run_id(metrics_path, '--model-uri runs:/<run id>/model')}/model"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` accepts connections from this machine only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:

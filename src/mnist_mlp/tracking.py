@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -26,6 +28,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from mnist_mlp.errors import UserError
+from mnist_mlp.files import staged_path
+from mnist_mlp.model_check import verify_model_folder
 from mnist_mlp.project import repo_root
 
 
@@ -272,8 +276,13 @@ class Run:
 
     def log_files(self, paths: list[Path], folder: str) -> None:
     
-        for path in paths:
-            mlflow.log_artifact(str(path), artifact_path=folder)
+        """Each output under its own name, also while `files.one_unit` still holds it in a temp file."""
+        with tempfile.TemporaryDirectory(prefix="mnist-mlp-log-") as scratch:
+            for path in map(Path, paths):
+                content = staged_path(path)
+                if content != path:
+                    content = Path(shutil.copy(content, Path(scratch) / path.name))
+                mlflow.log_artifact(str(content), artifact_path=folder)
 
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
     
@@ -333,23 +342,45 @@ class ModelURIError(UserError, ValueError):
     """An MLflow model that cannot be loaded; the message names the URI and why."""
 
 
-def load_pixel_classifier(model_uri: str):
-    """The logged pixels -> probabilities module of `model_uri` (runs:/..., models:/..., a folder).
+def _failure_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
-    Never unpickles, whatever MLFLOW_ALLOW_PICKLE_DESERIALIZATION says: a pickled model is
-    refused; a pt2 model (what `log_model` writes) loads once its archive is found pickle-free.
+
+@contextlib.contextmanager
+def verified_model(model_uri: str) -> Iterator[Path]:
+    """A private local copy of the MLflow model at `model_uri`, checked to be one this project logged.
+
+    The copy is what gets loaded or served, so nothing can change between the check and the load.
+    A crafted model (code paths, a loader or pickle module of its own, extra files, another
+    flavor) raises model_check.ModelCheckError before any of it is imported or unpickled.
     """
-
     # a progress bar per download would bury predict's one-line-per-file output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     check_tracking_server()
     mlflow.set_tracking_uri(tracking_uri())
-    try:
-        with _environment(NO_PICKLE_ENV):
-            return mlflow.pytorch.load_model(model_uri)
-    except (MlflowException, OSError, RuntimeError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({reason})") from None
+    if Path(model_uri).is_dir():  # a local folder: checked as it is (a link would be followed by the copy)
+        verify_model_folder(model_uri, model_uri)
+    with tempfile.TemporaryDirectory(prefix="mnist-mlp-model-") as scratch:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
+        except (MlflowException, OSError, ValueError) as exc:
+            raise ModelURIError(f"{model_uri}: cannot download the MLflow model from {tracking_uri()} ({_failure_line(exc)})") from None
+        verify_model_folder(local, model_uri)
+        yield local
+
+
+def load_pixel_classifier(model_uri: str):
+    """The logged pixels -> probabilities module of `model_uri` (runs:/..., models:/..., a folder).
+
+    Verified first (`verified_model`), then loaded by MLflow with unpickling refused whatever
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION says: the pt2 archive loads once MLflow finds it pickle-free.
+    """
+    with verified_model(model_uri) as local:
+        try:
+            with _environment(NO_PICKLE_ENV):
+                return mlflow.pytorch.load_model(str(local))
+        except (MlflowException, OSError, RuntimeError, ValueError) as exc:
+            raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({_failure_line(exc)})") from None
 
 
 # --- the model registry: a version per evaluated model, the `champion` alias --------------------
