@@ -10,7 +10,7 @@ from mnist_mlp.checkpoint import load_checkpoint
 from mnist_mlp.data import load_split
 from mnist_mlp.evaluate import confusion_figure, evaluate, misclassified_figure, summary_metrics
 from mnist_mlp.files import md5_of, one_unit, save_figure, write_csv, write_json
-from mnist_mlp.params import flatten, load_params, validate_params
+from mnist_mlp.params import check_unchanged, flatten, load_params, validate_params
 from mnist_mlp.project import run_cli
 from mnist_mlp.registry import logged_metrics
 
@@ -45,6 +45,7 @@ def main() -> None:
         model_uri = run.log_model(checkpoint.classifier(), test.images[:2].reshape(2, -1).numpy().astype(np.float32) / 255.0)
         version = run.register_model(model_uri, params.tracking.registered_model, {"test_accuracy": str(report["test"]["accuracy"])})
         write_json(args.reports / "metrics.json", report)
+        check_unchanged(args.params, params, "evaluate", "tracking")
     print(f"evaluate: test accuracy {report['test']['accuracy']:.4f}, loss {report['test']['loss']:.4f}; "
           f"MLflow run {run.run_id}; registered as {version.name} version {version.version}")
 

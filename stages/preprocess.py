@@ -4,7 +4,7 @@ import argparse
 
 from mnist_mlp.data import preprocess
 from mnist_mlp.files import one_unit
-from mnist_mlp.params import load_params
+from mnist_mlp.params import check_unchanged, load_params
 from mnist_mlp.project import run_cli
 
 
@@ -15,9 +15,11 @@ def main() -> None:
     parser.add_argument("--out", default="data/processed")
     args = parser.parse_args()
 
-    settings = load_params(args.params).preprocess
+    params = load_params(args.params)
+    settings = params.preprocess
     with one_unit():  # the three splits replace the previous ones together, or not at all
         summary = preprocess(args.raw, args.out, settings.normalization, settings.val_size, settings.split_seed)
+        check_unchanged(args.params, params, "preprocess")
     norm = summary["normalization"]
     print(f"preprocess: {norm['method']} normalization, mean {norm['mean']:.4f}, std {norm['std']:.4f}")
     print("preprocess: " + ", ".join(f"{split} {size}" for split, size in summary["sizes"].items()))

@@ -15,7 +15,7 @@ from mnist_mlp.checkpoint import save_checkpoint
 from mnist_mlp.data import load_split
 from mnist_mlp.files import md5_of, one_unit, save_figure, write_csv
 from mnist_mlp.model import architecture, count_parameters
-from mnist_mlp.params import flatten, load_params
+from mnist_mlp.params import check_unchanged, flatten, load_params
 from mnist_mlp.project import run_cli
 from mnist_mlp.train import deterministic, fit, format_epoch, resolve_device, seeded_model
 
@@ -60,6 +60,7 @@ def main() -> None:
             write_csv(args.log, result.history)
             save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
             run.log_files([args.augmented], "figures")
+            check_unchanged(args.params, params, "train", "tracking")
     print(f"train: best val accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}, "
           f"{result.seconds:.1f}s; MLflow run {run.run_id}")
 

@@ -14,7 +14,7 @@ from PIL import Image
 from app_support import drawn, log_sweep, png, save_model
 from conftest import cli_in_process
 from digit_images import write_styled_digits
-from mnist_mlp import app, predict
+from mnist_mlp import app, predict, tracking
 
 SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]  # the order the runs are logged in
 # the order the page shows them: numbers ascending, words in the order the sweep ran them
@@ -217,8 +217,8 @@ def test_no_model_and_no_store_say_which_commands_make_them(tmp_path, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = app.create_app(app.Models(str(tmp_path / "models" / "model.pt"))).test_client()
     listed = client.get("/api/models").get_json()
-    assert listed["models"][0]["error"] == f"{tmp_path / 'models' / 'model.pt'}: model file not found; run `dvc repro` to train one"
-    assert listed["notice"] == f"no MLflow store at {tmp_path / 'mlflow.db'}; `make sweep` (or `make sweep-quick`) makes one with a sweep"
+    assert listed["models"][0]["error"] == "model.pt: model file not found; run `dvc repro` to train one"
+    assert listed["notice"] == "no MLflow store at mlflow.db; `make sweep` (or `make sweep-quick`) makes one with a sweep"
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create one
     body = post(client, png(drawn("one"))).get_json()
     assert body["models"] == [{"name": "current", "title": listed["models"][0]["title"], "source": str(tmp_path / "models" / "model.pt"),
@@ -235,6 +235,98 @@ def test_an_unreachable_tracking_server_is_a_notice_not_a_crash(client, checkpoi
     body = post(client, png(drawn("one"))).get_json()
     assert body["models"][0]["label"] == 1
     assert body["notice"].startswith(f"http://127.0.0.1:{port}: MLflow tracking server not answering (")
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example:8000", "127.0.0.1:8001", "localhost:5000"])
+def test_a_foreign_host_header_is_refused_with_403(checkpoint, store_env, host):
+    client = app.create_app(app.Models(str(checkpoint)), port=8000).test_client()
+    for response in (client.get("/", headers={"Host": host}), client.get("/api/models", headers={"Host": host}),
+                     client.post("/api/predict", headers={"Host": host}, data={"image": (io.BytesIO(png(drawn("one"))), "one.png")})):  # fmt: skip
+        assert response.status_code == 403
+        assert response.get_json() == {"error": f"host {host!r} refused: open the app at http://127.0.0.1:8000/"}
+
+
+@pytest.mark.bad_input
+def test_the_apps_own_hosts_are_served_with_or_without_the_port(checkpoint, store_env):
+    client = app.create_app(app.Models(str(checkpoint)), port=8000).test_client()
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LOCALHOST:8000", "127.0.0.1", "localhost", "[::1]"):
+        assert client.get("/api/models", headers={"Host": host}).status_code == 200, host
+
+
+@pytest.mark.bad_input
+def test_a_post_from_another_origin_is_refused_with_403(checkpoint, store_env):
+    client = app.create_app(app.Models(str(checkpoint)), port=8000).test_client()
+
+    def post_from(origin: str):
+        return client.post("/api/predict", headers={"Host": "127.0.0.1:8000", "Origin": origin},
+                           data={"image": (io.BytesIO(png(drawn("one"))), "one.png")})  # fmt: skip
+
+    for origin in ("http://evil.example", "http://127.0.0.1:8001", "https://127.0.0.1:8000", "null"):
+        response = post_from(origin)
+        assert response.status_code == 403, origin
+        assert response.get_json() == {"error": f"origin {origin!r} refused: only the app's own page may post to it"}
+    assert post_from("http://127.0.0.1:8000").status_code == 200  # the page itself
+    assert client.get("/api/models", headers={"Origin": "http://evil.example"}).status_code == 200  # reading changes nothing
+
+
+@pytest.mark.bad_input
+def test_clients_see_no_store_uri_or_server_path_but_the_log_keeps_them(tmp_path, store_env, caplog):
+    missing = tmp_path / "models" / "model.pt"
+    client = app.create_app(app.Models(str(missing), experiment="nope")).test_client()
+    response = client.get("/api/models")
+    listed = response.get_json()
+    assert listed["notice"] == "no experiment 'nope' in <store>; `make sweep` (or `make sweep-quick`) makes one"
+    assert listed["models"][0]["error"] == "model.pt: model file not found; run `dvc repro` to train one"
+    assert str(tmp_path) not in response.get_data(as_text=True).replace(listed["models"][0]["source"], "")
+    assert f"no experiment 'nope' in {store_env['uri']};" in caplog.text and f"{missing}: model file not found" in caplog.text
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("error, answer", [
+    (lambda root: tracking.SweepError(f"cannot read the sweeps in sqlite:///{root}/mlflow.db (disk I/O error)"),
+     (400, "cannot read the sweeps in <store> (disk I/O error)")),
+    (lambda root: PermissionError(13, "Permission denied", f"{root}/models/model.pt"),
+     (500, "internal error: PermissionError: [Errno 13] Permission denied: 'model.pt'")),
+])  # fmt: skip
+def test_an_error_body_names_no_server_path(client, tmp_path, monkeypatch, caplog, error, answer):
+    def fail(*args, **kwargs):
+        raise error(tmp_path)
+
+    monkeypatch.setattr(app.Models, "lineup", fail)
+    response = client.get("/api/models")
+    assert (response.status_code, response.get_json()["error"]) == answer
+    assert str(tmp_path) not in response.get_data(as_text=True)
+    assert f"{tmp_path}/" in caplog.text  # the terminal keeps the whole message
+
+
+@pytest.mark.bad_input
+def test_a_decode_waits_for_a_free_slot_and_then_gets_503(client, monkeypatch):
+    monkeypatch.setattr(app, "DECODE_WAIT_SECONDS", 0.05)
+    held = 0
+    try:
+        while app.DECODES.acquire(blocking=False):  # every slot busy, as with that many large uploads
+            held += 1
+        assert held == app.DECODE_SLOTS == 2
+        response = post(client, png(drawn("one")))
+        assert response.status_code == 503
+        assert response.get_json() == {"error": "busy: 2 images are being decoded; try again"}
+    finally:
+        for _ in range(held):
+            app.DECODES.release()
+    assert post(client, png(drawn("one"))).status_code == 200  # a slot is free again
+
+
+@pytest.mark.bad_input
+def test_a_16_bit_png_is_read_like_its_8_bit_version(client):
+    eight = np.maximum(np.asarray(drawn("one").convert("L")), 60)  # pencil grey: clipped to 8 bits it is all white
+    sixteen = Image.fromarray(eight.astype(np.uint16) * 257)  # 0..65535, as a scanner writes it
+    assert sixteen.mode == "I;16"
+    expected = post(client, png(Image.fromarray(eight)), "eight.png").get_json()
+    body = post(client, png(sixteen), "sixteen.png").get_json()
+    assert "error" not in body, body
+    np.testing.assert_allclose(body["pixels"], expected["pixels"], atol=1e-3)
+    assert body["models"][0]["label"] == 1
 
 
 # --- the command -------------------------------------------------------------------------

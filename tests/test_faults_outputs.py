@@ -131,3 +131,26 @@ def test_a_failed_evaluate_keeps_the_previous_metrics_and_figures(built):
     result = _failed_repro(built, env={**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert "MLflow tracking server not answering (connection refused)" in result.stderr
     assert _outputs(built) == before and temp_leftovers(built / "reports") == []
+
+
+@pytest.mark.bad_input
+def test_params_changed_during_training_leave_no_outputs_for_dvc_to_record(trained_before, store_template, capsys,
+                                                                           monkeypatch):  # fmt: skip
+    """As a second `dvc exp run -S train.dropout=0.5` does, which DVC's lock refuses only after writing params.yaml."""
+    from mnist_mlp import train as training
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(store_template, trained_before / "store"))
+    real_fit = training.fit
+
+    def fit_while_another_run_writes_params(*args, **kwargs):
+        params = yaml.safe_load((trained_before / "params.yaml").read_text())
+        params["train"]["dropout"] = 0.5
+        (trained_before / "params.yaml").write_text(yaml.safe_dump(params))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit_while_another_run_writes_params)
+    before = snapshot(trained_before / "models", trained_before / "reports")
+    outcome = stage_in_process("train", [], trained_before, capsys, monkeypatch)
+    assert_one_clear_error(outcome, "train", "params.yaml changed while this stage ran (train.dropout 0.2 -> 0.5)",
+                           "no output was replaced")  # fmt: skip
+    assert snapshot(trained_before / "models", trained_before / "reports") == before

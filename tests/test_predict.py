@@ -15,6 +15,7 @@ from scipy import ndimage
 from conftest import BIN, cli_in_process, run
 from digit_images import STYLES, glyph, picture, save_picture, train_font_model, write_styled_digits
 from mnist_mlp import predict, tracking
+from mnist_mlp.errors import UserError
 from mnist_mlp.predict import ImageError, ModelError, image_pixels, mnist_pixels
 
 
@@ -155,6 +156,44 @@ def bad_files(folder: Path) -> dict[str, Path]:
     }  # fmt: skip
 
 
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("mode", "convert"), [
+    ("I;16", lambda eight: eight.astype(np.uint16) * 257),  # 0..65535, as Pillow opens a 16-bit PNG
+    ("I;16B", lambda eight: (eight.astype(np.uint16) * 257).astype(">u2")),
+    ("I", lambda eight: eight.astype(np.int32) * 257),  # a 16-bit PNG opened as 32-bit integers
+    ("F", lambda eight: eight.astype(np.float32) / 255),
+    ("F", lambda eight: eight.astype(np.float32)),  # what convert("F") makes of 8 bits
+])  # fmt: skip
+def test_deep_greyscale_is_scaled_from_its_range_not_clipped(mode, convert):
+    eight = np.asarray(picture(6, "black-on-white").convert("L"))
+    deep = Image.fromarray(convert(eight))
+    assert deep.mode == mode
+    np.testing.assert_allclose(gray(deep), eight / 255, atol=1e-6)
+
+
+@pytest.mark.bad_input
+def test_a_16_bit_png_reads_like_its_8_bit_version(tmp_path):
+    eight = np.asarray(picture(6, "black-on-white").convert("L"))
+    sixteen = save_picture(Image.fromarray(eight.astype(np.uint16) * 257), tmp_path / "6-16-bit.png")
+    with Image.open(sixteen) as opened:
+        assert opened.mode.startswith("I")  # Pillow keeps the 16 bits
+    expected = image_pixels(save_picture(Image.fromarray(eight), tmp_path / "6-8-bit.png"))
+    np.testing.assert_allclose(image_pixels(sixteen), expected, atol=1e-4)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("where", ["under-a-file", "a-file"])
+def test_render_samples_into_a_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, where):
+    split = tmp_path / "test.pt"
+    torch.save({"images": torch.zeros(10, 28, 28, dtype=torch.uint8), "labels": torch.arange(10), "mean": 0.1, "std": 0.3}, split)
+    blocker = tmp_path / "somefile"
+    blocker.write_text("not a folder\n")
+    out_dir, reason = (blocker / "sub", "Not a directory") if where == "under-a-file" else (blocker, "File exists")
+    code, out, err = cli_in_process(["render-samples", str(out_dir), "--test", str(split)], capsys)
+    assert (code, out) == (1, "")
+    assert err == f"mnist-mlp render-samples: error: cannot create {out_dir}: {reason}\n"
+
+
 def test_each_bad_file_gets_one_line_and_the_others_are_still_predicted(font_model, tmp_path, capsys):
     files = bad_files(tmp_path / "images")
     code, out, err = cli_in_process(["predict", "--model", str(font_model), *map(str, files.values())], capsys)
@@ -244,7 +283,7 @@ def test_an_mlflow_model_uri_predicts_like_the_checkpoint(mlflow_store, font_mod
 def test_an_unknown_run_is_one_clear_line(mlflow_store, capsys):
     code, out, err = cli_in_process(["predict", "--model", "runs:/0123456789abcdef/model", "x.png"], capsys)
     assert (code, out) == (1, "")
-    assert err.startswith("mnist-mlp predict: error: runs:/0123456789abcdef/model: cannot load the MLflow model")
+    assert err.startswith("mnist-mlp predict: error: runs:/0123456789abcdef/model: cannot download the MLflow model")
     assert len(err.splitlines()) == 1
 
 
@@ -257,6 +296,6 @@ def test_a_pickled_mlflow_model_is_not_unpickled(tmp_path, font_model, monkeypat
     folder = tmp_path / "pickled"
     mlflow.pytorch.save_model(load_checkpoint(font_model).classifier(), str(folder), serialization_format="pickle",
                               pip_requirements=["torch"])  # fmt: skip
-    with pytest.raises(tracking.ModelURIError, match="pickle is disallowed"):
+    with pytest.raises(UserError, match="refused: not a model this project logged"):
         predict.load_classifier(str(folder))
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "true"

@@ -8,12 +8,14 @@ and answers with the 28x28 pixels the models saw and each model's ten probabilit
     POST /api/predict[?sweep=ID]   multipart field `image` (PNG/JPEG) -> {"pixels": 28x28, "models": [...]}
 
 Served by Flask (MLflow depends on it) on 127.0.0.1 only: a local tool for one person.
+Requests under another Host (DNS rebinding) and posts from another Origin are refused (403).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 import socket
 import statistics
 import sys
@@ -40,6 +42,12 @@ STATIC = Path(__file__).with_name("app_static")
 MAX_UPLOAD_BYTES = 8 * 2**20  # a phone photo fits; more is refused (413) before it is read
 MAX_PIXELS = 4096 * 4096  # a 12-megapixel photo fits; a small file that inflates to more is refused (413)
 FORMATS = ("PNG", "JPEG")  # what the page offers; no other Pillow decoder is exposed to uploads
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")  # what a browser on this machine calls the app
+DECODE_SLOTS = 2  # a 16-megapixel upload takes ~260 MB while it is decoded; more at once could exhaust memory
+DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
+DECODE_WAIT_SECONDS = 5.0  # then 503: a page retried later beats one that hangs
+STORE_URI = re.compile(r"\b(?:sqlite|file):/*[^\s'\"`;,()]*")
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])/[^\s'\"`:;,()]+")  # not runs:/..., http://..., a/b
 
 
 class AppError(UserError, ValueError):
@@ -50,6 +58,21 @@ class AppError(UserError, ValueError):
 
 class TooLarge(AppError):
     status = 413
+
+
+class Busy(AppError):
+    status = 503
+
+
+def for_client(message: str) -> str:
+    """`message` without the store's URI or absolute server paths (a file keeps its name); the log keeps it whole."""
+    message = STORE_URI.sub("<store>", message)
+    return ABSOLUTE_PATH.sub(lambda match: Path(match.group()).name or "<path>", message)
+
+
+def allowed_hosts(port: int) -> set[str]:
+    """The Host headers of the app's own pages: a loopback name, with the port or (as the test client sends) without."""
+    return {host for name in LOOPBACK_NAMES for host in (name, f"{name}:{port}")}
 
 
 @dataclass
@@ -64,7 +87,7 @@ class Entry:
 
     def describe(self) -> dict:
         described = {"name": self.name, "title": self.title, "source": self.source}
-        return {**described, "error": self.error} if self.error else described
+        return {**described, "error": for_client(self.error)} if self.error else described
 
 
 @dataclass
@@ -74,7 +97,11 @@ class Lineup:
     notice: Optional[str] = None  # why no sweep is shown, with the command that makes one
 
     def describe(self) -> dict:
-        return {"sweep": self.sweep_id, "notice": self.notice, "models": [entry.describe() for entry in self.entries]}
+        notice = for_client(self.notice) if self.notice else self.notice
+        return {"sweep": self.sweep_id, "notice": notice, "models": [entry.describe() for entry in self.entries]}
+
+    def messages(self) -> list[str]:
+        return [message for message in (self.notice, *(entry.error for entry in self.entries)) if message]
 
 
 def _load(name: str, title: str, source: str) -> Entry:
@@ -185,8 +212,18 @@ class Models:
 def upload_pixels(data: bytes, name: str = "image") -> np.ndarray:
     """The 28x28 pixels in [0, 1] that `mnist-mlp predict` makes of an uploaded PNG or JPEG.
 
-    Decoded here rather than by predict.load_image (which opens a path) to check the size first.
+    Decoded here rather than by predict.load_image (which opens a path) to check the size first;
+    at most DECODE_SLOTS at a time.
     """
+    if not DECODES.acquire(timeout=DECODE_WAIT_SECONDS):
+        raise Busy(f"busy: {DECODE_SLOTS} images are being decoded; try again")
+    try:
+        return _decoded_pixels(data, name)
+    finally:
+        DECODES.release()
+
+
+def _decoded_pixels(data: bytes, name: str) -> np.ndarray:
     if not data:
         raise AppError(f"{name}: empty file; expected a PNG or JPEG")
     try:
@@ -229,15 +266,35 @@ def answers(entries: Sequence[Entry], pixels: np.ndarray) -> list[dict]:
     return out
 
 
-def create_app(models: Models):
+def create_app(models: Models, port: int = DEFAULT_PORT):
     from flask import Flask, jsonify, request, send_from_directory
     from werkzeug.exceptions import HTTPException
 
     app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD_BYTES
+    hosts = allowed_hosts(port)
+    origins = {f"http://{host}" for host in hosts}
+    logged: set[str] = set()
 
     def failure(status: int, message: str):
-        return jsonify({"error": message}), status
+        return jsonify({"error": for_client(message)}), status
+
+    def log_whole(message: str) -> None:
+        """The full text of a message the client gets without its paths, once, in the terminal."""
+        if for_client(message) != message and message not in logged:
+            logged.add(message)
+            app.logger.warning("%s", message)
+
+    @app.before_request
+    def only_from_this_app():
+        # a DNS-rebinding page reaches 127.0.0.1 under its own host name; another site's form under its origin
+        host = request.host.lower()
+        if host not in hosts:
+            return failure(403, f"host {host!r} refused: open the app at http://127.0.0.1:{port}/")
+        origin = request.headers.get("Origin")
+        if origin is not None and request.method not in ("GET", "HEAD", "OPTIONS") and origin.lower() not in origins:
+            return failure(403, f"origin {origin!r} refused: only the app's own page may post to it")
+        return None
 
     @app.get("/")
     def index():
@@ -246,6 +303,8 @@ def create_app(models: Models):
     @app.get("/api/models")
     def list_models():
         lineup = models.lineup(request.args.get("sweep"), refresh=True)
+        for message in lineup.messages():
+            log_whole(message)
         return jsonify({**lineup.describe(), "max_upload_bytes": MAX_UPLOAD_BYTES})
 
     @app.post("/api/predict")
@@ -265,6 +324,7 @@ def create_app(models: Models):
 
     @app.errorhandler(UserError)
     def user_error(exc: UserError):
+        log_whole(str(exc))
         return failure(getattr(exc, "status", 400), str(exc))
 
     @app.errorhandler(413)
@@ -307,7 +367,7 @@ def serve(models: Models, port: int) -> None:
     except OSError as exc:
         raise AppError(f"127.0.0.1:{port}: cannot listen ({exc.strerror}); choose another port: --port N (make app APP_PORT=N)") from None
     with listener:
-        server = make_server("127.0.0.1", port, create_app(models), threaded=True, fd=listener.fileno())
+        server = make_server("127.0.0.1", port, create_app(models, port), threaded=True, fd=listener.fileno())
     print(f"mnist-mlp app: open http://127.0.0.1:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

@@ -185,7 +185,9 @@ def cmd_check_metrics(args: argparse.Namespace) -> None:
 def cmd_promote(args: argparse.Namespace) -> None:
     from mnist_mlp import promote, registry
 
-    name = args.model or configured_params().tracking.registered_model
+    # a name the evaluate stage could have registered, checked as params.yaml's is
+    name = validate_params({"tracking": {"registered_model": args.model}}, source="--model").tracking.registered_model \
+        if args.model else configured_params().tracking.registered_model  # fmt: skip
     run_id = None if args.version else (args.run_id or registry.evaluated_run_id(args.metrics, "--run-id or --version"))
     print(promote.promote(name, args.rules, run_id, args.version).line())
 

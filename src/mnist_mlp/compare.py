@@ -54,7 +54,7 @@ def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
     """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run) and their histories."""
     if sweep_id != ALL:
         sweep_id, _ = tracking.sweep_models(experiment, sweep_id)
-    found = tracking.search_runs(experiment, "" if sweep_id == ALL else f"tags.sweep_id = '{sweep_id}'")
+    found = tracking.search_runs(experiment, "" if sweep_id == ALL else f"tags.sweep_id = {tracking.literal(sweep_id, 'sweep id')}")
     column = lambda name: found[name] if name in found else pd.Series(float("nan"), found.index)  # noqa: E731
     runs = pd.DataFrame({"run_id": found["run_id"], "name": column("tags.mlflow.runName"), "status": found["status"],
                          "activation": column("params.activation"), "dropout": pd.to_numeric(column("params.dropout")),

@@ -30,6 +30,7 @@ MIN_CONTRAST = 0.15
 INK_FLOOR = 0.2
 # Specks with less than this share of the ink are dust and must not stretch the bounding box.
 MIN_BLOB_SHARE = 0.02
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit, 32-bit integer and float greyscale
 
 
 class ImageError(UserError, ValueError):
@@ -83,7 +84,17 @@ def grayscale(image: Image.Image) -> np.ndarray:
         ink_is_light = alpha.sum() > 0 and float((luminance * alpha).sum() / alpha.sum()) > 0.5
         backdrop = 0.0 if ink_is_light else 1.0
         return luminance * alpha + backdrop * (1.0 - alpha)
+    if image.mode in DEEP_MODES:  # convert("L") would clip every value above 255 to white
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        return np.clip(values / _white_level(image.mode, values), 0.0, 1.0).astype(np.float32)
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def _white_level(mode: str, values: np.ndarray) -> float:
+    """The value that is white: 65535 for 16-bit (a 16-bit PNG may open as "I"); for "F" 1 or 255 as its values say."""
+    top = float(values.max(initial=0.0))
+    levels = (1.0, 255.0, 65535.0) if mode == "F" else (65535.0,)
+    return next((level for level in levels if top <= level), top)
 
 
 def mnist_pixels(gray: np.ndarray, name: str = "image") -> np.ndarray:

@@ -21,14 +21,25 @@ def repo_root(start: Optional[Path] = None) -> Path:
     return here
 
 
+def _fail(name: str, exc: UserError) -> None:
+    for line in str(exc).splitlines():
+        print(f"{name}: error: {line}", file=sys.stderr)
+    sys.exit(1)
+
+
 def run_cli(name: str, main: Callable[[], object]) -> None:
     """Run `main`; a known failure prints `name: error: ...` and exits 1, Ctrl-C/SIGTERM exits 130."""
     try:
         main()
     except UserError as exc:
-        for line in str(exc).splitlines():
-            print(f"{name}: error: {line}", file=sys.stderr)
-        sys.exit(1)
+        _fail(name, exc)
+    except Exception as exc:
+        # a store that is locked or damaged surfaces as SQLAlchemy's error from deep inside MLflow
+        tracking = sys.modules.get("mnist_mlp.tracking")
+        known = tracking.store_failure(exc) if tracking else None
+        if known is None:
+            raise
+        _fail(name, known)
     except KeyboardInterrupt:
         print(f"{name}: interrupted; outputs of earlier runs are left as they were", file=sys.stderr)
         sys.exit(130)

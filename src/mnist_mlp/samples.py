@@ -16,6 +16,7 @@ from PIL import Image
 
 from mnist_mlp import files
 from mnist_mlp.data import load_split
+from mnist_mlp.errors import UserError
 
 Style = Callable[[Image.Image], Image.Image]  # grayscale "L", light digit on black, enlarged -> picture
 
@@ -61,6 +62,11 @@ def render_samples(test_split: str | Path, out_dir: str | Path) -> list[Path]:
     """Write one styled image per digit 0-9 to `out_dir`; return their paths."""
     split = load_split(test_split)
     labels = split.labels.numpy()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out_dir}: {exc.strerror}") from None
     written = []
     for digit, (name, scale, style, image_format) in enumerate(STYLES):
         index = int(np.flatnonzero(labels == digit)[0])
@@ -68,9 +74,12 @@ def render_samples(test_split: str | Path, out_dir: str | Path) -> list[Path]:
         image = image.resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
         picture = style(image)
         suffix = ".jpg" if image_format == "JPEG" else ".png"
-        path = Path(out_dir) / f"{digit}-{name}{suffix}"
+        path = out_dir / f"{digit}-{name}{suffix}"
         buffer = io.BytesIO()
         picture.save(buffer, format=image_format, **({"quality": 85} if image_format == "JPEG" else {}))
-        files.write_bytes(path, buffer.getvalue())
+        try:
+            files.write_bytes(path, buffer.getvalue())
+        except OSError as exc:  # a read-only folder, a full disk
+            raise UserError(f"cannot write {path}: {exc.strerror}") from None
         written.append(path)
     return written

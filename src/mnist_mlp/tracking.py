@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
@@ -104,6 +105,28 @@ def check_tracking_server(uri: Optional[str] = None) -> None:
     if probe.status_code != 200:
         raise TrackingServerError(f"{uri}: the tracking server answered HTTP {probe.status_code} to a search; {fix}")
     _answered.add(uri)
+
+
+class StoreError(UserError, RuntimeError):
+    """The local MLflow store cannot be used (locked, damaged); the message names it and what to do."""
+
+
+def store_failure(exc: BaseException) -> Optional[StoreError]:
+    """A one-line StoreError for a SQLite failure anywhere in `exc`'s chain (by SQLite's error code), else None."""
+    cause: Optional[BaseException] = exc
+    while cause is not None and not isinstance(cause, sqlite3.Error):
+        cause = cause.__cause__ or cause.__context__
+    code = getattr(cause, "sqlite_errorname", None)
+    if code is None:
+        return None
+    uri = tracking_uri()
+    if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return StoreError(f"{uri}: the MLflow store is locked by another process ({code}); "
+                          "wait for it to finish, or stop it, then run again")  # fmt: skip
+    if code in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return StoreError(f"{uri}: the MLflow store is damaged ({code}: {cause}); "
+                          "restore it from a backup, or move it aside to start a new store")  # fmt: skip
+    return StoreError(f"{uri}: the MLflow store failed ({code}: {cause})")
 
 
 def artifact_root(root: Optional[Path] = None) -> str:
@@ -405,6 +428,18 @@ def _model_version(found) -> ModelVersion:
     return ModelVersion(found.name, str(found.version), found.run_id or "", dict(found.tags or {}))
 
 
+class FilterValueError(UserError, ValueError):
+    """A value that cannot be written into an MLflow filter string."""
+
+
+def literal(value: str, what: str) -> str:
+    """`value` quoted for an MLflow filter string. MLflow's grammar has no escape for a quote,
+    so a value holding one (or a backslash) is refused, never pasted in."""
+    if "'" in value or "\\" in value:
+        raise FilterValueError(f"{what} {value!r}: a quote or backslash cannot be searched for in MLflow")
+    return f"'{value}'"
+
+
 def _absent(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
@@ -428,7 +463,8 @@ def version_of_run(name: str, run_id: str) -> ModelVersion:
     """The newest version of `name` registered from run `run_id`."""
     if not run_id.isalnum():
         raise RegistryError(f"run id {run_id!r}: expected the hex id MLflow gives a run")
-    found = client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'", order_by=["version_number DESC"])
+    found = client().search_model_versions(f"name = {literal(name, 'registered model')} and run_id = {literal(run_id, 'run id')}",
+                                           order_by=["version_number DESC"])  # fmt: skip
     if not found:
         raise RegistryError(f"run {run_id} registered no version of '{name}' in {tracking_uri()}; "
                             "the evaluate stage registers one (`dvc repro`)")  # fmt: skip
@@ -472,8 +508,7 @@ class SweepModel:
 
 def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[SweepModel]]:
     """(sweep id, its FINISHED runs, oldest first); `latest` is the sweep of the newest FINISHED run tagged with one."""
-    if "'" in sweep_id:
-        raise SweepError(f"sweep id {sweep_id!r}: a quote cannot be searched for")
+    literal(sweep_id, "sweep id")  # refused before any store is opened
     uri = tracking_uri()
     db = _local_sqlite_path(uri)
     if db is not None and not db.is_file():  # MlflowClient would create an empty store there
@@ -493,7 +528,7 @@ def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[S
             if not newest:
                 raise SweepError(f"no finished sweep in experiment '{experiment}' of {uri}; run `make sweep` (or `make sweep-quick`)")
             sweep_id = newest[0].data.tags["sweep_id"]
-        runs = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id = '{sweep_id}'", max_results=1000,
+        runs = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id = {literal(sweep_id, 'sweep id')}", max_results=1000,
                                  order_by=["attributes.start_time ASC"])  # fmt: skip
     except (MlflowException, OSError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
