@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,8 @@ def module_closure(script: Path) -> set[str]:
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_deps_are_the_modules_it_imports(stage):
     spec = STAGES[stage]
-    script = next(word for word in spec["cmd"].split() if word.startswith("stages/"))
+    script = next(word for word in spec["cmd"].split() if word.startswith("stages/") and word.endswith(".py"))
+    assert spec["cmd"].startswith("sh stages/run.sh ") and "stages/run.sh" in spec["deps"]
     listed = {dep for dep in spec["deps"] if dep.startswith("src/")}
     expected = module_closure(ROOT / script)
     assert script in spec["deps"], f"{stage}: its own script {script} is not a dep"
@@ -55,3 +58,19 @@ def test_the_closure_follows_imports_through_the_package(tmp_path):
     closure = module_closure(script)
     assert {"src/mnist_mlp/train.py", "src/mnist_mlp/model.py", "src/mnist_mlp/data.py", "src/mnist_mlp/__init__.py"} <= closure
     assert "src/mnist_mlp/tracking.py" not in closure
+
+
+@pytest.mark.bad_input
+def test_a_stage_without_python_on_path_names_the_fix(tmp_path):
+    """`.venv/bin/dvc exp run` with the venv inactive, on a system with no `python` command (Debian's default)."""
+    result = subprocess.run(["/bin/sh", "stages/run.sh", "stages/train.py"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 127
+    assert result.stderr == ("stage: no `python` on PATH to run stages/train.py: activate the project's venv "
+                             "(source .venv/bin/activate) or use `make repro`\n")  # fmt: skip
+
+
+def test_a_stage_runs_this_checkouts_library_on_the_python_of_path():
+    result = subprocess.run(["/bin/sh", "stages/run.sh", "-c", "import mnist_mlp; print(mnist_mlp.__file__)"], cwd=ROOT,
+                            capture_output=True, text=True, env={"PATH": str(Path(sys.executable).parent)})  # fmt: skip
+    assert result.stdout.strip() == "src/mnist_mlp/__init__.py" or Path(result.stdout.strip()).resolve() == PACKAGE / "__init__.py"

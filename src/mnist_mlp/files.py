@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+from mnist_mlp.errors import UserError
 
 
 def _umask() -> int:
@@ -19,21 +23,76 @@ def _umask() -> int:
     return mask
 
 
+class NoSpaceError(UserError, OSError):
+    """The disk is full: the message names the file that could not be written."""
+
+
+# the outputs staged by `one_unit`: (temp file, target), renamed together when it ends
+_staged: contextvars.ContextVar[Optional[list[tuple[Path, Path]]]] = contextvars.ContextVar("staged", default=None)
+
+
+@contextlib.contextmanager
+def _no_space_named(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(f"no space left on device: {path}") from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; rename it over `path` only on success."""
+    """Yield a temp path in the target's folder; rename it over `path` only on success.
+
+    Inside `one_unit` the rename waits for the unit's end, with every other output's.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _no_space_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Optional[Path] = Path(tmp)
     try:
-        yield tmp_path
+        with _no_space_named(path):
+            yield tmp_path
         # mkstemp makes the file private (0600); give it the mode a plain open() would
         os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        staged = _staged.get()
+        if staged is None:
+            os.replace(tmp_path, path)
+        else:
+            staged.append((tmp_path, path))
+            tmp_path = None  # the unit renames or removes it
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def one_unit() -> Iterator[None]:
+    """A stage's outputs as one unit: every atomic write inside is staged, and all are renamed into
+    place when the block ends; if anything fails, none is, and every previous output stays as it was."""
+    staged: list[tuple[Path, Path]] = []
+    token = _staged.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _staged.reset(token)
+    for tmp, target in staged:
+        os.replace(tmp, target)
+
+
+def staged_path(path: str | Path) -> Path:
+    """Where the content of output `path` is now: its staged temp file inside `one_unit`, else `path`."""
+    for tmp, target in reversed(_staged.get() or []):
+        if target == Path(path):
+            return tmp
+    return Path(path)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -53,8 +112,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 def save_torch(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # serialized in memory first: a full disk is then an OSError naming the file, not torch's
+    # "unexpected pos"; and the zip's records are named `archive/`, not after a random temp name
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def save_figure(path: str | Path, figure: Any) -> None:

@@ -213,6 +213,23 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return validate_params(read_yaml(path, ParamsError, "params file"), source=str(path))
 
 
+def check_unchanged(path: str | Path, read: Params, *sections: str) -> None:
+    """Refuse to finish a stage whose params changed under it: DVC records params.yaml as it is when
+    the stage ends, so a second `dvc exp run -S ...` in the same workspace (refused by DVC's lock only
+    after it wrote its values) would have dvc.lock claim params this run did not use."""
+    def leaves(tree: dict, prefix: str) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return flat
+
+    now, then = leaves(load_params(path).model_dump(), ""), leaves(read.model_dump(), "")
+    changed = [f"{key} {then[key]} -> {now[key]}" for key in then if key.split(".")[0] in sections and now[key] != then[key]]
+    if changed:
+        raise ParamsError(f"{path} changed while this stage ran ({', '.join(changed)[:200]}): another `dvc exp run` "
+                          "or an editor wrote it; no output was replaced; run again when it is done")  # fmt: skip
+
+
 def read_preset(path: str | Path) -> dict:
     """A preset (params/<name>.yaml): a validated partial params mapping."""
     overrides = read_yaml(path, ParamsError, "preset") or {}
