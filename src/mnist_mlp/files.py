@@ -124,15 +124,44 @@ def save_figure(path: str | Path, figure: Any) -> None:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
 
 
+MAX_YAML_NODES = 10_000  # a params file has ~60 values; an alias bomb expands to millions
+
+
 def _yaml_loader():
-    """PyYAML's safe loader, reading floats as YAML 1.2 does: DVC's `-S train.lr=1e-5` writes `1e-05`,
-    which YAML 1.1 (PyYAML's default) reads as a string."""
+    """PyYAML's safe loader, reading floats as YAML 1.2 does (DVC's `-S train.lr=1e-5` writes `1e-05`,
+    which YAML 1.1 reads as a string), refusing duplicate keys and aliases that expand beyond a small size."""
     import re
 
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_document(self, node):
+            self._count_nodes(node, budget=[MAX_YAML_NODES])
+            return super().construct_document(node)
+
+        def _count_nodes(self, node, budget: list[int]) -> None:
+            # aliases are the same node object: walking the graph counts what they expand to
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise yaml.constructor.ConstructorError(None, None, f"aliases expand to more than {MAX_YAML_NODES} values; "
+                                                        "write the values out", node.start_mark)  # fmt: skip
+            if isinstance(node, yaml.SequenceNode):
+                for item in node.value:
+                    self._count_nodes(item, budget)
+            elif isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    self._count_nodes(key, budget)
+                    self._count_nodes(value, budget)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (the last would win silently)",
+                                                            key_node.start_mark)  # fmt: skip
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
@@ -143,14 +172,16 @@ def _yaml_loader():
 
 
 def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
-    """Parse a YAML file; a missing or broken one raises `error` with one line naming it."""
+    """Parse a YAML file; a missing, broken or non-UTF-8 one raises `error` with one line naming it."""
     import yaml
 
     path = Path(path)
     try:
-        return yaml.load(path.read_text(), Loader=_yaml_loader())
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML {what}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
 

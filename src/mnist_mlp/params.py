@@ -8,6 +8,7 @@ any stage does work.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
@@ -23,12 +24,18 @@ Schedule = Literal["none", "cosine", "onecycle"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
+MAX_SEED = 2**63 - 1  # torch's and numpy's generators take any int64
+MAX_WIDTH = 16384  # 784-16384-16384-10 is 1.1 GB of fp32 weights and optimizer state: big, not absurd
+MAX_LAYERS = 16  # the logged param stays far below MLflow's 6000-character limit
+
+
 class ParamsError(UserError, ValueError):
     """A parameter file that cannot be used; the message names the key."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # allow_inf_nan: `weight_decay: .inf` would train to NaN and the hint would blame lr
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class DownloadParams(_Section):
@@ -51,7 +58,7 @@ class DownloadParams(_Section):
 class PreprocessParams(_Section):
     normalization: Normalization = "standardize"
     val_size: int = Field(default=5000, ge=1, le=59999)
-    split_seed: int = Field(default=0, ge=0)
+    split_seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 def _int_as_float(value: Any) -> Any:
@@ -84,7 +91,8 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
-    hidden_sizes: list[int] = Field(default=[512, 512], min_length=1)
+    # bounded: [100000, 100000] would ask for 40 GB and meet the OOM killer without a word
+    hidden_sizes: list[int] = Field(default=[512, 512], min_length=1, max_length=MAX_LAYERS)
     activation: Activation = "relu"
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
     loss: Loss = "cross_entropy"
@@ -96,7 +104,7 @@ class TrainParams(_Section):
     schedule: Schedule = "onecycle"
     batch_size: int = Field(default=128, gt=0)
     epochs: int = Field(default=20, gt=0)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: Device = "auto"
     augment: AugmentParams = AugmentParams()
 
@@ -112,8 +120,8 @@ class TrainParams(_Section):
     @field_validator("hidden_sizes")
     @classmethod
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
-        if any(size <= 0 for size in sizes):
-            raise ValueError("every hidden size must be a positive integer")
+        if any(not 0 < size <= MAX_WIDTH for size in sizes):
+            raise ValueError(f"every hidden size must be an integer from 1 to {MAX_WIDTH}")
         return sizes
 
     @field_validator("dropout", "label_smoothing", "lr", "momentum", "weight_decay", mode="before")
@@ -128,7 +136,8 @@ class EvaluateParams(_Section):
 
 
 class TrackingParams(_Section):
-    experiment: str = Field(default="mnist-mlp", min_length=1)
+    # MLflow refuses names over 500 characters; no control characters in a name the UI shows
+    experiment: str = Field(default="mnist-mlp", min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")
     # A param: it travels with a queued experiment whatever worker runs it, and a new id changes
     # the train stage's params, so the DVC run-cache cannot restore an earlier training and
     # leave the sweep without its MLflow run.
@@ -173,6 +182,12 @@ def _allowed(model: type[BaseModel] | None, key: str) -> str:
     return ("allowed: " + " and ".join(bounds)) if bounds else ""
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlist = _SHORT.maxtuple = 6
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+_SHORT.maxlevel = 3
+
+
 def _describe(error: dict, source: str) -> str:
     location = tuple(str(part) for part in error["loc"])
     # list items come out as ('train', 'hidden_sizes', '0'): report the list's key
@@ -191,7 +206,8 @@ def _describe(error: dict, source: str) -> str:
         from mnist_mlp.download import redact
 
         got = redact(got)  # an error message must not repeat a password
-    got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+    # capped: an alias bomb's value would take minutes and gigabytes to print in full
+    got_text = f" (got {_SHORT.repr(got)})" if not isinstance(got, dict) else ""
     message = error["msg"].removeprefix("Value error, ")
     return f"{source}: invalid '{key}'{got_text}: {message}" + (f"; {allowed}" if allowed else "")
 
