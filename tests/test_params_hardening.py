@@ -58,7 +58,7 @@ def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
     ({"train": {"weight_decay": float("inf")}}, "invalid 'train.weight_decay' (got inf): Input should be a finite number"),
     ({"train": {"lr": float("nan")}}, "invalid 'train.lr' (got nan): Input should be a finite number"),
     ({"train": {"dropout": float("-inf")}}, "invalid 'train.dropout'"),
-    ({"train": {"hidden_sizes": [100000, 100000]}}, f"every hidden size must be an integer from 1 to {MAX_WIDTH}"),
+    ({"train": {"hidden_sizes": [100000, 100000]}}, f"every hidden size must be a positive integer, at most {MAX_WIDTH}"),
     ({"train": {"hidden_sizes": [8] * (MAX_LAYERS + 1)}}, f"at most {MAX_LAYERS} items"),
     ({"tracking": {"experiment": "x" * 501}}, "String should have at most 500 characters"),
     ({"tracking": {"experiment": "two\nlines"}}, "invalid 'tracking.experiment'"),

@@ -121,7 +121,7 @@ class TrainParams(_Section):
     @classmethod
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
         if any(not 0 < size <= MAX_WIDTH for size in sizes):
-            raise ValueError(f"every hidden size must be an integer from 1 to {MAX_WIDTH}")
+            raise ValueError(f"every hidden size must be a positive integer, at most {MAX_WIDTH}")
         return sizes
 
     @field_validator("dropout", "label_smoothing", "lr", "momentum", "weight_decay", mode="before")
