@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,27 @@ def test_close_stale_runs_refuses_negative_minutes(capsys):
         main(["close-stale-runs", "--older-than", "-5"])
     assert exited.value.code == 2
     assert "argument --older-than: '-5': expected minutes >= 0" in capsys.readouterr().err
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, name in zip("abcdefgh", "bcdefghi")
+) + "train: {lr: *i}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (ALIAS_BOMB, "params.yaml: YAML aliases expand to more than 10000 values; write the values out"),
+        ("a: &a [*a]\ntrain: {lr: *a}\n", "params.yaml: YAML aliases expand to more than 10000 values"),
+        ("train: {seed: " + "1" * 5000 + "}\n", "params.yaml: not valid YAML (cannot read '1111"),
+        ("train: {lr: 1" + "0" * 400 + "}\n", "params.yaml: invalid 'train.lr' (got 1000"),
+        ("train:\n  lr: 0.1\n  lr: 0.2\n", "params.yaml: duplicate key 'lr' (train.lr) at line 3 (first at line 2)"),
+    ],
+    ids=["alias-bomb", "recursive-alias", "5000-digit-seed", "400-digit-lr", "duplicate-key"],
+)
+def test_hostile_yaml_is_one_line_within_seconds(workdir, capsys, monkeypatch, text, expected):
+    assert len(text) < 6000
+    (workdir / "params.yaml").write_text(text)
+    started = time.monotonic()
+    _refused(workdir, "train", capsys, monkeypatch, expected)
+    assert time.monotonic() - started < 5

@@ -88,3 +88,48 @@ def test_written_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o644
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: &a [*a]\n", "YAML aliases expand to more than 10000 values; write the values out"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "YAML nested too deeply to be a rules file"),
+        ("seed: " + "1" * 5000 + "\n", "as an integer (of at most 4300 digits)"),
+        ("x: !!int abc\n", "cannot read 'abc' as an integer"),
+        ("? [a]\n: 1\n", "found unhashable key"),
+    ],
+    ids=["recursive-alias", "deep-nesting", "5000-digit-int", "bad-int-tag", "list-as-key"],
+)
+def test_hostile_yaml_is_one_line_naming_the_file(tmp_path, text, expected):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(LookupError) as refused:  # read_yaml raises the caller's error class
+        files.read_yaml(path, LookupError, "rules file")
+    message = str(refused.value)
+    assert message.startswith(f"{path}: ") and expected in message and len(message.splitlines()) == 1
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train:\n  augment:\n    shift: 1\n    shift: 2\n", "duplicate key 'shift' (train.augment.shift) at line 4 (first at line 3)"),
+        ("train: {lr: 0.1, lr: 0.2}\n", "duplicate key 'lr' (train.lr) at line 1, column 18 (first at line 1, column 9)"),
+    ],
+    ids=["nested-block", "one-flow-line"],
+)
+def test_a_duplicate_key_names_its_dotted_key_and_both_places(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(LookupError, match="a key may appear only once$") as refused:
+        files.read_yaml(path, LookupError, "params file")
+    assert expected in str(refused.value)
+
+
+def test_merge_keys_are_read_and_a_key_they_override_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("base: &base {lr: 0.1, epochs: 2}\nlayered: &layered {<<: *base, lr: 0.2}\n"
+                    "train: {<<: *layered, epochs: 3}\n")
+    assert files.read_yaml(path, LookupError, "params file")["train"] == {"lr": 0.2, "epochs": 3}

@@ -194,3 +194,31 @@ def test_a_small_float_as_dvc_writes_it_is_a_number(tmp_path):
     path.write_text("train:\n  lr: .e5\n")
     with pytest.raises(ParamsError, match="invalid 'train.lr'"):
         load_params(path)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"lr": 10**400}}, "invalid 'train.lr' (got 1000"),  # float() of it overflows
+        ({"train": {"seed": 10**5000}}, "invalid 'train.seed' (got an integer of 16610 bits)"),  # past str()'s limit
+        ({"train": {"hidden_sizes": ["wide" * 100] * 100}}, "invalid 'train.hidden_sizes' (got ['widewide"),
+    ],
+    ids=["400-digit-float", "5000-digit-int", "long-list-of-long-strings"],
+)
+def test_a_huge_bad_value_is_one_short_line(raw, expected):
+    message = error_of(raw)
+    assert expected in message and len(message.splitlines()) == 1
+    assert len(message.split(" (got ", 1)[1].split("): ", 1)[0]) <= 80
+
+
+def test_the_largest_seed_is_taken_by_every_consumer():
+    import pandas as pd
+    import torch
+
+    from mnist_mlp.params import MAX_SEED
+
+    assert validate_params({"train": {"seed": MAX_SEED}, "preprocess": {"split_seed": MAX_SEED}}).train.seed == MAX_SEED
+    torch.manual_seed(MAX_SEED)  # train.seeded_model, train.fit
+    torch.Generator().manual_seed(MAX_SEED)  # data.split_train_val, augment.augmented_figure
+    assert pd.Series([MAX_SEED]).astype("Int64")[0] == MAX_SEED  # sweep's experiment table

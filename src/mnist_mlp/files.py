@@ -124,45 +124,81 @@ def save_figure(path: str | Path, figure: Any) -> None:
         figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
 
 
-MAX_YAML_NODES = 10_000  # a params file has ~60 values; an alias bomb expands to millions
+# a params file holds ~60 values; aliases that add more are a "billion laughs" file, which would
+# take minutes and gigabytes to validate or print
+MAX_YAML_ALIAS_VALUES = 10_000
+
+
+class _Refused(Exception):
+    """A YAML file that parses but that `read_yaml` will not load; the message says why."""
+
+
+def _expanded_size(node: Any, sizes: dict[int, float]) -> float:
+    """How many values `node` stands for with every alias written out; `sizes` memoizes shared nodes."""
+    import yaml
+
+    if id(node) not in sizes:
+        sizes[id(node)] = float("inf")  # until counted: an alias inside itself (`&a [*a]`) never ends
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
 
 
 def _yaml_loader():
-    """PyYAML's safe loader, reading floats as YAML 1.2 does (DVC's `-S train.lr=1e-5` writes `1e-05`,
-    which YAML 1.1 reads as a string), refusing duplicate keys and aliases that expand beyond a small size."""
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: DVC's `-S train.lr=1e-5` writes `1e-05`,
+    which YAML 1.1 (PyYAML's default) reads as a string. It refuses a key given twice (PyYAML keeps
+    the last) and aliases that expand past MAX_YAML_ALIAS_VALUES."""
     import re
 
     import yaml
 
     class Loader(yaml.SafeLoader):
-        def construct_document(self, node):
-            self._count_nodes(node, budget=[MAX_YAML_NODES])
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.keys: list[str] = []  # the key of each node being composed, outermost first
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.keys.append(index.value if isinstance(index, yaml.ScalarNode) else "" if index is None else str(index))
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.keys.pop()
+
+        # checked here, not in construct_mapping: there merge keys (`<<: *base`) are already
+        # flattened into the mapping, and a key they bring that the mapping sets again is not a duplicate
+        def compose_mapping_node(self, anchor: Any) -> Any:
+            node = super().compose_mapping_node(anchor)
+            first: dict[tuple[str, str], Any] = {}
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    earlier = first.setdefault((key.tag, key.value), key)
+                    if earlier is not key:
+                        dotted = ".".join(part for part in [*self.keys, key.value] if part)
+                        named = f"'{key.value}'" + (f" ({dotted})" if dotted != key.value else "")
+                        same_line = earlier.start_mark.line == key.start_mark.line  # `{lr: 1, lr: 2}`
+                        where = [f"line {mark.line + 1}" + (f", column {mark.column + 1}" if same_line else "")
+                                 for mark in (key.start_mark, earlier.start_mark)]
+                        raise _Refused(f"duplicate key {named} at {where[0]} (first at {where[1]}); "
+                                       "a key may appear only once")
+            return node
+
+        def construct_document(self, node: Any) -> Any:
+            sizes: dict[int, float] = {}
+            if _expanded_size(node, sizes) - len(sizes) > MAX_YAML_ALIAS_VALUES:
+                raise _Refused(f"YAML aliases expand to more than {MAX_YAML_ALIAS_VALUES} values; write the values out")
             return super().construct_document(node)
 
-        def _count_nodes(self, node, budget: list[int]) -> None:
-            # aliases are the same node object: walking the graph counts what they expand to
-            budget[0] -= 1
-            if budget[0] < 0:
-                raise yaml.constructor.ConstructorError(None, None, f"aliases expand to more than {MAX_YAML_NODES} values; "
-                                                        "write the values out", node.start_mark)  # fmt: skip
-            if isinstance(node, yaml.SequenceNode):
-                for item in node.value:
-                    self._count_nodes(item, budget)
-            elif isinstance(node, yaml.MappingNode):
-                for key, value in node.value:
-                    self._count_nodes(key, budget)
-                    self._count_nodes(value, budget)
+        def construct_yaml_int(self, node: Any) -> int:
+            try:
+                return super().construct_yaml_int(node)
+            except ValueError:  # `!!int abc`, or past Python's 4300-digit limit: PyYAML lets int() raise
+                raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.value[:20]!r} as an integer "
+                                                        "(of at most 4300 digits)", node.start_mark) from None
 
-        def construct_mapping(self, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (the last would win silently)",
-                                                            key_node.start_mark)  # fmt: skip
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
@@ -172,17 +208,25 @@ def _yaml_loader():
 
 
 def read_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
-    """Parse a YAML file; a missing, broken or non-UTF-8 one raises `error` with one line naming it."""
+    """Parse a YAML file; a missing, undecodable or broken one raises `error` with one line naming it."""
     import yaml
 
     path = Path(path)
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    try:
+        text = data.decode("utf-8")  # not the locale's encoding: YAML and DVC read UTF-8
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML {what}") from None
-    except yaml.YAMLError as exc:
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except _Refused as exc:
+        raise error(f"{path}: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise error(f"{path}: YAML nested too deeply to be a {what}") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a constructor's int()/float() on an explicit tag
         raise error(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
 
 

@@ -63,7 +63,12 @@ class PreprocessParams(_Section):
 
 def _int_as_float(value: Any) -> Any:
     # YAML reads `lr: 1` as an int; strict mode would refuse it as a float.
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # pydantic reports a ValueError; an OverflowError would be a traceback
+        raise ValueError("Input should be a finite number") from None
 
 
 class AugmentParams(_Section):
@@ -186,6 +191,16 @@ _SHORT = reprlib.Repr()
 _SHORT.maxlist = _SHORT.maxtuple = 6
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
 _SHORT.maxlevel = 3
+MAX_GOT = 80  # characters of a bad value that a message repeats
+
+
+def _short_repr(value: Any) -> str:
+    """`value` as a message shows it: at most MAX_GOT characters, however big it is."""
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit for str()
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= MAX_GOT else text[: MAX_GOT - 3] + "..."
 
 
 def _describe(error: dict, source: str) -> str:
@@ -207,7 +222,7 @@ def _describe(error: dict, source: str) -> str:
 
         got = redact(got)  # an error message must not repeat a password
     # capped: an alias bomb's value would take minutes and gigabytes to print in full
-    got_text = f" (got {_SHORT.repr(got)})" if not isinstance(got, dict) else ""
+    got_text = f" (got {_short_repr(got)})" if not isinstance(got, dict) else ""
     message = error["msg"].removeprefix("Value error, ")
     return f"{source}: invalid '{key}'{got_text}: {message}" + (f"; {allowed}" if allowed else "")
 
