@@ -10,9 +10,10 @@ BASELINE_REV ?= main
 ACTIVATIONS ?= relu tanh sigmoid
 DROPOUTS ?= 0.0 0.2 0.5
 JOBS ?= 2
-STORE = $(shell $(BIN)/python -c "from mnist_mlp.tracking import tracking_uri; print(tracking_uri())")
+# the store's URI from its one home, without importing MLflow or torch (tracking/location.py)
+STORE = $(shell $(BIN)/python -m mnist_mlp.tracking.location)
 
-.PHONY: install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
+.PHONY: help install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +21,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed  ## the venv with the project and its dev tools (pip, on first use of any target)
+
+help:  ## this list: each target and what it does, from the comment after its name
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:.*## / {printf "  %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 repro: install  ## rebuild data, model and reports (MNIST_MIRROR=folder-or-URL to read MNIST offline)
 	$(BIN)/dvc repro
 
-test: install  ## the test suite (no network, no real MNIST)
+test: install  ## the test suite in its tiers: fast, then integration, docs and slow (no network, no real MNIST)
 	$(BIN)/pytest
+	$(BIN)/pytest -m "integration or docs or slow"
 
 ui: install  ## the MLflow UI on 127.0.0.1 against the project's store (a tracking server serves its own UI)
 	@case "$(STORE)" in http://*|https://*) echo "the tracking server at $(STORE) serves the UI: open $(STORE)"; exit 0;; esac; \
@@ -45,7 +50,7 @@ app: install  ## draw a digit in the browser: the current model and every model 
 check-metrics: install  ## fail when reports/metrics.json regressed against $(BASELINE_REV) (rules: metrics_rules.yaml)
 	$(BIN)/mnist-mlp check-metrics --baseline-rev $(BASELINE_REV)
 
-check-reproducible: install  ## train a 1-epoch config twice on data/processed; fail unless bit-identical
+check-reproducible: install  ## rebuild the splits and train a 1-epoch config twice; fail unless weights and file md5s are bit-identical
 	$(BIN)/mnist-mlp check-reproducible
 
 bench: install  ## lecture's loop vs `fit` vs the matmul bound, the fast preset, MLflow's share -> reports/benchmarks.{json,md}; exit 1 if INVALID
@@ -79,16 +84,16 @@ export SERVER_PORT SERVER_HOST SERVER_DB SERVER_ARTIFACTS SERVER_AUTH SERVER_WOR
 
 server-deps: install  ## PostgreSQL from Debian where missing, started, with MLflow's role and databases (as root)
 	command -v pg_lsclusters >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql; }
-	$(BIN)/python -m mnist_mlp.server deps
+	$(BIN)/python -m ops.server deps
 
 server: install  ## mlflow server on PostgreSQL at 127.0.0.1:$(SERVER_PORT) in the foreground; prints the MLFLOW_TRACKING_URI to use
-	$(BIN)/python -m mnist_mlp.server run
+	$(BIN)/python -m ops.server run
 
 server-start: install  ## the same in the background (log in build/server/); returns once it answers
-	$(BIN)/python -m mnist_mlp.server start
+	$(BIN)/python -m ops.server start
 
 server-stop: install  ## stop what server-start started
-	$(BIN)/python -m mnist_mlp.server stop
+	$(BIN)/python -m ops.server stop
 
 test-server: install  ## the tests that run against mlflow server on PostgreSQL (make server-deps first)
 	$(BIN)/pytest -m server

@@ -25,13 +25,14 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 from mnist_mlp import files
-from mnist_mlp.augment import describe
-from mnist_mlp.data import Split, load_split, normalize
+from mnist_mlp.core.augment import describe
+from mnist_mlp.data.mnist import Split, load_split, normalize
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import INPUT_SIZE, MLP, NUM_CLASSES, architecture
+from mnist_mlp.core.model import INPUT_SIZE, MLP, NUM_CLASSES, architecture
 from mnist_mlp.params import Params, TrainParams, apply_preset, flatten
 from mnist_mlp.project import run_cli
-from mnist_mlp.train import deterministic, fit, resolve_device, seeded_model
+from mnist_mlp.core.determinism import deterministic
+from mnist_mlp.core.train import fit, resolve_device, seeded_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_ACCURACY = 0.98
@@ -215,14 +216,15 @@ def mlflow_seconds(params: Params, data: Path, root: Path) -> float:
     """Seconds of the train stage's tracking work (the splits' digests, a run with its params and datasets,
     a metrics batch per epoch, the summary) in the store of MLFLOW_TRACKING_URI, artifacts under `root`;
     creating the store is not counted."""
-    from mnist_mlp import tracking
+    from mnist_mlp.tracking import runs
+    from mnist_mlp.tracking import store
 
-    tracking.ensure_experiment(params.tracking.experiment, root)
+    store.ensure_experiment(params.tracking.experiment, root)
     record = {"train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.9, "lr": 1e-3,
               "seconds": 2.0, "samples_per_s": 27500.0}
     started = time.perf_counter()
     splits = {split: (data / f"{split}.pt", files.md5_of(data / f"{split}.pt")) for split in ("train", "val")}
-    with tracking.training_run(params.tracking.experiment, flatten(params), {"device": "cpu"}) as run:
+    with runs.training_run(params.tracking.experiment, flatten(params), {"device": "cpu"}) as run:
         run.log_datasets(splits)
         for epoch in range(1, params.train.epochs + 1):
             run.log_epoch({**record, "epoch": epoch})

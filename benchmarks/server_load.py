@@ -3,9 +3,9 @@
     python benchmarks/server_load.py [--trainings 8] [--epochs 40] [--out reports/server_load]
 
 Needs `make server-deps` (PostgreSQL and the MLflow role); starts its own throwaway server (a fresh
-database, a free port: mnist_mlp.server.scratch_server) and a fresh SQLite file, so it measures nothing
+database, a free port: ops.server.scratch_server) and a fresh SQLite file, so it measures nothing
 else's runs. For each store, `--trainings` worker processes open a run at once through the project's
-tracking code (tracking.training_run: the params and tags of a training), wait until all are open, then
+tracking code (runs.training_run: the params and tags of a training), wait until all are open, then
 log a training's metrics as fast as they can: one batch of 7 metrics per epoch (Run.log_epoch, what
 the train stage sends), then the summary. No torch work in between: the figures are the logging path's.
 Every run must end FINISHED with every metric at every step; a lost run or metric makes the result
@@ -27,11 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_mlp import files, server, tracking
-from mnist_mlp.errors import UserError
-from mnist_mlp.project import run_cli
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script (python benchmarks/server_load.py) from any folder: `ops` importable
+
+from mnist_mlp import files  # noqa: E402
+from mnist_mlp.errors import UserError  # noqa: E402
+from mnist_mlp.project import run_cli  # noqa: E402
+from mnist_mlp.tracking import runs, store  # noqa: E402
+from ops import server  # noqa: E402
+
 EXPERIMENT = "server-load"
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s")
 SUMMARY_METRICS = ("best_val_accuracy", "best_epoch", "train_seconds")
@@ -42,7 +46,7 @@ def worker(epochs: int, go: Path, pause: float) -> None:
     opened = time.perf_counter()
     params = {"epochs": epochs, "hidden_sizes": [512, 512], "activation": "relu", "dropout": 0.2, "lr": 0.002}
     latencies = []
-    with tracking.training_run(EXPERIMENT, params, {"load_worker": str(os.getpid())}) as run:
+    with runs.training_run(EXPERIMENT, params, {"load_worker": str(os.getpid())}) as run:
         open_seconds = time.perf_counter() - opened
         print("open", flush=True)
         while not go.exists():
@@ -71,7 +75,7 @@ def _spawn(uri: str, epochs: int, go: Path, pause: float = 0.0) -> subprocess.Po
 def _lost(uri: str, run_ids: list[str], expected: int, epochs: int) -> tuple[int, int]:
     """(runs not FINISHED or missing, metric values missing) in the store, for `expected` runs."""
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    client = tracking.client()
+    client = store.client()
     found = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], max_results=1000)
     finished = {run.info.run_id for run in found if run.info.status == "FINISHED"}
     lost_runs = expected - len(finished & set(run_ids))
@@ -193,7 +197,7 @@ def main() -> None:
             # both stores made and migrated before the clock runs
             for uri in (sqlite_uri, scratch.uri):
                 os.environ["MLFLOW_TRACKING_URI"] = uri
-                tracking.ensure_experiment(EXPERIMENT, root=folder)
+                store.ensure_experiment(EXPERIMENT, root=folder)
             results = [load("SQLite file", sqlite_uri, args.trainings, args.epochs, folder),
                        load("server on PostgreSQL", scratch.uri, args.trainings, args.epochs, folder)]  # fmt: skip
             restart = restart_under_a_run(scratch, args.restart_epochs, args.pause, folder)

@@ -9,7 +9,8 @@ URL with the files, gzip or raw), then torchvision's official mirrors ($MNIST_OF
 import argparse
 import os
 
-from mnist_mlp.download import download_mnist, expected_files, official_sources, redact, resolve_sources
+from mnist_mlp.data.download import download_mnist, expected_files, official_sources, resolve_sources
+from mnist_mlp.errors import redact
 from mnist_mlp.files import one_unit
 from mnist_mlp.params import load_params
 from mnist_mlp.project import repo_root, run_cli

@@ -2,7 +2,7 @@
 
 import argparse
 
-from mnist_mlp.data import preprocess
+from mnist_mlp.data.mnist import preprocess
 from mnist_mlp.files import one_unit
 from mnist_mlp.params import check_unchanged, load_params
 from mnist_mlp.project import run_cli

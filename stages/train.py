@@ -1,23 +1,25 @@
 """DVC stage `train`: fit the MLP from params.yaml, keep the best-on-validation weights.
 
-Writes models/model.pt (weights, resolved params, normalization, MLflow run id), the
-per-epoch log reports/training_log.csv and a figure of the (augmented) training digits;
-the same numbers and the figure go to one MLflow run.
+Writes models/model.pt (weights, resolved params, normalization: the same bytes for the same
+inputs), reports/training_run.json (its MLflow run id and seconds), the per-epoch log
+reports/training_log.csv and a figure of the (augmented) training digits; the same numbers and
+the figure go to one MLflow run.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from mnist_mlp import tracking
-from mnist_mlp.augment import augmented_figure, describe, is_active
-from mnist_mlp.checkpoint import save_checkpoint
-from mnist_mlp.data import load_split
+from mnist_mlp.tracking import runs
+from mnist_mlp.core.augment import augmented_figure, describe, is_active
+from mnist_mlp.core.checkpoint import save_checkpoint, write_training_record
+from mnist_mlp.data.mnist import load_split
 from mnist_mlp.files import md5_of, one_unit, save_figure, write_csv
-from mnist_mlp.model import architecture, count_parameters
+from mnist_mlp.core.model import architecture, count_parameters
 from mnist_mlp.params import check_unchanged, flatten, load_params
 from mnist_mlp.project import run_cli
-from mnist_mlp.train import deterministic, fit, format_epoch, resolve_device, seeded_model
+from mnist_mlp.core.determinism import deterministic
+from mnist_mlp.core.train import fit, format_epoch, resolve_device, seeded_model
 
 
 def main() -> None:
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed", type=Path)
     parser.add_argument("--model", default="models/model.pt")
+    parser.add_argument("--record", default="reports/training_run.json")
     parser.add_argument("--log", default="reports/training_log.csv")
     parser.add_argument("--augmented", default="reports/figures/augmented.png", type=Path)
     args = parser.parse_args()
@@ -41,22 +44,23 @@ def main() -> None:
     splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
     tags = {"device": str(device), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
     tags |= {f"sweep_{key}": value for key, value in (("id", params.tracking.sweep_id), ("base", params.tracking.sweep_base)) if value}
-    with tracking.training_run(params.tracking.experiment, flatten(params), tags) as run:
+    with runs.training_run(params.tracking.experiment, flatten(params), tags) as run:
         run.log_datasets(splits)
 
         def report(record: dict) -> None:
             run.log_epoch(record)
             print(f"train: {format_epoch(record, settings.epochs)}", flush=True)
 
-        with deterministic(device):
+        with deterministic(device, settings.threads):
             result = fit(model, train, val, settings, device, on_epoch=report, progress=sys.stderr.isatty())
         model.load_state_dict(result.best_state)
-        summary = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "train_seconds": result.seconds}
-        run.log_metrics(summary)
-        info = {**summary, "epochs": settings.epochs, "device": str(device), "mlflow_run_id": run.run_id}
+        summary = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch}
+        run.log_metrics({**summary, "train_seconds": result.seconds})
+        info = {**summary, "epochs": settings.epochs, "device": str(device)}
         # one unit after training: a failed run (a full disk too) leaves every previous output as it was
         with one_unit():
             save_checkpoint(args.model, model, train.normalization, params.model_dump(), info)
+            write_training_record(args.record, run.run_id, result.seconds)
             write_csv(args.log, result.history)
             save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
             run.log_files([args.augmented], "figures")

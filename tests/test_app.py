@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_support import drawn, log_sweep, png, save_model
-from conftest import cli_in_process
-from digit_images import write_styled_digits
-from mnist_mlp import app, predict, tracking
+from ops.processes import free_port
+from support.app import drawn, log_sweep, png, save_model
+from support.cli import cli_in_process
+from support.digit_images import write_styled_digits
+from mnist_mlp.serving import app
+from mnist_mlp.serving import predict
+from mnist_mlp.tracking import queries
 
 SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]  # the order the runs are logged in
 # the order the page shows them: numbers ascending, words in the order the sweep ran them
@@ -226,9 +229,7 @@ def test_no_model_and_no_store_say_which_commands_make_them(tmp_path, monkeypatc
 
 
 def test_an_unreachable_tracking_server_is_a_notice_not_a_crash(client, checkpoint, monkeypatch):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens there once closed
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     client = app.create_app(app.Models(str(checkpoint))).test_client()
@@ -284,7 +285,7 @@ def test_clients_see_no_store_uri_or_server_path_but_the_log_keeps_them(tmp_path
 
 @pytest.mark.bad_input
 @pytest.mark.parametrize("error, answer", [
-    (lambda root: tracking.SweepError(f"cannot read the sweeps in sqlite:///{root}/mlflow.db (disk I/O error)"),
+    (lambda root: queries.NoRunsError(f"cannot read the sweeps in sqlite:///{root}/mlflow.db (disk I/O error)"),
      (400, "cannot read the sweeps in <store> (disk I/O error)")),
     (lambda root: PermissionError(13, "Permission denied", f"{root}/models/model.pt"),
      (500, "internal error: PermissionError: [Errno 13] Permission denied: 'model.pt'")),
@@ -335,7 +336,7 @@ def test_a_16_bit_png_is_read_like_its_8_bit_version(client):
 def test_measure_prints_each_models_latency(checkpoint, store_env, tmp_path, capsys):
     image = tmp_path / "one.png"
     image.write_bytes(png(drawn("one")))
-    code, out, err = cli_in_process(["app", "--model", str(checkpoint), "--experiment", "mnist-mlp", "--measure", str(image)], capsys)
+    code, out, err = app_latency([str(image), "--model", str(checkpoint), "--experiment", "mnist-mlp"])
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].startswith(f"{image}: 100 passes on the CPU")
@@ -363,6 +364,17 @@ def test_a_port_in_use_is_one_line(checkpoint, store_env, capsys):
 def test_measure_without_a_model_says_how_to_make_one(tmp_path, store_env, capsys):
     image = tmp_path / "one.png"
     image.write_bytes(png(drawn("one")))
-    code, out, err = cli_in_process(["app", "--model", str(tmp_path / "none.pt"), "--experiment", "mnist-mlp", "--measure", str(image)], capsys)
+    code, out, err = app_latency([str(image), "--model", str(tmp_path / "none.pt"), "--experiment", "mnist-mlp"])
     assert (code, out) == (1, "")
-    assert err == f"mnist-mlp app: error: {tmp_path / 'none.pt'}: model file not found; run `dvc repro` to train one\n"
+    assert err == f"app_latency: error: {tmp_path / 'none.pt'}: model file not found; run `dvc repro` to train one\n"
+
+
+def app_latency(arguments: list[str]) -> tuple[int, str, str]:
+    """benchmarks/app_latency.py (the latency measurement, out of the app) run as its users run it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "app_latency.py"
+    result = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True)
+    return result.returncode, result.stdout, result.stderr

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from app_support import log_sweep, save_model
-from conftest import BIN, ROOT
-from digit_images import write_styled_digits
+from support.app import log_sweep, save_model
+from ops.processes import ManagedProcess, free_port, url_answers
+from support.digit_images import write_styled_digits
+from support.paths import BIN, ROOT
 from mnist_mlp.files import write_bytes
-from test_browser import browser, free_port, mlflow_server  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]
@@ -37,28 +34,11 @@ def app_url(tmp_path: Path, mlflow_store: str, request) -> tuple[str, list[str]]
     server = request.getfixturevalue("mlflow_server")  # after the runs: it serves MLFLOW_TRACKING_URI's store
     model = save_model(tmp_path / "model.pt")
     port = free_port()
-    log = tmp_path / "app.log"
-    with log.open("w") as output:
-        app = subprocess.Popen(
-            [str(BIN / "mnist-mlp"), "app", "--model", str(model), "--port", str(port)],
-            env={**os.environ, "MLFLOW_TRACKING_URI": server}, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert app.poll() is None, f"mnist-mlp app exited:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{url}api/models", timeout=5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"mnist-mlp app did not answer within 180 s:\n{log.read_text()}"
-                time.sleep(1)
+    command = [BIN / "mnist-mlp", "app", "--model", model, "--port", str(port)]
+    with ManagedProcess(command, log=tmp_path / "app.log", env={**os.environ, "MLFLOW_TRACKING_URI": server}) as app:
+        app.wait_until(lambda: url_answers(f"{url}api/models"), timeout=180)
         yield url, names
-    finally:
-        os.killpg(app.pid, signal.SIGTERM)
-        app.wait(timeout=30)
 
 
 def stroke(driver, kind: str, points: list[tuple[float, float]]) -> None:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from mnist_mlp.augment import (
+from mnist_mlp.core.augment import (
     affine_grid,
     augment_batch,
     augmented_figure,
@@ -166,6 +166,5 @@ def test_the_figure_shows_each_digit_stored_then_augmented():
     assert len(figure.axes) == 3 * 5
     assert "rotation 15" in figure._suptitle.get_text()
     off = augmented_figure(images, labels, AugmentParams(), seed=0, digits=2, versions=2)
-    assert "train.augment: off" in off._suptitle.get_text()
-    shown = [axes.images[0].get_array() for axes in off.axes]
-    assert all((frame == shown[0]).all() for frame in shown[:3])  # off: the stored digit, unchanged
+    assert "train.augment is off" in off._suptitle.get_text()
+    assert len(off.axes) == 2  # off: each digit once, as stored, not copies of it that nothing deformed

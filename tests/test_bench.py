@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import MLP
+from mnist_mlp.core.model import MLP
 from mnist_mlp.params import Params, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +143,7 @@ def test_the_train_stages_mlflow_work_is_timed_in_the_given_store(mlflow_store: 
     assert sorted(d.dataset.name for d in run.inputs.dataset_inputs) == ["mnist-train", "mnist-val"]
 
 
+@pytest.mark.integration
 def test_a_tiny_real_run_writes_both_reports_and_exits_0_only_when_valid(tiny_raw: Path, tiny_processed: Path,
                                                                          tmp_path: Path):
     # a leftover experiment in the working folder's params.yaml must not change what is measured

@@ -7,112 +7,17 @@ and mlflow_run.png, the screenshots the README shows.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT
+from support.browser import call, wait_for_texts
+from support.paths import ROOT
+from support.sweep import run_sweep
 from mnist_mlp.files import write_bytes
-from sweep_support import run_sweep
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FIGURES = ROOT / "reports" / "figures"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def call(base: str, endpoint: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{base}/api/2.0/mlflow/{endpoint}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    """`mlflow server` on a free 127.0.0.1 port, against MLFLOW_TRACKING_URI; stopped after."""
-    port = free_port()
-    log = (tmp_path / "mlflow-server.log").open("w")
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"],
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"mlflow server exited:\n{(tmp_path / 'mlflow-server.log').read_text()}"
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.read().strip() == b"OK":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 180 s"
-            time.sleep(1)
-        yield base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its workers only
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
-@pytest.fixture
-def browser(tmp_path: Path):
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: `make browser-deps` (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1800,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(flag)  # fmt: skip
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(120)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for_texts(driver, texts: list[str], timeout: float = 120) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def shown(d):
-        # textContent: a long run name is cut by CSS (text-overflow), not in the page itself
-        body = d.execute_script("return document.body.textContent")
-        return all(text in body for text in texts)
-
-    try:
-        WebDriverWait(driver, timeout, poll_frequency=1).until(shown)
-    except Exception:
-        body = driver.find_element("tag name", "body").text
-        missing = [text for text in texts if text not in body]
-        raise AssertionError(f"the page at {driver.current_url} never showed {missing}; it shows:\n{body[:3000]}") from None
 
 
 def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: str, browser):

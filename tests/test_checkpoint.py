@@ -5,13 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_mlp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mnist_mlp.data import Normalization
+from mnist_mlp.core.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_training_record,
+    save_checkpoint,
+    write_training_record,
+)
+from mnist_mlp.files import md5_of
+from mnist_mlp.data.mnist import Normalization
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import MLP
+from mnist_mlp.core.model import MLP
 
 PARAMS = {"train": {"hidden_sizes": [24, 12], "activation": "tanh", "dropout": 0.3}}
-INFO = {"best_val_accuracy": 0.97, "best_epoch": 2, "epochs": 3, "mlflow_run_id": "abc"}
+INFO = {"best_val_accuracy": 0.97, "best_epoch": 2, "epochs": 3, "device": "cpu"}
 
 
 @pytest.fixture
@@ -83,3 +90,28 @@ def test_missing_and_foreign_files(tmp_path):
     torch.save({"weight": torch.zeros(2)}, foreign)
     with pytest.raises(CheckpointError, match=r"not a mnist-mlp checkpoint \(format_version 1 expected\)"):
         load_checkpoint(foreign)
+
+
+def test_the_same_model_gives_the_same_bytes_under_any_name(saved, tmp_path):
+    path, model = saved
+    elsewhere = tmp_path / "another folder" / "renamed-model.pt"
+    save_checkpoint(elsewhere, model, Normalization(0.13, 0.31), PARAMS, INFO)
+    assert md5_of(elsewhere) == md5_of(path)
+    save_checkpoint(elsewhere, model, Normalization(0.13, 0.31), PARAMS, {**INFO, "best_epoch": 3})
+    assert md5_of(elsewhere) != md5_of(path)  # the bytes do follow the content
+
+
+@pytest.mark.bad_input
+def test_the_training_record_round_trips_and_refuses_what_is_not_one(tmp_path):
+    record = tmp_path / "training_run.json"
+    write_training_record(record, "0123abcd", 12.34567)
+    assert read_training_record(record) == {"mlflow_run_id": "0123abcd", "train_seconds": 12.346}
+    expected = "expected the train stage's record ({mlflow_run_id, train_seconds}); run `dvc repro train`"
+    for text, problem in (('{"mlflow_run_id": 5, "train_seconds": 1}', ""), ("[1]", ""), ("{", "not readable JSON (JSONDecodeError); "),
+                          ('{"mlflow_run_id": "x", "train_seconds": true}', "")):  # fmt: skip
+        record.write_text(text)
+        with pytest.raises(CheckpointError) as refused:
+            read_training_record(record)
+        assert str(refused.value) == f"{record}: {problem}{expected}"
+    with pytest.raises(CheckpointError, match="training_run.json: not found; expected"):
+        read_training_record(tmp_path / "absent" / "training_run.json")

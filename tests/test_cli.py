@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import BIN, ROOT
+from support.paths import BIN, ROOT
 from mnist_mlp.cli import main
 from mnist_mlp.params import Params, apply_preset, validate_params
 

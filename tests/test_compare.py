@@ -10,10 +10,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import cli_in_process
-from mnist_mlp import compare
+from support.cli import cli_in_process
+from mnist_mlp.experiments import compare
 from mnist_mlp.params import Params, apply_preset, flatten
-from mnist_mlp.tracking import SweepError
+from mnist_mlp.tracking.queries import NoRunsError
 
 
 def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, curve, test_accuracy, status="FINISHED", **params):
@@ -51,6 +51,21 @@ def store(mlflow_store):
     return client
 
 
+def test_the_best_setting_is_chosen_on_validation_and_its_test_accuracy_only_reported(mlflow_store):
+    client = mlflow.MlflowClient(mlflow_store)
+    experiment_id = client.create_experiment("mnist-mlp")
+    # relu/0 is best on validation, tanh/0 on the test digits: validation must choose
+    log_run(client, experiment_id, "V-relu", "V", "relu", 0.0, 0, [0.90, 0.99], 0.95)
+    log_run(client, experiment_id, "V-tanh", "V", "tanh", 0.0, 0, [0.90, 0.97], 0.98)
+    result = compare.compare("mnist-mlp")
+    assert tuple(compare.chosen(result)[compare.SETTING]) == ("relu", 0.0)
+    assert compare.chosen_line(result) == (
+        "Chosen on validation (the test digits never choose): relu, dropout 0, mean best validation accuracy 0.9900 "
+        "over 1 run(s); its test accuracy, reported beside it: 0.9500. Each setting has one run (one seed, one sample), "
+        "so this ranking cannot tell settings apart."
+    )
+
+
 def test_latest_sweep_by_default_with_mean_and_std_for_seeds(store, tmp_path):
     result = compare.compare("mnist-mlp")
     assert result.sweep_id == "B"
@@ -73,7 +88,9 @@ def test_latest_sweep_by_default_with_mean_and_std_for_seeds(store, tmp_path):
     seeded = result.runs.set_index("name").loc["B-relu-0.5-s1", "run_id"]
     assert ["B-relu-0.5-s1", "relu", "0.5", "1", "0.9000", "0.9700", "20.0", seeded] in rows
     text = table.read_text()
-    assert "Best run: `B-relu-0.5-s1`" in text and "`B-crashed` (FAILED)" in text
+    # every setting of B reached 0.9 on validation: the tie goes to the first, whatever the test digits say
+    assert "Chosen on validation (the test digits never choose): relu, dropout 0, mean best validation accuracy 0.9000 over 1 run(s)" in text
+    assert "`B-crashed` (FAILED)" in text and "cannot tell settings apart" not in text  # relu/0.5 has two seeds
     assert "Settings all 7 runs shared: epochs=2, lr=0.002, tracking.sweep_id=B" in text and "WARNING" not in text
     assert "dvc plots diff B-relu-0.0 B-relu-0.2" in text
     assert "workspace" not in text and "| old " not in text
@@ -114,9 +131,9 @@ def test_the_default_experiment_is_the_one_in_params_yaml(store, tmp_path, monke
 
 
 def test_unknown_sweep_and_experiment_are_one_clear_line(store, tmp_path, monkeypatch, capsys):
-    with pytest.raises(SweepError, match="no finished run of sweep 'nope'"):
+    with pytest.raises(NoRunsError, match="no finished run of sweep 'nope'"):
         compare.compare("mnist-mlp", "nope")
-    with pytest.raises(SweepError, match="no experiment 'other'"):
+    with pytest.raises(NoRunsError, match="no experiment 'other'"):
         compare.compare("other", compare.ALL)
     monkeypatch.chdir(tmp_path)
     code, out, err = cli_in_process(["compare", "--sweep-id", "nope", "--reports", str(tmp_path / "r")], capsys)
@@ -128,7 +145,7 @@ def test_unknown_sweep_and_experiment_are_one_clear_line(store, tmp_path, monkey
 def test_no_sweep_yet_points_to_make_sweep(mlflow_store):
     client = mlflow.MlflowClient(mlflow_store)
     log_run(client, client.create_experiment("mnist-mlp"), "workspace", "", "relu", 0.2, 0, [0.9], 0.9)
-    with pytest.raises(SweepError, match="make sweep"):
+    with pytest.raises(NoRunsError, match="make sweep"):
         compare.compare("mnist-mlp")
     assert len(compare.compare("mnist-mlp", compare.ALL).runs) == 1
 
@@ -163,7 +180,7 @@ def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_lo
     log_preset_run(client, experiment_id, almost, 4, 0.1)  # one param off: no preset's run
     log_preset_run(client, experiment_id, Params(tracking={"sweep_id": "s1"}, train={"device": "cpu"}), 1, 0.92)
 
-    table = compare.compare_presets("mnist-mlp", presets).set_index("preset")
+    table = compare.compare_presets("mnist-mlp", tmp_path / "project").set_index("preset")  # the project root
     assert list(table.index) == ["default", "wide"]  # `short` has no run
     assert table.loc["default", "runs"] == 2 and table.loc["default", "seeds"] == "0, 1"
     assert table.loc["default", "test accuracy"] == "0.9100 ± 0.0141"
@@ -181,7 +198,8 @@ def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_lo
 def test_presets_without_runs_are_one_clear_line(mlflow_store, tmp_path):
     client = mlflow.MlflowClient(mlflow_store)
     experiment_id = client.create_experiment("mnist-mlp")
-    (tmp_path / "fast.yaml").write_text("train:\n  epochs: 2\n")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "fast.yaml").write_text("train:\n  epochs: 2\n")  # the presets of the project at tmp_path
     with pytest.raises(compare.CompareError, match="no finished run with a test accuracy in experiment 'mnist-mlp'"):
         compare.compare_presets("mnist-mlp", tmp_path)
     log_preset_run(client, experiment_id, Params(train={"epochs": 3}), 0, 0.9)

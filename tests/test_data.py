@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import RAW_NAMES, synthetic_digits, write_idx, write_tiny_mnist
-from mnist_mlp.data import (
+from mnist_mlp.files import md5_of
+from support.mnist_files import RAW_NAMES, synthetic_digits, write_idx, write_tiny_mnist
+from mnist_mlp.data.mnist import (
     DataError,
     Normalization,
     load_split,
@@ -99,6 +100,31 @@ def test_standardize_uses_the_training_split_only(tiny_raw, tmp_path):
     moved = preprocess(brighter, tmp_path / "b", "standardize", val_size=100, split_seed=0)
     assert moved["normalization"] == summary["normalization"]
     assert bool((load_split(tmp_path / "b" / "val.pt").images == 255).all())
+
+
+def test_standardize_is_exact_whatever_the_thread_count():
+    # pixels 0 and 255 in equal numbers: mean 0.5, unbiased variance 0.25 * n / (n - 1), exactly
+    n = 2 * 28 * 28 * 3
+    images = torch.tensor([0, 255] * (n // 2), dtype=torch.uint8).reshape(6, 28, 28)
+    stats = Normalization.fit("standardize", images)
+    assert stats.mean == 0.5 and stats.std == (0.25 * n / (n - 1)) ** 0.5
+    threads = torch.get_num_threads()
+    try:
+        fits = set()
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            fits.add(Normalization.fit("standardize", torch.randint(0, 256, (2000, 28, 28), dtype=torch.uint8,
+                                                                    generator=torch.Generator().manual_seed(0))))  # fmt: skip
+        assert len(fits) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_same_raw_files_give_byte_identical_splits_in_folders_of_any_name(tiny_raw, tmp_path):
+    for folder in ("processed", "another name/.processed.tmp"):
+        preprocess(tiny_raw, tmp_path / folder, "standardize", val_size=100, split_seed=0)
+    for split in ("train.pt", "val.pt", "test.pt"):
+        assert md5_of(tmp_path / "processed" / split) == md5_of(tmp_path / "another name/.processed.tmp" / split)
 
 
 @pytest.mark.parametrize(("method", "mean", "std"), [("max", 0.0, 1.0), ("tutorial", 0.5, 0.5)])

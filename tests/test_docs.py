@@ -1,6 +1,6 @@
 """The docs cannot drift: every console example in README.md and docs/*.md runs here, its output checked.
 
-How examples are written and compared: tests/docs_examples.py. Each page runs in its own copy of
+How examples are written and compared: tests/support/docs_examples.py. Each page runs in its own copy of
 one tiny project on synthetic MNIST where `dvc repro` already ran (where the quick start leaves a reader).
 """
 
@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import docs_examples as docs
-from conftest import TINY_PARAMS, _checksum_file, write_tiny_mnist
+import support.docs_examples as docs
+from support.params import TINY_PARAMS
 
 CONSOLE_PAGES = [page for page in docs.PAGES if any(block.lang == "console" for block in docs.blocks(page))]
+
+pytestmark = pytest.mark.docs  # the console examples run dvc repro and each page's commands: tier `docs`
 
 
 def _children_cpu() -> float:
@@ -34,8 +36,7 @@ def page_id(page: Path) -> str:
 def docs_project(tmp_path_factory, empty_mlflow_db: Path) -> tuple[Path, dict]:
     venv = Path(sys.executable).parent.parent
     started, cpu = time.monotonic(), _children_cpu()
-    made = docs.make_base_project(tmp_path_factory.mktemp("docs-base"), venv, TINY_PARAMS, write_tiny_mnist,
-                                  _checksum_file, empty_mlflow_db)
+    made = docs.make_base_project(tmp_path_factory.mktemp("docs-base"), venv, TINY_PARAMS, empty_mlflow_db)
     print(f"{time.monotonic() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  the docs' project: dvc repro")
     return made
 

@@ -9,17 +9,17 @@ import os
 import pytest
 import yaml
 
-from conftest import write_tiny_mnist
-from mnist_mlp.download import (
+from support.mnist_files import write_tiny_mnist
+from mnist_mlp.data.download import (
     MNIST_FILES,
     DownloadError,
     MnistFile,
     download_mnist,
     expected_files,
     official_mirrors,
-    redact,
     resolve_sources,
 )
+from mnist_mlp.errors import redact
 from mnist_mlp.files import md5_of
 
 NAMES = [item.name for item in MNIST_FILES]

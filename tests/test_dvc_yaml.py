@@ -15,29 +15,40 @@ PACKAGE = ROOT / "src" / "mnist_mlp"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def module_file(module: str) -> Path | None:
+    """mnist_mlp.a.b -> src/mnist_mlp/a/b.py, or its package's __init__.py; None for a name that is not a module."""
+    path = PACKAGE.parent.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def imported_modules(path: Path) -> set[str]:
     """The mnist_mlp modules a file imports anywhere in it (function-level imports too)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("mnist_mlp.")}
-        elif isinstance(node, ast.ImportFrom) and node.module == "mnist_mlp":
-            found |= {f"mnist_mlp.{alias.name}" for alias in node.names if (PACKAGE / f"{alias.name}.py").is_file()}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnist_mlp."):
-            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mnist_mlp":
+            found.add(node.module)  # `from mnist_mlp.core import train`: the package and its module train
+            found |= {f"{node.module}.{alias.name}" for alias in node.names if module_file(f"{node.module}.{alias.name}")}
     return found
 
 
 def module_closure(script: Path) -> set[str]:
-    """Every project file that runs when `script` runs: its mnist_mlp imports, transitively, and the package's __init__."""
+    """Every project file that runs when `script` runs: its mnist_mlp imports, transitively, with every
+    package's __init__.py on the way (importing mnist_mlp.core.train runs mnist_mlp/__init__.py and core/__init__.py)."""
     files, todo = set(), [script]
     while todo:
         for module in imported_modules(todo.pop()):
-            path = PACKAGE / f"{module.removeprefix('mnist_mlp.')}.py"
-            if path not in files:
-                files.add(path)
-                todo.append(path)
-    return {str(path.relative_to(ROOT)) for path in files | ({PACKAGE / "__init__.py"} if files else set())}
+            parts = module.split(".")
+            for depth in range(1, len(parts) + 1):
+                path = module_file(".".join(parts[:depth]))
+                if path is not None and path not in files:
+                    files.add(path)
+                    todo.append(path)
+    return {str(path.relative_to(ROOT)) for path in files}
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -54,10 +65,11 @@ def test_stage_deps_are_the_modules_it_imports(stage):
 
 def test_the_closure_follows_imports_through_the_package(tmp_path):
     script = tmp_path / "stage.py"
-    script.write_text("from mnist_mlp.train import fit\n")
+    script.write_text("from mnist_mlp.core.train import fit\n")
     closure = module_closure(script)
-    assert {"src/mnist_mlp/train.py", "src/mnist_mlp/model.py", "src/mnist_mlp/data.py", "src/mnist_mlp/__init__.py"} <= closure
-    assert "src/mnist_mlp/tracking.py" not in closure
+    assert {"src/mnist_mlp/core/train.py", "src/mnist_mlp/core/model.py", "src/mnist_mlp/data/mnist.py",
+            "src/mnist_mlp/__init__.py", "src/mnist_mlp/core/__init__.py", "src/mnist_mlp/data/__init__.py"} <= closure
+    assert not any(path.startswith("src/mnist_mlp/tracking/") for path in closure)
 
 
 @pytest.mark.bad_input

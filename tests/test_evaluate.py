@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_mlp.data import load_split
-from mnist_mlp.evaluate import (
+from mnist_mlp.data.mnist import load_split
+from mnist_mlp.core.evaluate import (
     classification_metrics,
     confusion_figure,
     evaluate,
@@ -16,7 +16,7 @@ from mnist_mlp.evaluate import (
     summary_metrics,
 )
 from mnist_mlp.files import save_figure
-from mnist_mlp.model import MLP
+from mnist_mlp.core.model import MLP
 
 # twelve digits: 0s all right, two 1s of which one is called 7, a 2 called 3, the rest right
 LABELS = np.array([0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9])
@@ -90,4 +90,4 @@ def test_summary_metrics_shape():
     assert report["mlflow_run_id"] == "abc123"
     assert report["test"]["accuracy"] == pytest.approx(10 / 12)
     assert report["test"]["per_class"]["1"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3)}
-    assert report["train"] == {"best_val_accuracy": 0.9, "best_epoch": 3, "epochs": 4, "seconds": 12.35}
+    assert report["training"] == {"best_val_accuracy": 0.9, "best_epoch": 3, "epochs": 4, "seconds": 12.35}

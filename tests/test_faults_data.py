@@ -7,10 +7,8 @@ expected, the previous outputs byte-for-byte as they were, and no temp file left
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.server
 import shutil
-import socket
 import threading
 from pathlib import Path
 
@@ -18,20 +16,12 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import RAW_NAMES, synthetic_digits, write_idx, write_tiny_mnist
-from faults_support import assert_one_clear_error, snapshot, stage_in_process, temp_leftovers, tiny_params
+from ops.processes import free_port
+from support.faults import assert_one_clear_error, snapshot, stage_in_process, temp_leftovers
+from support.mnist_files import RAW_NAMES, synthetic_digits, write_checksums, write_idx, write_tiny_mnist
+from support.params import tiny_params
 
 TRAIN_IMAGES, TRAIN_LABELS = RAW_NAMES["train"]
-
-
-def checksums_of(mirror: Path, out: Path) -> Path:
-    """MNIST_CHECKSUMS for the (good) files of a mirror."""
-    sums = {}
-    for path in sorted(mirror.iterdir()):
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        sums[path.name.removesuffix(".gz")] = hashlib.md5(data).hexdigest()
-    out.write_text(yaml.safe_dump(sums))
-    return out
 
 
 @pytest.fixture
@@ -39,7 +29,7 @@ def workdir(tmp_path: Path) -> Path:
     """A folder with params.yaml, a good mirror, its checksums, and outputs of an earlier run."""
     tiny_params(tmp_path / "params.yaml")
     good = write_tiny_mnist(tmp_path / "good-mirror", train_count=120, test_count=40)
-    checksums_of(good, tmp_path / "checksums.yaml")
+    write_checksums(good, tmp_path / "checksums.yaml")
     # an earlier run's outputs: stale versions a failed run must neither replace nor delete
     old_raw = write_tiny_mnist(tmp_path / "data" / "raw", train_count=60, test_count=20, compress=False)
     (old_raw / "notes.txt").write_text("left by an earlier run\n")
@@ -134,10 +124,7 @@ def http_404():
 @pytest.fixture
 def refused_url():
     """A 127.0.0.1 port nobody listens on (bound then closed): connections are refused at once."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/mnist/"
+    return f"http://127.0.0.1:{free_port()}/mnist/"
 
 
 @pytest.mark.bad_input

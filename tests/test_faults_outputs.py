@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, run
-from faults_support import assert_one_clear_error, fresh_store, snapshot, stage_in_process, temp_leftovers, tiny_params
+from support.cli import run
+from support.faults import assert_one_clear_error, fresh_store, snapshot, stage_in_process, temp_leftovers
+from support.paths import BIN
 from mnist_mlp import files
-from test_faults_training import store_template, trained_before  # noqa: F401 - fixtures
 
 STAGES = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
 
@@ -65,9 +65,9 @@ def full_folder(path: Path):
 
 @pytest.mark.fault
 @pytest.mark.parametrize("full", ["reports", "models"])
-def test_a_full_disk_after_training_keeps_the_previous_model_and_log(trained_before, store_template, full, capsys,
+def test_a_full_disk_after_training_keeps_the_previous_model_and_log(trained_before, empty_mlflow_db, full, capsys,
                                                                       monkeypatch):  # fmt: skip
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(store_template, trained_before / "store"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(empty_mlflow_db, trained_before / "store"))
     target = {"reports": "full/training_log.csv", "models": "full/model.pt"}[full]
     args = ["--log", target] if full == "reports" else ["--model", target]
     before = snapshot(trained_before / "models", trained_before / "reports")
@@ -134,12 +134,12 @@ def test_a_failed_evaluate_keeps_the_previous_metrics_and_figures(built):
 
 
 @pytest.mark.bad_input
-def test_params_changed_during_training_leave_no_outputs_for_dvc_to_record(trained_before, store_template, capsys,
+def test_params_changed_during_training_leave_no_outputs_for_dvc_to_record(trained_before, empty_mlflow_db, capsys,
                                                                            monkeypatch):  # fmt: skip
     """As a second `dvc exp run -S train.dropout=0.5` does, which DVC's lock refuses only after writing params.yaml."""
-    from mnist_mlp import train as training
+    from mnist_mlp.core import train as training
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(store_template, trained_before / "store"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(empty_mlflow_db, trained_before / "store"))
     real_fit = training.fit
 
     def fit_while_another_run_writes_params(*args, **kwargs):

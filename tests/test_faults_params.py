@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from faults_support import assert_one_clear_error, snapshot, stage_in_process, tiny_params
+from support.faults import assert_one_clear_error, snapshot, stage_in_process
+from support.params import tiny_params
 
 STAGE_ARGS = {
     "download": ["--out", "data/raw"],

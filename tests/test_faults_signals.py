@@ -21,8 +21,8 @@ from typing import Iterator
 import pytest
 import yaml
 
-from conftest import BIN, run, write_tiny_mnist
-from faults_support import (
+from support.cli import run
+from support.faults import (
     fresh_store,
     mlflow_runs,
     snapshot,
@@ -30,8 +30,10 @@ from faults_support import (
     stage_env,
     stage_in_process,
     temp_leftovers,
-    tiny_params,
 )
+from support.mnist_files import write_tiny_mnist
+from support.params import tiny_params
+from support.paths import BIN
 
 FOREVER = 100_000  # epochs: the process is always signalled long before the end
 
@@ -68,16 +70,11 @@ def _started(command: list[str], cwd: Path, env: dict, log: Path) -> Iterator[su
         job.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("store-template")
-
-
 @pytest.mark.slow
 @pytest.mark.fault
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_training_ends_the_run_killed_and_keeps_earlier_outputs(
-    tmp_path, store_template, capsys, monkeypatch, signum
+    tmp_path, empty_mlflow_db, capsys, monkeypatch, signum
 ):
     raw = write_tiny_mnist(tmp_path / "raw", train_count=300, test_count=60, compress=False)
     tiny_params(tmp_path / "params.yaml", preprocess={"val_size": 60}, train={"epochs": FOREVER})
@@ -87,7 +84,7 @@ def test_a_signal_during_training_ends_the_run_killed_and_keeps_earlier_outputs(
         (tmp_path / relative).parent.mkdir(exist_ok=True)
         (tmp_path / relative).write_text(text)
     before = snapshot(tmp_path / "models", tmp_path / "reports")
-    uri = fresh_store(store_template, tmp_path / "store")
+    uri = fresh_store(empty_mlflow_db, tmp_path / "store")
 
     with _started(stage_command("train", []), tmp_path, stage_env(MLFLOW_TRACKING_URI=uri),
                   tmp_path / "stderr.log") as job:

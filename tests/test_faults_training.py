@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, run, write_tiny_mnist
-from faults_support import (
+from support.cli import run
+from support.faults import (
     assert_one_clear_error,
     fresh_store,
     mlflow_runs,
@@ -22,36 +22,19 @@ from faults_support import (
     stage_env,
     stage_in_process,
     temp_leftovers,
-    tiny_params,
 )
+from support.mnist_files import write_checksums, write_tiny_mnist
+from support.params import tiny_params
+from support.paths import BIN, ROOT
 
 DIVERGING = {"lr": 1e30, "optimizer": "sgd", "momentum": 0.0, "schedule": "none", "epochs": 3}
 
 
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("store-template")
-
-
-@pytest.fixture
-def trained_before(tmp_path: Path, capsys, monkeypatch) -> Path:
-    """Cached splits, and the model and log of an earlier run that a failed run must not touch."""
-    raw = write_tiny_mnist(tmp_path / "raw", train_count=300, test_count=60, compress=False)
-    tiny_params(tmp_path / "params.yaml", preprocess={"val_size": 60})
-    assert stage_in_process("preprocess", ["--raw", str(raw), "--out", "data/processed"], tmp_path, capsys,
-                            monkeypatch).code == 0
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models/model.pt").write_bytes(b"the previous model")
-    (tmp_path / "reports").mkdir()
-    (tmp_path / "reports/training_log.csv").write_text("epoch,train_loss\n1,0.5\n")
-    return tmp_path
-
-
 @pytest.mark.bad_input
 def test_a_diverging_loss_stops_at_once_fails_the_run_and_writes_no_model(
-    trained_before, store_template, capsys, monkeypatch
+    trained_before, empty_mlflow_db, capsys, monkeypatch
 ):
-    uri = fresh_store(store_template, trained_before / "store")
+    uri = fresh_store(empty_mlflow_db, trained_before / "store")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tiny_params(trained_before / "params.yaml", preprocess={"val_size": 60}, train=DIVERGING)
     before = snapshot(trained_before / "models", trained_before / "reports")
@@ -160,13 +143,11 @@ print(json.dumps(events))
 
 
 @pytest.mark.slow
-def test_every_output_of_every_stage_is_written_to_a_temp_file_then_renamed(tmp_path, store_template):
+def test_every_output_of_every_stage_is_written_to_a_temp_file_then_renamed(tmp_path, empty_mlflow_db):
     mirror = write_tiny_mnist(tmp_path / "mirror", train_count=300, test_count=60)
-    from test_faults_data import checksums_of
-
-    checksums_of(mirror, tmp_path / "checksums.yaml")
+    write_checksums(mirror, tmp_path / "checksums.yaml")
     tiny_params(tmp_path / "params.yaml", preprocess={"val_size": 60})
-    uri = fresh_store(store_template, tmp_path / "store")
+    uri = fresh_store(empty_mlflow_db, tmp_path / "store")
     env = stage_env(MNIST_MIRROR=str(mirror), MNIST_CHECKSUMS=str(tmp_path / "checksums.yaml"), MLFLOW_TRACKING_URI=uri)
     plan = [[str(ROOT / "stages" / f"{stage}.py"), args] for stage, args in (
         ("download", ["--out", "data/raw"]),

@@ -133,3 +133,15 @@ def test_merge_keys_are_read_and_a_key_they_override_is_not_a_duplicate(tmp_path
     path.write_text("base: &base {lr: 0.1, epochs: 2}\nlayered: &layered {<<: *base, lr: 0.2}\n"
                     "train: {<<: *layered, epochs: 3}\n")
     assert files.read_yaml(path, LookupError, "params file")["train"] == {"lr": 0.2, "epochs": 3}
+
+
+def test_remove_leftovers_deletes_only_the_killed_writes_of_that_target(tmp_path):
+    target = tmp_path / "train-images-idx3-ubyte"
+    killed = tmp_path / f".{target.name}.k1ll3d{files.TEMP_SUFFIX}"  # what atomic_path leaves after kill -9
+    killed.write_bytes(b"half")
+    others = [tmp_path / ".train-labels-idx1-ubyte.abc.tmp", tmp_path / f"{target.name}.tmp", target]
+    for path in others:
+        path.write_bytes(b"keep")
+    assert files.remove_leftovers(target) == [killed]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in others)
+    assert files.remove_leftovers(tmp_path / "absent" / "x") == []

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, cli_in_process, run
-from mnist_mlp import gate
+from support.cli import cli_in_process, run
+from support.paths import BIN, ROOT
+from mnist_mlp.experiments import gate
 from mnist_mlp.cli import main
 
 RECALLS = [0.99, 0.995, 0.985, 0.98, 0.982, 0.984, 0.986, 0.981, 0.978, 0.975]
@@ -23,7 +24,7 @@ def metrics(accuracy: float = 0.9857, loss: float = 0.0645, recalls: list[float]
             "loss": loss,
             "per_class": {str(c): {"precision": 0.98, "recall": r, "f1": 0.98} for c, r in enumerate(recalls)},
         },
-        "train": {"best_val_accuracy": 0.983, "best_epoch": 18, "epochs": 20, "seconds": 600.0},
+        "training": {"best_val_accuracy": 0.983, "best_epoch": 18, "epochs": 20, "seconds": 600.0},
         "mlflow_run_id": "0123456789abcdef",
     }
 
@@ -198,6 +199,7 @@ def commit(repo: Path, message: str) -> None:
     run(["git", "commit", "-qm", message], repo)
 
 
+@pytest.mark.integration
 def test_the_baseline_is_the_metrics_committed_on_main(repo):
     write(repo / "reports" / "metrics.json", metrics(accuracy=0.9880))
     commit(repo, "baseline metrics")

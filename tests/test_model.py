@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_mlp.model import ACTIVATIONS, MLP, PixelClassifier, architecture, count_parameters
+from mnist_mlp.core.model import ACTIVATIONS, MLP, PixelClassifier, architecture, count_parameters
 
 
 def test_output_shape_is_batch_by_ten():

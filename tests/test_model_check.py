@@ -11,10 +11,15 @@ import pytest
 import torch
 import yaml
 
-from app_support import NORMALIZATION, save_model, train_mlp
-from conftest import cli_in_process
-from mnist_mlp import app, model_check, predict, tracking
-from mnist_mlp.model import PixelClassifier
+from support.app import NORMALIZATION, save_model, train_mlp
+from support.cli import cli_in_process
+from mnist_mlp.serving import app
+from mnist_mlp.tracking import model_check
+from mnist_mlp.serving import predict
+from mnist_mlp.tracking import loading
+from mnist_mlp.tracking import runs
+from mnist_mlp.tracking import store
+from mnist_mlp.core.model import PixelClassifier
 
 REFUSED = "refused: not a model this project logged"
 KINDS = ["pickle-module", "loader-module", "pickle-module-file", "extra-file", "extra-folder", "other-flavor",
@@ -23,17 +28,17 @@ KINDS = ["pickle-module", "loader-module", "pickle-module-file", "extra-file", "
 
 @pytest.fixture(scope="module")
 def genuine(tmp_path_factory, empty_mlflow_db) -> Path:
-    """A model folder exactly as the evaluate stage logs one (tracking.Run.log_model), downloaded."""
+    """A model folder exactly as the evaluate stage logs one (runs.Run.log_model), downloaded."""
     import mlflow
 
     folder = tmp_path_factory.mktemp("genuine")
     shutil.copy(empty_mlflow_db, folder / "mlflow.db")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
-        experiment_id = tracking.ensure_experiment("genuine", root=folder)
+        experiment_id = store.ensure_experiment("genuine", root=folder)
         with mlflow.start_run(experiment_id=experiment_id):
             classifier = PixelClassifier(train_mlp(), NORMALIZATION.mean, NORMALIZATION.std).eval()
-            uri = tracking.Run("unused").log_model(classifier, torch.rand(2, 784).numpy())
+            uri = runs.Run("unused").log_model(classifier, torch.rand(2, 784).numpy())
         local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(folder / "download")))
     mlflow.set_tracking_uri(None)
     return local
@@ -122,7 +127,7 @@ def crafted_run(genuine, tmp_path, mlflow_store):
 
     marker = tmp_path / "pwned"
     folder = craft(genuine, tmp_path / "crafted", "pickle-module", marker)
-    experiment_id = tracking.ensure_experiment("mnist-mlp", root=tmp_path)
+    experiment_id = store.ensure_experiment("mnist-mlp", root=tmp_path)
     with mlflow.start_run(experiment_id=experiment_id, run_name="evil-relu", tags={"sweep_id": "evil"}) as run:
         mlflow.log_params({"activation": "relu", "dropout": "0.0"})
         mlflow.log_artifacts(str(folder), artifact_path="model")
@@ -146,7 +151,7 @@ def test_a_registered_crafted_model_is_refused_through_models_uri(crafted_run, c
     run_id, marker = crafted_run
     mlflow.register_model(f"runs:/{run_id}/model", "crafted")
     with pytest.raises(model_check.ModelCheckError, match=REFUSED):
-        tracking.load_pixel_classifier("models:/crafted/1")
+        loading.load_pixel_classifier("models:/crafted/1")
     assert not marker.exists()
 
 

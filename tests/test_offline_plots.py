@@ -73,6 +73,7 @@ def test_code_containing_a_dvc_placeholder_is_refused(packs: Path):
         offline_plots.page(packs)
 
 
+@pytest.mark.integration
 def test_dvc_plots_show_with_the_template_loads_nothing_from_the_network(project: Path, packs: Path):
     reports = project / "reports"
     reports.mkdir()

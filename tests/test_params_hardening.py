@@ -4,7 +4,6 @@ a traceback or a silent last-wins."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import BIN, run
+from support.cli import run
+from support.paths import BIN
 
 DVC = str(BIN / "dvc")
+
+pytestmark = pytest.mark.integration  # dvc repro, dvc exp run: subprocesses in a throwaway git + DVC project
 
 
 @pytest.fixture

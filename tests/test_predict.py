@@ -12,11 +12,14 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from conftest import BIN, cli_in_process, run
-from digit_images import STYLES, glyph, picture, save_picture, train_font_model, write_styled_digits
-from mnist_mlp import predict, tracking
+from support.cli import cli_in_process, run
+from support.digit_images import STYLES, glyph, picture, save_picture, train_font_model, write_styled_digits
+from support.paths import BIN
+from mnist_mlp.serving import predict
+from mnist_mlp.tracking import runs
+from mnist_mlp.tracking import store
 from mnist_mlp.errors import UserError
-from mnist_mlp.predict import ImageError, ModelError, image_pixels, mnist_pixels
+from mnist_mlp.serving.predict import ImageError, ModelError, image_pixels, mnist_pixels
 
 
 def gray(image: Image.Image) -> np.ndarray:
@@ -106,7 +109,7 @@ def test_rendered_digits_in_every_style_are_read_correctly(font_model, styled_di
 
 
 def test_probabilities_use_the_checkpoints_own_normalization(font_model, styled_digits, capsys):
-    from mnist_mlp.checkpoint import load_checkpoint
+    from mnist_mlp.core.checkpoint import load_checkpoint
 
     files = list(styled_digits)[:10]
     code, out, _ = cli_in_process(["predict", "--json", "--top-k", "10", "--model", str(font_model), *map(str, files)], capsys)
@@ -247,6 +250,7 @@ def test_top_k_outside_1_to_10_is_a_usage_error(font_model, capsys):
     assert code == 2 and "expected a whole number from 1 to 10" in err
 
 
+@pytest.mark.integration
 def test_the_console_script_exits_nonzero_on_a_bad_file(font_model, styled_digits, tmp_path):
     good = next(iter(styled_digits))
     result = run([str(BIN / "mnist-mlp"), "predict", "--model", str(font_model), str(good), str(tmp_path / "gone.png")],
@@ -262,12 +266,12 @@ def test_the_console_script_exits_nonzero_on_a_bad_file(font_model, styled_digit
 def test_an_mlflow_model_uri_predicts_like_the_checkpoint(mlflow_store, font_model, styled_digits, tmp_path):
     import mlflow
 
-    from mnist_mlp.checkpoint import load_checkpoint
+    from mnist_mlp.core.checkpoint import load_checkpoint
 
-    experiment_id = tracking.ensure_experiment("predict", root=tmp_path)
+    experiment_id = store.ensure_experiment("predict", root=tmp_path)
     example = np.stack([image_pixels(path) for path in list(styled_digits)[:2]])
     with mlflow.start_run(experiment_id=experiment_id) as active:
-        model_uri = tracking.Run(active.info.run_id).log_model(load_checkpoint(font_model).classifier(), example)
+        model_uri = runs.Run(active.info.run_id).log_model(load_checkpoint(font_model).classifier(), example)
     files = list(styled_digits)
     expected = predict.predict_files(files, predict.load_classifier(str(font_model)), top_k=3)
     for uri in (f"runs:/{active.info.run_id}/model", model_uri):
@@ -290,7 +294,7 @@ def test_an_unknown_run_is_one_clear_line(mlflow_store, capsys):
 def test_a_pickled_mlflow_model_is_not_unpickled(tmp_path, font_model, monkeypatch):
     import mlflow
 
-    from mnist_mlp.checkpoint import load_checkpoint
+    from mnist_mlp.core.checkpoint import load_checkpoint
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default; predict overrides it
     folder = tmp_path / "pickled"

@@ -17,11 +17,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TINY_PARAMS, cli_in_process, default_params, merge
-from mnist_mlp import registry, tracking
-from mnist_mlp.checkpoint import save_checkpoint
-from mnist_mlp.data import Normalization
-from mnist_mlp.model import MLP, PixelClassifier
+from support.cli import cli_in_process
+from support.params import TINY_PARAMS, default_params, merge
+from support.paths import ROOT
+from mnist_mlp.tracking import loading
+from mnist_mlp.tracking import registry
+from mnist_mlp.tracking import runs
+from mnist_mlp.core.checkpoint import save_checkpoint, write_training_record
+from mnist_mlp.data.mnist import Normalization
+from mnist_mlp.core.model import MLP, PixelClassifier
 from mnist_mlp.params import ParamsError, validate_params
 
 RULES = {"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.002, "floor": 0.5},
@@ -49,14 +53,14 @@ def test_registered_model_name_is_a_validated_param():
         validate_params({"tracking": {"registered_model": "it's"}})  # a quote would break registry searches
 
 
-def register(name: str, test: dict, seed: int) -> tracking.ModelVersion:
+def register(name: str, test: dict, seed: int) -> registry.ModelVersion:
     """A FINISHED run with test metrics and a logged model, registered as a version of `name`."""
     torch.manual_seed(seed)
     classifier = PixelClassifier(MLP([8], "relu", 0.0), 0.13, 0.31).eval()
-    with tracking.training_run("unit", {"seed": seed}, {}) as run:
+    with runs.training_run("unit", {"seed": seed}, {}) as run:
         run.log_metrics(registry.logged_metrics(test))
         uri = run.log_model(classifier, np.zeros((2, 784), np.float32))
-        return run.register_model(uri, name, {"test_accuracy": str(test["accuracy"])})
+        return registry.register_run_model(run.run_id, uri, name, {"test_accuracy": str(test["accuracy"])})
 
 
 @pytest.fixture
@@ -91,13 +95,13 @@ def test_promote_moves_champion_only_past_the_gate(mlflow_store, rules, tmp_path
     (line,) = err.splitlines()
     assert line.startswith(f"mnist-mlp promote: error: refused: digits version 3 (run {worse.run_id}) stays out, "
                            "against digits@champion = version 2: test.accuracy regressed: 0.9600 -> 0.9000")  # fmt: skip
-    assert tracking.alias_version("digits", registry.CHAMPION).version == "2"
+    assert registry.alias_version("digits", registry.CHAMPION).version == "2"
 
     code, out, _ = promote_cli(capsys, rules, "--version", "2")
     assert code == 0 and "already version 2" in out
 
     # models:/<name>@champion loads the promoted version's weights
-    champion = tracking.load_pixel_classifier("models:/digits@champion")
+    champion = loading.load_pixel_classifier("models:/digits@champion")
     torch.manual_seed(1)
     expected = PixelClassifier(MLP([8], "relu", 0.0), 0.13, 0.31).eval()
     probe = torch.rand(3, 784)
@@ -106,7 +110,7 @@ def test_promote_moves_champion_only_past_the_gate(mlflow_store, rules, tmp_path
 
 def test_a_per_class_drop_is_refused_even_when_accuracy_rises(mlflow_store, rules, capsys):
     champion = register("digits", report_test(0.95, recall=0.95), 0)
-    tracking.set_alias("digits", registry.CHAMPION, champion.version)
+    registry.set_alias("digits", registry.CHAMPION, champion.version)
     candidate = register("digits", report_test(0.97, recall=0.80), 1)
     capsys.readouterr()  # MLflow's own lines about the registration
     code, _, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
@@ -126,25 +130,27 @@ def test_promote_without_a_candidate_says_so_in_one_line(mlflow_store, rules, tm
     assert code == 1 and out == "" and len(err.splitlines()) == 1 and expected in err, err
 
 
+@pytest.mark.integration
 def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_store, tiny_processed, tmp_path):
     """stages/evaluate.py as DVC runs it: the model becomes a version of tracking.registered_model."""
     params = merge(default_params(), {**TINY_PARAMS, "tracking": {"registered_model": "digits"}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     model = tmp_path / "model.pt"
-    info = {"best_val_accuracy": 0.5, "best_epoch": 1, "epochs": 1, "train_seconds": 0.1, "mlflow_run_id": "not-in-this-store"}
+    info = {"best_val_accuracy": 0.5, "best_epoch": 1, "epochs": 1, "device": "cpu"}
     save_checkpoint(model, MLP([8], "relu", 0.0), Normalization(mean=0.13, std=0.31), params, info)
+    write_training_record(tmp_path / "record.json", "not-in-this-store", 0.1)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "DVC_EXP_NAME": "exp-registry",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     for git in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
         subprocess.run(["git", *git], cwd=tmp_path, env=env, check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
     done = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "--params", "params.yaml", "--model", str(model),
-                           "--test", str(tiny_processed / "test.pt"), "--reports", "reports"],
+                           "--record", "record.json", "--test", str(tiny_processed / "test.pt"), "--reports", "reports"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    version = tracking.version_of_run("digits", report["mlflow_run_id"])
+    version = registry.version_of_run("digits", report["mlflow_run_id"])
     assert f"registered as digits version {version.version}" in done.stdout
     assert version.tags["test_accuracy"] == str(report["test"]["accuracy"])
     assert version.tags["dvc_exp_name"] == "exp-registry" and version.tags["git_commit"] == commit
-    assert registry.metrics_tree(tracking.run_metrics(version.run_id)) == {"test": report["test"]}
+    assert registry.metrics_tree(registry.run_metrics(version.run_id)) == {"test": report["test"]}

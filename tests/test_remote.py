@@ -15,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, cli_in_process, run
-from digit_images import picture, save_picture
+from support.cli import cli_in_process, run
+from support.digit_images import picture, save_picture
+from support.paths import BIN
 
 DVC = str(BIN / "dvc")
 PULLED = ("data/raw", "data/processed", "models/model.pt")
+
+pytestmark = pytest.mark.integration  # dvc push/pull, git clone: subprocesses in throwaway projects
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import time
 import mlflow
 import pytest
 
-from conftest import cli_in_process
-from mnist_mlp.runs import CLOSED_TAG
+from support.cli import cli_in_process
+from mnist_mlp.tracking.stale import CLOSED_TAG
 
 
 def _dead_pid() -> int:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import base64
 import http.server
+import os
 import pickle
 import re
 import shlex
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BIN, ROOT, run, write_tiny_mnist
-from faults_support import assert_one_clear_error, stage_in_process, tiny_params
-from test_faults_data import checksums_of
+from ops.processes import ManagedProcess, free_port
+from support.cli import run
+from support.faults import assert_one_clear_error, stage_in_process
+from support.mnist_files import write_checksums, write_tiny_mnist
+from support.params import tiny_params
+from support.paths import BIN, ROOT
 
 SERVER_COMMAND = re.compile(r"mlflow (ui|server|models serve)|mnist-mlp serve|http\.server|uvicorn|gunicorn")
 
@@ -109,7 +115,7 @@ def test_every_make_target_that_starts_a_server_binds_127_0_0_1():
 
 def test_mnist_mlp_serve_passes_its_host_to_mlflow():
     from mnist_mlp.cli import build_parser
-    from mnist_mlp.serve import serve_command
+    from mnist_mlp.serving.rest import serve_command
 
     args = build_parser().parse_args(["serve", "--model-uri", "runs:/abc/model"])
     command = serve_command(args.model_uri, args.host, args.port)
@@ -135,7 +141,7 @@ class _BasicAuthMirror(http.server.SimpleHTTPRequestHandler):
 def private_mirror(tmp_path):
     """A local mirror behind HTTP basic auth: the URL to use carries the user and password."""
     folder = write_tiny_mnist(tmp_path / "mirror-files", train_count=300, test_count=60)
-    checksums_of(folder, tmp_path / "checksums.yaml")
+    write_checksums(folder, tmp_path / "checksums.yaml")
     handler = lambda *a, **k: _BasicAuthMirror(*a, directory=str(folder), **k)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -187,46 +193,28 @@ def test_a_pipeline_from_a_private_mirror_leaves_the_password_nowhere(project, p
 @pytest.mark.slow
 def test_the_documented_team_server_refuses_anonymous_requests(tmp_path):
     """The README's recipe: `mlflow server --app-name basic-auth`, secrets from the environment."""
-    import os
-    import socket
-    import time
-    import urllib.error
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key-0123456789",
            "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-Pa55-from-env"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri",
-         f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", str(tmp_path / "mlartifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "server.log").open("w"),
-        start_new_session=True)
+    command = [BIN / "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "--artifacts-destination", tmp_path / "mlartifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                raise AssertionError("an anonymous request was answered")
-            except urllib.error.HTTPError as exc:
-                assert exc.code == 401
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(1)
+
+    def anonymous_status() -> int | None:
+        """The HTTP status an anonymous request gets; None while nothing answers."""
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except (urllib.error.URLError, ConnectionError):
+            return None
+
+    with ManagedProcess(command, log=tmp_path / "server.log", env=env, cwd=tmp_path, name="mlflow server") as server:
+        server.wait_until(lambda: anonymous_status() is not None, timeout=240)
+        assert anonymous_status() == 401, "an anonymous request was answered"
         token = base64.b64encode(b"admin:admin-Pa55-from-env").decode()
         request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
-    finally:
-        import contextlib
-        import signal
-
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)

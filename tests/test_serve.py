@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,17 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, run
-from digit_images import write_styled_digits
-from mnist_mlp.predict import image_pixels
+from ops.processes import ManagedProcess, free_port, url_answers
+from support.cli import run
+from support.digit_images import write_styled_digits
+from support.paths import BIN
+from mnist_mlp.serving.predict import image_pixels
 
 pytestmark = pytest.mark.slow  # a pipeline run, then a server start: about a minute here
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(port: int, body: dict) -> dict:
@@ -34,30 +25,6 @@ def post(port: int, body: dict) -> dict:
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
-
-
-def wait_until_up(server: subprocess.Popen, port: int, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"server exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
-    raise AssertionError(f"server not up after {seconds} s:\n{log.read_text()}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    """The server and the uvicorn worker it starts share the session we gave it."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
@@ -73,15 +40,10 @@ def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
             expected[row, item["label"]] = item["probability"]
 
     port = free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "w") as output:
-        # `make serve` runs this: the model of reports/metrics.json's run, from the fixture's store
-        server = subprocess.Popen(
-            [str(BIN / "mnist-mlp"), "serve", "--port", str(port)],
-            cwd=project, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    # `make serve` runs this: the model of reports/metrics.json's run, from the fixture's store
+    server = ManagedProcess([BIN / "mnist-mlp", "serve", "--port", str(port)], log=tmp_path / "serve.log", cwd=project).start()
     try:
-        wait_until_up(server, port, log)
+        server.wait_until(lambda: url_answers(f"http://127.0.0.1:{port}/ping"), timeout=180)
         pixels = np.stack([image_pixels(path) for path in images])
         served = np.array(post(port, {"inputs": pixels.tolist()})["predictions"])
         assert served.shape == (len(images), 10)
@@ -97,5 +59,5 @@ def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
             assert refused.value.code == 400
             assert "pixels must be finite numbers in [0, 1]" in json.loads(refused.value.read())["stack_trace"]
     finally:
-        stop(server)
-    assert server.returncode is not None
+        server.stop()
+    assert not server.running

@@ -17,12 +17,16 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, cli_in_process, run
-from faults_support import stage_in_process, tiny_params
-from mnist_mlp import server, tracking
-from mnist_mlp.server import Settings, ServerError, free_port
-from server_support import pg_server, tracking_server  # noqa: F401  (pg_server: a fixture by import)
-from test_browser import browser, wait_for_texts  # noqa: F401  (browser: headless Chromium, `make browser-deps`)
+from support.browser import wait_for_texts
+from support.cli import cli_in_process, run
+from support.faults import stage_in_process
+from support.params import tiny_params
+from support.paths import BIN, ROOT
+from support.server import tracking_server
+from ops import server
+from mnist_mlp.tracking import runs
+from mnist_mlp.tracking import store
+from ops.server import Settings, ServerError, free_port
 
 DVC, MNIST_MLP = str(BIN / "dvc"), str(BIN / "mnist-mlp")
 FIX = "start it with `make server` or unset MLFLOW_TRACKING_URI"
@@ -31,7 +35,7 @@ FIX = "start it with `make server` or unset MLFLOW_TRACKING_URI"
 @pytest.fixture(autouse=True)
 def fresh_preflight(monkeypatch):
     """Each test checks its URIs anew (the check is once per process and URI)."""
-    monkeypatch.setattr(tracking, "_answered", set())
+    monkeypatch.setattr(store, "_answered", set())
 
 
 # --- fail fast: no server needed -----------------------------------------------------------------
@@ -41,9 +45,9 @@ def fresh_preflight(monkeypatch):
 def test_a_tracking_uri_that_does_not_answer_fails_in_seconds_naming_it():
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingServerError) as caught:
-        tracking.check_tracking_server(uri)
-    assert time.monotonic() - started < tracking.PREFLIGHT_TIMEOUT
+    with pytest.raises(store.TrackingServerError) as caught:
+        store.check_tracking_server(uri)
+    assert time.monotonic() - started < store.PREFLIGHT_TIMEOUT
     assert str(caught.value) == f"{uri}: MLflow tracking server not answering (connection refused); {FIX}"
 
 
@@ -93,8 +97,8 @@ def test_a_web_server_that_is_not_mlflow_is_named_as_such():
     threading.Thread(target=web.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{web.server_port}"
     try:
-        with pytest.raises(tracking.TrackingServerError, match=r"not an MLflow tracking server \(HTTP 404 at /health\)"):
-            tracking.check_tracking_server(uri)
+        with pytest.raises(store.TrackingServerError, match=r"not an MLflow tracking server \(HTTP 404 at /health\)"):
+            store.check_tracking_server(uri)
     finally:
         web.shutdown()
 
@@ -136,7 +140,7 @@ def test_make_server_says_so_when_postgresql_is_down(tmp_path):
     env = {**os.environ, "SERVER_DB": f"postgresql+psycopg://mlflow@127.0.0.1:{dead}/mlflow", "SERVER_PORT": str(free_port()),
            "MLFLOW_DB_PASSWORD": "any", "SERVER_ARTIFACTS": str(tmp_path / "artifacts")}  # fmt: skip
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "run"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60)
     assert time.monotonic() - started < 30
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == [f"server run: error: PostgreSQL at 127.0.0.1:{dead} is not answering (connection refused); "
@@ -166,9 +170,9 @@ def client_env(server_process, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.server
-def test_server_deps_twice_changes_nothing(pg_server):  # noqa: F811
+def test_server_deps_twice_changes_nothing(pg_server):
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "deps"], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "ops.server", "deps"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "role mlflow, databases mlflow and mlflow_auth ready" in done.stdout and "generated" not in done.stdout
 
@@ -177,30 +181,31 @@ def test_server_deps_twice_changes_nothing(pg_server):  # noqa: F811
 @pytest.mark.bad_input
 def test_make_server_names_a_wrong_database_password(tmp_path):
     env = {**os.environ, "MLFLOW_DB_PASSWORD": "wrong", "SERVER_PORT": str(free_port()), "SERVER_ARTIFACTS": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "run"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60)
     (line,) = done.stderr.splitlines()
     assert done.returncode == 1 and line.startswith("server run: error: PostgreSQL at 127.0.0.1:5432 refused role mlflow")
     assert "password authentication failed" in line and "`make server-deps` (as root)" in line
 
 
 @pytest.mark.server
-def test_server_start_prints_the_uri_and_stop_ends_it(pg_server, tmp_path):  # noqa: F811
+def test_server_start_prints_the_uri_and_stop_ends_it(pg_server, tmp_path):
     port = free_port()
     env = {**os.environ, "SERVER_PORT": str(port), "SERVER_DB": pg_server.settings.db, "SERVER_ARTIFACTS": str(tmp_path),
-           "SERVER_WORKERS": "1"}  # fmt: skip
-    # cwd: its pid and log go to <project>/build/server, here the temp folder
-    started = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "start"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+           "SERVER_WORKERS": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    # cwd: its pid and log go to <project>/build/server, here the temp folder; PYTHONPATH: ops/ is not
+    # installed, `make` runs it from the project's root
+    started = subprocess.run([sys.executable, "-m", "ops.server", "start"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert started.returncode == 0, started.stderr
     assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
     assert server.health(f"http://127.0.0.1:{port}")
-    again = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "run"], env=env, capture_output=True, text=True, timeout=60)
+    again = subprocess.run([sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and f"an MLflow server already answers at http://127.0.0.1:{port}" in again.stderr
-    stopped = subprocess.run([sys.executable, "-m", "mnist_mlp.server", "stop"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    stopped = subprocess.run([sys.executable, "-m", "ops.server", "stop"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not server.health(f"http://127.0.0.1:{port}")
 
     # `make server` in the foreground: SIGTERM (or Ctrl-C, SIGHUP) stops mlflow server and its workers too
-    foreground = subprocess.Popen([sys.executable, "-m", "mnist_mlp.server", "run"], env=env, stdout=subprocess.PIPE,
+    foreground = subprocess.Popen([sys.executable, "-m", "ops.server", "run"], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     for line in foreground.stdout:
         if "ready" in line:
@@ -213,7 +218,7 @@ def test_server_start_prints_the_uri_and_stop_ends_it(pg_server, tmp_path):  # n
 
 
 @pytest.mark.server
-def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server, browser, tmp_path, monkeypatch):  # noqa: F811
+def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server, browser, tmp_path, monkeypatch):
     """dvc repro, dvc exp run, promote, predict and serve with models:/ and runs:/, compare, close-stale-runs, the UI."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", pg_server.uri)
     run([DVC, "repro"], project)
@@ -234,7 +239,7 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
     assert exp_run.info.status == "FINISHED" and exp_run.data.params["dropout"] == "0.5"
     assert store.get_model_version("mnist-mlp", "2").run_id == exp_run.info.run_id
 
-    from digit_images import picture, save_picture
+    from support.digit_images import picture, save_picture
 
     image = save_picture(picture(3, "black-on-white"), tmp_path / "digit.png")
     for model in ("models:/mnist-mlp@champion", f"runs:/{exp_run.info.run_id}/model"):
@@ -281,7 +286,7 @@ def train_stage(project: Path, env: dict, log: Path) -> subprocess.Popen:
 
 @pytest.mark.server
 @pytest.mark.fault
-def test_eight_concurrent_trainings_lose_no_run_and_no_metric(project, pg_server, tmp_path):  # noqa: F811
+def test_eight_concurrent_trainings_lose_no_run_and_no_metric(project, pg_server, tmp_path):
     run([DVC, "repro", "preprocess"], project)
     env = client_env(pg_server)
     trainings = [train_stage(project, env, tmp_path / f"train{index}.log") for index in range(8)]
@@ -301,7 +306,7 @@ def test_eight_concurrent_trainings_lose_no_run_and_no_metric(project, pg_server
 
 
 def logging_run(env: dict, epochs: int, pause: float) -> subprocess.Popen:
-    """The load benchmark's worker: one training's logging through tracking.training_run, `epoch N` per epoch."""
+    """The load benchmark's worker: one training's logging through runs.training_run, `epoch N` per epoch."""
     go = Path(env["GO"])
     go.touch()
     command = [sys.executable, str(ROOT / "benchmarks" / "server_load.py"), "worker", "--epochs", str(epochs), "--go", str(go),
@@ -311,7 +316,7 @@ def logging_run(env: dict, epochs: int, pause: float) -> subprocess.Popen:
 
 @pytest.mark.server
 @pytest.mark.fault
-def test_a_run_survives_a_server_restart_with_all_its_metrics(pg_server, tmp_path):  # noqa: F811
+def test_a_run_survives_a_server_restart_with_all_its_metrics(pg_server, tmp_path):
     worker = logging_run(client_env(pg_server, GO=str(tmp_path / "go")), epochs=12, pause=0.5)
     for line in worker.stdout:
         if line.strip() == "epoch 4":
@@ -357,14 +362,14 @@ def test_basic_auth_wrong_or_missing_credentials_are_one_line(tmp_path, monkeypa
                                     ("admin", "wrong", "user 'admin'")):  # fmt: skip
             for key, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
                 monkeypatch.setenv(key, value) if value else monkeypatch.delenv(key, raising=False)
-            tracking._answered.clear()
-            with pytest.raises(tracking.TrackingServerError) as caught:
-                tracking.check_tracking_server(scratch.uri)
+            store._answered.clear()
+            with pytest.raises(store.TrackingServerError) as caught:
+                store.check_tracking_server(scratch.uri)
             assert str(caught.value) == (f"{scratch.uri}: the tracking server refused the credentials (HTTP 401, {who}); "
                                          "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an MLflow user")  # fmt: skip
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.read_secrets()["MLFLOW_AUTH_ADMIN_PASSWORD"])
         monkeypatch.setenv("MLFLOW_TRACKING_URI", scratch.uri)
-        tracking._answered.clear()
-        with tracking.training_run("authenticated", {"a": 1}, {}) as logged:
+        store._answered.clear()
+        with runs.training_run("authenticated", {"a": 1}, {}) as logged:
             logged.log_metrics({"m": 1.0})
-        assert tracking.client().get_run(logged.run_id).info.status == "FINISHED"
+        assert store.client().get_run(logged.run_id).info.status == "FINISHED"

@@ -16,7 +16,10 @@ import torch
 import yaml
 
 from mnist_mlp.files import md5_of
-from conftest import ROOT, TINY_PARAMS, _checksum_file, default_params, merge, run, write_tiny_mnist
+from support.cli import run
+from support.mnist_files import write_checksums, write_tiny_mnist
+from support.params import TINY_PARAMS, default_params, merge
+from support.paths import ROOT
 
 RAW_FILES = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
 STAGES = {
@@ -25,6 +28,8 @@ STAGES = {
     "train": ["--data", "data/processed", "--model", "models/model.pt", "--log", "reports/training_log.csv"],
     "evaluate": ["--model", "models/model.pt", "--test", "data/processed/test.pt", "--reports", "reports"],
 }
+
+pytestmark = pytest.mark.integration  # every stage script a subprocess, as DVC runs it
 
 
 def stage(name: str, workdir: Path, env: dict, check: bool = True, params: str = "params.yaml"):
@@ -46,7 +51,7 @@ def pipeline(tmp_path_factory, empty_mlflow_db):
         **os.environ,
         "PYTHONPATH": str(ROOT / "src"),
         "MNIST_MIRROR": str(mirror),
-        "MNIST_CHECKSUMS": str(_checksum_file(mirror, base / "checksums.yaml")),
+        "MNIST_CHECKSUMS": str(write_checksums(mirror, base / "checksums.yaml")),
         "MNIST_OFFICIAL_MIRRORS": "none",
         "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'store' / 'mlflow.db'}",
         "OMP_NUM_THREADS": "1",
@@ -97,7 +102,7 @@ def test_evaluate_writes_metrics_predictions_and_figures(pipeline):
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
     assert 0.9 <= metrics["test"]["accuracy"] <= 1.0  # the synthetic digits are easy
     assert set(metrics["test"]["per_class"]) == {str(c) for c in range(10)}
-    assert metrics["train"]["epochs"] == 2
+    assert metrics["training"]["epochs"] == 2
     assert f"test accuracy {metrics['test']['accuracy']:.4f}" in outputs["evaluate"]
 
     with open(workdir / "reports" / "predictions.csv", newline="") as handle:
@@ -114,8 +119,11 @@ def test_evaluate_writes_metrics_predictions_and_figures(pipeline):
 def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline):
     workdir, env, _ = pipeline
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
+    record = json.loads((workdir / "reports" / "training_run.json").read_text())
+    assert metrics["mlflow_run_id"] == record["mlflow_run_id"]
+    assert metrics["training"]["seconds"] == round(record["train_seconds"], 2)
     checkpoint = torch.load(workdir / "models" / "model.pt", weights_only=True)
-    assert metrics["mlflow_run_id"] == checkpoint["info"]["mlflow_run_id"]
+    assert set(checkpoint["info"]) == {"best_val_accuracy", "best_epoch", "epochs", "device"}  # nothing per run
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     logged = client.get_run(metrics["mlflow_run_id"])

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_in_process
-from faults_support import assert_one_clear_error, Outcome, stage_in_process, tiny_params
-from mnist_mlp import tracking
-from test_faults_training import store_template, trained_before  # noqa: F401 - fixtures
+from support.cli import cli_in_process
+from support.faults import assert_one_clear_error, Outcome, stage_in_process
+from support.params import tiny_params
+from support.paths import ROOT
+from mnist_mlp.tracking import registry
+from mnist_mlp.tracking import store
 
 COMMANDS = {
     "predict": ["predict", "--model", "runs:/0123456789abcdef/model", "x.png"],
@@ -79,12 +81,12 @@ def test_promote_refuses_a_model_name_it_could_not_have_registered(mlflow_store,
 
 @pytest.mark.bad_input
 def test_a_quote_never_reaches_a_filter_string():
-    assert tracking.literal("relu-0.2", "sweep id") == "'relu-0.2'"
+    assert store.literal("relu-0.2", "sweep id") == "'relu-0.2'"
     for value in ("it's", "a\\b"):
-        with pytest.raises(tracking.FilterValueError, match="cannot be searched for"):
-            tracking.literal(value, "sweep id")
-    with pytest.raises(tracking.FilterValueError):
-        tracking.version_of_run("bad'name", "0123456789abcdef")
+        with pytest.raises(store.FilterValueError, match="cannot be searched for"):
+            store.literal(value, "sweep id")
+    with pytest.raises(store.FilterValueError):
+        registry.version_of_run("bad'name", "0123456789abcdef")
 
 
 @pytest.mark.bad_input

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, cli_in_process, run
-from mnist_mlp import sweep
+from support.cli import cli_in_process, run
+from support.paths import BIN
+from support.sweep import run_sweep, sweep_runs, without_venv_on_path
+from mnist_mlp.experiments import sweep
 from mnist_mlp.params import ParamsError
-from sweep_support import run_sweep, sweep_runs, without_venv_on_path
 
 
 def _edit_params(repo: Path, **train) -> None:
@@ -56,12 +57,19 @@ def test_the_grid_is_one_set_of_dvc_overrides():
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.dropout=0.1"]}, "set by the sweep itself"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.lr=0.1,0.2"]}, "one value per key"),
         ({"activations": ["relu"], "dropouts": [0.0], "sweep_id": "a b"}, "--sweep-id: invalid 'tracking.sweep_id'"),
-        ({"activations": [], "dropouts": [0.0]}, "at least one activation"),
     ],
 )
 def test_a_bad_grid_is_refused_before_anything_is_queued(kwargs, message):
     with pytest.raises((sweep.SweepError, ParamsError), match=message):
         sweep.plan(**kwargs)
+
+
+def test_axes_left_out_take_the_default_grid():
+    planned = sweep.plan([], [], sweep_id="s5")  # `mnist-mlp sweep` with neither --activations nor --dropouts
+    assert planned.overrides("abc")[:4] == ["-S", "train.activation=relu,tanh,sigmoid", "-S", "train.dropout=0.0,0.2,0.5"]
+    assert len(planned.names) == 9
+    assert sweep.plan(["tanh"], [], sweep_id="s6").overrides("abc")[:4] == ["-S", "train.activation=tanh",
+                                                                          "-S", "train.dropout=0.0,0.2,0.5"]
 
 
 def test_shards_split_the_grid_into_disjoint_parts_under_the_whole_grids_names():
@@ -89,6 +97,7 @@ def test_a_shard_that_cannot_be_one_of_a_sweeps_parts_is_one_line(argv, message,
     assert cli_in_process(["sweep", "--shard", "3/2"], capsys)[0] == 2  # argparse: K/N with 1 <= K <= N
 
 
+@pytest.mark.integration
 def test_a_shard_queues_only_its_points_on_dvcs_queue(project):
     planned = sweep.plan(["relu", "tanh"], [0.0, 0.5], sets=["train.epochs=1"], sweep_id="sh", shard=(2, 2))
     base = sweep.sweep_base(project, planned)
@@ -144,6 +153,7 @@ def test_from_workspace_records_the_keys_taken_from_it(project, capsys):
     assert sweep.sweep_base(project, planned) == _head(project)
 
 
+@pytest.mark.integration
 def test_dvc_queues_the_planned_grid_and_a_stalled_queue_does_not_hang(project):
     planned = sweep.plan(["relu", "tanh"], [0.0, 0.5], sets=["train.epochs=1"], sweep_id="123")
     base = sweep.sweep_base(project, planned)
@@ -217,6 +227,7 @@ def test_a_queued_sweep_logs_every_run_once_to_the_workspace_store(project: Path
     assert all(name in page for name in names) and "val_accuracy" in page
 
 
+@pytest.mark.integration
 def test_a_preset_sweep_queues_every_key_of_the_preset_and_set_keys_win(project, monkeypatch):
     from mnist_mlp import cli
 

@@ -18,8 +18,8 @@ from typing import Iterator
 import mlflow
 import pytest
 
-from conftest import BIN, run
-from server_support import pg_server  # noqa: F401  (a module-scoped server: fixture by import)
+from support.cli import run
+from support.paths import BIN
 
 pytestmark = pytest.mark.server
 
@@ -60,7 +60,7 @@ def shard(repo: Path, part: str, log: Path) -> subprocess.Popen:
 
 
 @pytest.fixture
-def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> Iterator[tuple[Path, Path]]:  # noqa: F811
+def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> Iterator[tuple[Path, Path]]:
     """(alice, bob): clones of the project pushed to a bare git remote with a committed DVC folder remote;
     Alice has trained the pipeline and pushed it (git and DVC); Bob's clone is fresh. Afterwards no queue
     worker of theirs is left running, whatever the test did."""
@@ -84,7 +84,7 @@ def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> Iterator[tupl
         run([DVC, "queue", "stop", "--kill"], repo, check=False)
 
 
-def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server, tmp_path: Path):  # noqa: F811
+def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server, tmp_path: Path):
     alice, bob = team
     server = mlflow.MlflowClient(pg_server.uri)
     timings = {}

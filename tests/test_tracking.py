@@ -10,7 +10,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mnist_mlp import tracking
+from mnist_mlp.tracking import location
+from mnist_mlp.tracking import runs
+from mnist_mlp.tracking import store
 
 
 @pytest.fixture
@@ -26,16 +28,16 @@ def only_run(client: mlflow.MlflowClient, experiment: str = "unit"):
 def test_the_environment_store_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert location.tracking_uri() == "http://127.0.0.1:5000"
 
 
 def test_the_store_is_absolute_under_dvc_root(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
     monkeypatch.chdir(tmp_path)  # the cwd (a temp copy of the repo, in an experiment) must not matter
-    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
-    assert tracking.tracking_uri().startswith("sqlite:////")  # four slashes: an absolute path
-    assert tracking.artifact_root() == (tmp_path / "repo" / "mlartifacts").as_uri()
+    assert location.tracking_uri() == f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}"
+    assert location.tracking_uri().startswith("sqlite:////")  # four slashes: an absolute path
+    assert location.artifact_root() == (tmp_path / "repo" / "mlartifacts").as_uri()
 
 
 def test_without_dvc_root_the_store_is_in_the_nearest_folder_with_dot_dvc(monkeypatch, tmp_path):
@@ -45,9 +47,9 @@ def test_without_dvc_root_the_store_is_in_the_nearest_folder_with_dot_dvc(monkey
     (repo / ".dvc").mkdir(parents=True)
     (repo / "src" / "deep").mkdir(parents=True)
     monkeypatch.chdir(repo / "src" / "deep")
-    assert tracking.tracking_uri() == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
-    assert tracking.artifact_root().startswith("file:///")
-    assert tracking.tracking_uri(root=tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert location.tracking_uri() == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    assert location.artifact_root().startswith("file:///")
+    assert location.tracking_uri(root=tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_ensure_experiment_creates_it_once_with_an_absolute_artifact_location(
@@ -60,7 +62,7 @@ def test_ensure_experiment_creates_it_once_with_an_absolute_artifact_location(
     monkeypatch.setenv("DVC_ROOT", str(repo))
     monkeypatch.chdir(tmp_path)
 
-    experiment_id = tracking.ensure_experiment("unit")
+    experiment_id = store.ensure_experiment("unit")
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     experiment = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_experiment(experiment_id)
     assert experiment.name == "unit"
@@ -68,14 +70,14 @@ def test_ensure_experiment_creates_it_once_with_an_absolute_artifact_location(
     assert experiment.artifact_location.startswith("file:///")
     # a model-training experiment: MLflow 3's UI opens it on its runs, not on the GenAI traces overview
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    assert tracking.ensure_experiment("unit") == experiment_id
-    assert tracking.ensure_experiment("other") != experiment_id
+    assert store.ensure_experiment("unit") == experiment_id
+    assert store.ensure_experiment("other") != experiment_id
 
 
 def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "bushy-lobe")
     params = {"dropout": 0.5, "hidden_sizes": [32], "preprocess.normalization": "standardize"}
-    with tracking.training_run("unit", params, {"device": "cpu"}) as run:
+    with runs.training_run("unit", params, {"device": "cpu"}) as run:
         assert mlflow.active_run().info.run_id == run.run_id
         for epoch in (1, 2, 3):
             run.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "val_accuracy": 0.5 + epoch / 10})
@@ -97,14 +99,14 @@ def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypa
 
 
 def test_a_run_outside_an_experiment_is_named_workspace(client):
-    with tracking.training_run("unit", {}, {}) as run:
+    with runs.training_run("unit", {}, {}) as run:
         pass
     assert client.get_run(run.run_id).info.run_name == "workspace"
 
 
 def test_a_run_that_raises_ends_failed(client):
     with pytest.raises(ValueError, match="boom"):
-        with tracking.training_run("unit", {"lr": 0.1}, {}):
+        with runs.training_run("unit", {"lr": 0.1}, {}):
             raise ValueError("boom")
     assert only_run(client).info.status == "FAILED"
     assert mlflow.active_run() is None
@@ -112,7 +114,7 @@ def test_a_run_that_raises_ends_failed(client):
 
 def test_ctrl_c_ends_killed(client):
     with pytest.raises(KeyboardInterrupt):
-        with tracking.training_run("unit", {}, {}):
+        with runs.training_run("unit", {}, {}):
             raise KeyboardInterrupt
     assert only_run(client).info.status == "KILLED"
 
@@ -120,18 +122,18 @@ def test_ctrl_c_ends_killed(client):
 def test_sigterm_ends_killed_and_restores_the_handler(client):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
-        with tracking.training_run("unit", {}, {}):
+        with runs.training_run("unit", {}, {}):
             os.kill(os.getpid(), signal.SIGTERM)
     assert only_run(client).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_evaluation_reopens_the_training_run(client, tmp_path):
-    with tracking.training_run("unit", {"dropout": 0.2}, {}) as trained:
+    with runs.training_run("unit", {"dropout": 0.2}, {}) as trained:
         pass
     figure = tmp_path / "confusion_matrix.png"
     figure.write_bytes(b"\x89PNG\r\n\x1a\n")
-    with tracking.evaluation_run(trained.run_id, "unit", {"dropout": 0.2}) as run:
+    with runs.evaluation_run(trained.run_id, "unit", {"dropout": 0.2}) as run:
         run.log_metrics({"test_accuracy": 0.9})
         run.log_files([figure], "figures")
     assert run.run_id == trained.run_id
@@ -144,7 +146,7 @@ def test_evaluation_reopens_the_training_run(client, tmp_path):
 
 
 def test_evaluation_of_a_run_not_in_this_store_opens_a_new_one(client):
-    with tracking.evaluation_run("0123456789abcdef0123456789abcdef", "unit", {"dropout": 0.2}) as run:
+    with runs.evaluation_run("0123456789abcdef0123456789abcdef", "unit", {"dropout": 0.2}) as run:
         run.log_metrics({"test_accuracy": 0.9})
     logged = client.get_run(run.run_id)
     assert logged.info.status == "FINISHED"

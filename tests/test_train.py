@@ -8,15 +8,15 @@ import itertools
 import pytest
 import torch
 
-from conftest import synthetic_digits
-from mnist_mlp.data import Normalization, Split, load_split, normalize
+from support.mnist_files import synthetic_digits
+from mnist_mlp.data.mnist import Normalization, Split, load_split, normalize
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import MLP
+from mnist_mlp.core.model import MLP
 from mnist_mlp.params import TrainParams
-from mnist_mlp.train import (
+from mnist_mlp.core.determinism import deterministic
+from mnist_mlp.core.train import (
     TrainingError,
     compute_loss,
-    deterministic,
     evaluate_logits,
     fit,
     format_epoch,
@@ -180,16 +180,6 @@ def test_label_smoothing_moves_the_cross_entropy_target_off_the_one_hot():
     assert smoothed > plain
 
 
-def test_deterministic_mode_is_restored_on_leaving():
-    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
-    with deterministic(CPU):
-        assert torch.are_deterministic_algorithms_enabled()
-    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
-    with pytest.raises(RuntimeError), deterministic(CPU):
-        raise RuntimeError("training failed")
-    assert (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory) == before
-
-
 def test_fit_leaves_process_wide_torch_settings_alone():
     before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     fit(MLP([8]), split_of(64, seed=1), split_of(32, seed=2), small(epochs=1), CPU)
@@ -224,7 +214,7 @@ def test_validation_digits_are_never_augmented():
 
 
 def test_the_last_clean_epochs_see_the_digits_as_stored(monkeypatch):
-    from mnist_mlp import train as train_module
+    from mnist_mlp.core import train as train_module
 
     deformed, real_augment = [0], train_module.augment_batch
 

@@ -3,63 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import yaml
-
-from mnist_mlp.params import Params, ParamsError, apply_preset, load_params, read_preset, validate_params
+from mnist_mlp.params import Params, load_params, preset_values, validate_params
 from mnist_mlp.project import repo_root, run_cli
-from mnist_mlp.serve import DEFAULT_PORT as DEFAULT_SERVE_PORT
-
-
-# the sections a run's result depends on; download (where the bytes come from) and tracking do not change it
-RESULT_SECTIONS = ("preprocess", "train", "evaluate")
-
-
-def _dotted(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}, nested sections included: the keys `-S` takes."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= _dotted(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _preset_overrides(name: str) -> list[str]:
-    """`-S key=value` for every key a run depends on: the defaults with params/<name>.yaml laid over them.
-
-    Complete, so that `dvc exp run $(mnist-mlp preset NAME)` never inherits what an earlier
-    experiment left in params.yaml.
-    """
-    path = repo_root() / "params" / f"{name}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ParamsError(f"{path}: no such preset; available: {', '.join(available) or 'none'}")
-    resolved = _dotted(apply_preset(Params(), path).model_dump())
-    explicit = _dotted(read_preset(path))
-    keys = [key for key in resolved if key.split(".")[0] in RESULT_SECTIONS]
-    keys += [key for key in explicit if key.split(".")[0] not in RESULT_SECTIONS]
-    arguments = []
-    for key in keys:
-        value = resolved[key]
-        # `dvc exp run $(mnist-mlp preset NAME)` splits the output on whitespace and removes
-        # no quotes: a list goes as compact JSON ([512,512], also YAML), nothing is quoted
-        if isinstance(value, list):
-            text = json.dumps(value, separators=(",", ":"))
-        else:  # `...` is YAML's end-of-document marker
-            text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-        if any(char.isspace() or char in "'\"" for char in text):
-            raise ParamsError(f"{path}: '{key}' = {text}: a value with spaces or quotes cannot pass "
-                              "through `$(mnist-mlp preset ...)`; give it with -S on the command line")
-        arguments += ["-S", f"{key}={text}"]
-    return arguments
+from mnist_mlp.serving.rest import DEFAULT_PORT as DEFAULT_SERVE_PORT
 
 
 def cmd_preset(args: argparse.Namespace) -> None:
-    print(" ".join(_preset_overrides(args.name)))
+    from mnist_mlp.experiments.sweep import override_text
+
+    # `dvc exp run $(mnist-mlp preset NAME)` splits this on whitespace and removes no quotes
+    values = preset_values(repo_root(), args.name)
+    print(" ".join(f"-S {override_text(key, value)}" for key, value in values.items()))
 
 
 def configured_params() -> Params:
@@ -74,21 +30,23 @@ def configured_experiment(override: str | None = None) -> str:
 
 
 def cmd_init_store(args: argparse.Namespace) -> None:
-    from mnist_mlp import tracking
+    from mnist_mlp.tracking import location
+    from mnist_mlp.tracking import store
 
     experiment = configured_experiment(args.experiment)
-    experiment_id = tracking.ensure_experiment(experiment)
-    print(f"MLflow store {tracking.tracking_uri()}, experiment '{experiment}' (id {experiment_id})")
+    experiment_id = store.ensure_experiment(experiment)
+    print(f"MLflow store {location.tracking_uri()}, experiment '{experiment}' (id {experiment_id})")
 
 
 def cmd_close_stale_runs(args: argparse.Namespace) -> None:
-    from mnist_mlp import runs, tracking
+    from mnist_mlp.tracking import stale
+    from mnist_mlp.tracking import location
 
-    closed = runs.close_stale_runs(args.older_than, dry_run=args.dry_run)
+    closed = stale.close_stale_runs(args.older_than, dry_run=args.dry_run)
     verb = "would close" if args.dry_run else "closed"
     for run in closed:
         print(f"{verb} run {run.run_id} ({run.experiment}/{run.run_name}) as KILLED: {run.reason}")
-    print(f"{len(closed)} stale run(s) {verb} in {tracking.tracking_uri()}")
+    print(f"{len(closed)} stale run(s) {verb} in {location.tracking_uri()}")
 
 
 def _minutes(text: str) -> float:
@@ -101,7 +59,7 @@ def _minutes(text: str) -> float:
 def cmd_predict(args: argparse.Namespace) -> None:
     import sys
 
-    from mnist_mlp import predict
+    from mnist_mlp.serving import predict
 
     results = predict.predict_files(args.images, predict.load_classifier(args.model), args.top_k)
     output = predict.format_json(results, args.model) if args.json else predict.format_text(results)
@@ -121,7 +79,7 @@ def _top_k(text: str) -> int:
 
 
 def cmd_render_samples(args: argparse.Namespace) -> None:
-    from mnist_mlp.samples import render_samples
+    from mnist_mlp.serving.samples import render_samples
 
     for path in render_samples(args.test, args.out_dir):
         print(path)
@@ -133,20 +91,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import subprocess
     import sys
 
-    from mnist_mlp import serve, tracking
+    from mnist_mlp.serving import rest as serve
+    from mnist_mlp.tracking import loading
+    from mnist_mlp.tracking import location
+    from mnist_mlp.tracking import store
 
     model_uri = args.model_uri or serve.default_model_uri(args.metrics)
-    store = tracking.tracking_uri()
-    tracking.check_tracking_server(store)  # before the server starts: mlflow's own retries would take minutes
+    store_uri = location.tracking_uri()
+    store.check_tracking_server(store_uri)  # before the server starts: mlflow's own retries would take minutes
     if not serve.is_loopback(args.host):
         print(f"serve: warning: --host {args.host} accepts requests from other machines; the REST API has no login",
               file=sys.stderr)  # fmt: skip
     # MLflow is handed only the verified private copy, never the URI: nothing of a crafted model runs
-    with tracking.verified_model(model_uri) as local:
-        print(f"serving {model_uri} from {store} at http://{args.host}:{args.port}/invocations", file=sys.stderr)
+    with loading.verified_model(model_uri) as local:
+        print(f"serving {model_uri} from {store_uri} at http://{args.host}:{args.port}/invocations", file=sys.stderr)
         quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
         server = subprocess.Popen(serve.serve_command(str(local), args.host, args.port),
-                                  env={**quiet, **os.environ, "MLFLOW_TRACKING_URI": store, **tracking.NO_PICKLE_ENV})  # fmt: skip
+                                  env={**quiet, **os.environ, "MLFLOW_TRACKING_URI": store_uri, **loading.NO_PICKLE_ENV})  # fmt: skip
         # a SIGTERM to this pid stops the server too, then the copy is removed
         signal.signal(signal.SIGTERM, lambda signum, frame: server.terminate())
         try:
@@ -158,13 +119,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_app(args: argparse.Namespace) -> None:
-    from mnist_mlp import app
+    from mnist_mlp.serving import app
 
     models = app.Models(args.model, args.uris, configured_experiment(args.experiment), args.sweep)
-    if args.measure:
-        print(app.measure(models, args.measure).text())
-    else:
-        app.serve(models, args.port or app.DEFAULT_PORT)
+    app.serve(models, args.port or app.DEFAULT_PORT)
 
 
 def _port(text: str) -> int:
@@ -174,7 +132,7 @@ def _port(text: str) -> int:
 
 
 def cmd_check_metrics(args: argparse.Namespace) -> None:
-    from mnist_mlp import gate
+    from mnist_mlp.experiments import gate
 
     report = gate.run_gate(args.metrics, args.rules, args.baseline, args.baseline_rev)
     print(report.markdown(), flush=True)
@@ -183,13 +141,21 @@ def cmd_check_metrics(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from mnist_mlp import promote, registry
+    from mnist_mlp.experiments import promote
+    from mnist_mlp.tracking import registry
 
     # a name the evaluate stage could have registered, checked as params.yaml's is
     name = validate_params({"tracking": {"registered_model": args.model}}, source="--model").tracking.registered_model \
         if args.model else configured_params().tracking.registered_model  # fmt: skip
     run_id = None if args.version else (args.run_id or registry.evaluated_run_id(args.metrics, "--run-id or --version"))
     print(promote.promote(name, args.rules, run_id, args.version).line())
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    from mnist_mlp.experiments.restore import restore
+
+    restore(repo_root(), args.rev)
+    print(f"restore: the workspace holds {args.rev}'s params, dvc.lock, model and reports (`git status`, `dvc status` to see)")
 
 
 def _sizes(text: str) -> list[int]:
@@ -199,44 +165,34 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64 or 256,128, got {text!r}") from None
 
 
-def _threads(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of threads, 1 or more")
-    return int(text)
-
-
 def cmd_check_reproducible(args: argparse.Namespace) -> None:
-    from mnist_mlp.model import architecture
-    from mnist_mlp.reproducible import check_reproducible
+    from mnist_mlp.core.model import architecture
+    from mnist_mlp.core.reproducible import check_reproducible
 
-    configured = load_params(args.params).train.model_dump()
-    short = {**configured, "epochs": args.epochs, "hidden_sizes": args.hidden_sizes, "device": "cpu"}
-    params = validate_params({"train": short}, source="check-reproducible options").train
-    print(f"training {architecture(params.hidden_sizes)}, {params.epochs} epoch(s), seed {params.seed}, {args.threads} thread(s) twice, "
-          f"each in a fresh process, on {args.data}", flush=True)
-    outcome = check_reproducible(args.data, params, args.threads)
+    configured = load_params(args.params).model_dump()
+    threads = configured["train"]["threads"] if args.threads is None else args.threads
+    configured["train"] |= {"epochs": args.epochs, "hidden_sizes": args.hidden_sizes, "device": "cpu", "threads": threads}
+    params = validate_params(configured, source="check-reproducible options")
+    raw = args.raw if args.raw.is_dir() else None
+    print(f"training {architecture(params.train.hidden_sizes)}, {params.train.epochs} epoch(s), seed {params.train.seed}, "
+          f"{params.train.threads} thread(s) twice, each in a fresh process, on {args.data}"
+          + (f"; the splits rebuilt from {raw} each time" if raw else ""), flush=True)
+    outcome = check_reproducible(args.data, params, raw)
     print(f"reproducible: test accuracy {outcome.test_accuracy!r} and loss {outcome.test_loss!r} in both runs; "
-          f"all {len(outcome.state)} weight tensors bit-identical")
+          f"all {len(outcome.state)} weight tensors bit-identical; the same md5 for "
+          + ", ".join(f"{name} ({md5[:8]})" for name, md5 in outcome.file_md5s.items()))
 
 
 def sweep_plan(args: argparse.Namespace):
-    """The sweep the command line asks for; --preset NAME gives every key of the preset as --set
-    (--set keys win) and the preset's activation and dropout as the axes' defaults."""
-    from mnist_mlp import sweep
+    """The sweep the command line asks for (--preset NAME: every key of the preset, --set keys win)."""
+    from mnist_mlp.experiments import sweep
 
-    activations, dropouts, sets = args.activations, args.dropouts, args.set
-    if args.preset:
-        preset = dict(item.split("=", 1) for item in _preset_overrides(args.preset)[1::2])
-        activations = activations or [preset["train.activation"]]
-        dropouts = dropouts or [float(preset["train.dropout"])]
-        given = {item.split("=", 1)[0] for item in sets}
-        sets = [f"{key}={value}" for key, value in preset.items() if key not in sweep.OWN_KEYS | given] + sets
-    return sweep.plan(activations or ["relu", "tanh", "sigmoid"], dropouts or [0.0, 0.2, 0.5], args.seeds, sets,
-                      args.sweep_id, args.shard)  # fmt: skip
+    preset = preset_values(repo_root(), args.preset) if args.preset else None
+    return sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.sweep_id, args.shard, preset)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from mnist_mlp import sweep
+    from mnist_mlp.experiments import sweep
 
     planned = sweep_plan(args)
     experiment = configured_experiment(planned.experiment)
@@ -246,11 +202,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from mnist_mlp import compare
+    from mnist_mlp.experiments import compare
 
     if args.presets:
         experiment = configured_experiment(args.experiment)
-        table = compare.compare_presets(experiment, repo_root() / "params")
+        table = compare.compare_presets(experiment, repo_root())
         print(table.to_string(index=False))
         print(f"wrote {compare.write_presets_report(table, experiment, args.reports)}")
         return
@@ -335,8 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--sweep", metavar="ID", help="the sweep whose models answer (default: the latest; a page's ?sweep=ID overrides)")
     web.add_argument("--experiment", help="MLflow experiment of the sweeps (default: tracking.experiment in params.yaml)")
     web.add_argument("--port", type=_port, help="on 127.0.0.1 (default: 8000, app.DEFAULT_PORT)")
-    web.add_argument("--measure", type=Path, metavar="IMAGE",
-                     help="print each model's CPU latency on IMAGE (median of 100) instead of serving")  # fmt: skip
     web.set_defaults(func=cmd_app)
     check = commands.add_parser(
         "check-metrics",
@@ -367,17 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproducible = commands.add_parser(
         "check-reproducible",
-        help="train a short config twice on CPU from data/processed; fail unless accuracy and weights are bit-identical",
+        help="train a short config twice on CPU from data/processed; fail unless accuracy, weights and file md5s are bit-identical",
     )
     reproducible.add_argument("--data", type=Path, default=Path("data/processed"), help="default %(default)s")
     reproducible.add_argument("--params", default="params.yaml", help="train settings to start from (default %(default)s)")
     reproducible.add_argument("--epochs", type=int, default=1, help="default %(default)s")
     reproducible.add_argument("--hidden-sizes", type=_sizes, default=[64], metavar="N[,N...]", help="default 64")
-    reproducible.add_argument(
-        "--threads", type=_threads, default=1,
-        help="CPU threads of both runs (default %(default)s); results are bit-identical only at equal thread counts",
-    )  # fmt: skip
+    reproducible.add_argument("--raw", type=Path, default=Path("data/raw"),
+                              help="rebuild the splits from these IDX files in each run and compare them too, when present (default %(default)s)")
+    reproducible.add_argument("--threads", type=int, default=None,  # checked with the params, as train.threads
+                              help="CPU threads of both runs (default: train.threads of --params)")  # fmt: skip
     reproducible.set_defaults(func=cmd_check_reproducible)
+
+    back = commands.add_parser(
+        "restore", help="go back to a commit's params, lock file, model and reports (dvc exp apply), only if its cache has them"
+    )
+    back.add_argument("rev", nargs="?", default="HEAD", help="a commit, branch or tag (default %(default)s)")
+    back.set_defaults(func=cmd_restore)
 
     sweep = commands.add_parser(
         "sweep", help="queue activation x dropout experiments (dvc exp run --queue), run them, wait, show them"

@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import csv
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -41,23 +42,39 @@ def _no_space_named(path: Path) -> Iterator[None]:
         raise
 
 
+TEMP_SUFFIX = ".tmp"  # atomic_path's temp files are .<name>.<random>.tmp beside the target (.dvcignore skips them)
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Delete the temp files that a killed atomic write to `path` left (kill -9 runs no cleanup); return them.
+
+    Only for a writer that owns the folder (a DVC stage: DVC locks the workspace), never beside a live writer.
+    """
+    path = Path(path)
+    leftovers = sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}")) if path.parent.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; rename it over `path` only on success.
+def atomic_path(path: str | Path, mode: Optional[int] = None) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; rename it over `path` only on success, with `mode`
+    (default: the mode a plain open() would give).
 
     Inside `one_unit` the rename waits for the unit's end, with every other output's.
     """
     path = Path(path)
     with _no_space_named(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path: Optional[Path] = Path(tmp)
     try:
         with _no_space_named(path):
             yield tmp_path
         # mkstemp makes the file private (0600); give it the mode a plain open() would
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, 0o666 & ~_umask() if mode is None else mode)
         staged = _staged.get()
         if staged is None:
             os.replace(tmp_path, path)

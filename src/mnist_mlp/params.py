@@ -12,7 +12,7 @@ import reprlib
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args
 
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, redact
 from mnist_mlp.files import read_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -27,6 +27,7 @@ Device = Literal["auto", "cpu", "cuda"]
 MAX_SEED = 2**63 - 1  # torch's and numpy's generators take any int64
 MAX_WIDTH = 16384  # 784-16384-16384-10 is 1.1 GB of fp32 weights and optimizer state: big, not absurd
 MAX_LAYERS = 16  # the logged param stays far below MLflow's 6000-character limit
+MAX_THREADS = 1024  # torch.set_num_threads takes any positive count; more than the cores only slows down
 
 
 class ParamsError(UserError, ValueError):
@@ -72,7 +73,7 @@ def _int_as_float(value: Any) -> Any:
 
 
 class AugmentParams(_Section):
-    """Random deformations of each training batch (mnist_mlp.augment); all 0 = off."""
+    """Random deformations of each training batch (mnist_mlp.core.augment); all 0 = off."""
 
     shift: float = Field(default=0.0, ge=0.0, le=8.0, description="pixels, each axis, uniform in [-shift, shift]")
     rotation: float = Field(default=0.0, ge=0.0, le=90.0, description="degrees, uniform in [-rotation, rotation]")
@@ -111,6 +112,9 @@ class TrainParams(_Section):
     epochs: int = Field(default=20, gt=0)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: Device = "auto"
+    # CPU threads; part of what a run is: another count sums floats in another order (other weights, other
+    # bytes). 0 = torch's default (every core): faster, but the result then depends on the machine
+    threads: int = Field(default=1, ge=0, le=MAX_THREADS)
     augment: AugmentParams = AugmentParams()
 
     @field_validator("augment")
@@ -218,8 +222,6 @@ def _describe(error: dict, source: str) -> str:
     allowed = _allowed(model, location[-1])
     got = error.get("input")
     if isinstance(got, str):
-        from mnist_mlp.download import redact
-
         got = redact(got)  # an error message must not repeat a password
     # capped: an alias bomb's value would take minutes and gigabytes to print in full
     got_text = f" (got {_short_repr(got)})" if not isinstance(got, dict) else ""
@@ -261,6 +263,29 @@ def check_unchanged(path: str | Path, read: Params, *sections: str) -> None:
                           "or an editor wrote it; no output was replaced; run again when it is done")  # fmt: skip
 
 
+# --- what defines a run, and the presets: one home for both ---------------------------------------
+
+# the sections a run's result depends on; download (where the bytes come from) and tracking do not change it
+RESULT_SECTIONS = ("preprocess", "train", "evaluate")
+# the keys a sweep sets on each of its runs
+SWEEP_KEYS = ("tracking.sweep_id", "tracking.sweep_base")
+# flatten()'s keys in which runs of one setting may differ: the seed (one sample), the device and thread count, where it is logged
+PER_RUN_KEYS = frozenset({"seed", "device", "threads", *(f"tracking.{key}" for key in TrackingParams.model_fields)})
+PRESETS_FOLDER = "params"  # <project>/params/<name>.yaml
+
+
+def preset_paths(root: str | Path) -> dict[str, Path]:
+    """name -> file of every preset of the project at `root`, sorted by name."""
+    return {path.stem: path for path in sorted((Path(root) / PRESETS_FOLDER).glob("*.yaml"))}
+
+
+def preset_path(root: str | Path, name: str) -> Path:
+    path = Path(root) / PRESETS_FOLDER / f"{name}.yaml"
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such preset; available: {', '.join(preset_paths(root)) or 'none'}")
+    return path
+
+
 def read_preset(path: str | Path) -> dict:
     """A preset (params/<name>.yaml): a validated partial params mapping."""
     overrides = read_yaml(path, ParamsError, "preset") or {}
@@ -277,15 +302,28 @@ def apply_preset(base: Params, path: str | Path) -> Params:
     return validate_params(lay_over(base.model_dump(), read_preset(path)), source=str(path))
 
 
+def preset_values(root: str | Path, name: str) -> dict[str, Any]:
+    """{dotted key: value} for every key a run depends on (RESULT_SECTIONS): the defaults with the preset laid
+    over them, plus the preset's own keys of other sections. Complete, so that a run of it never inherits what
+    an earlier experiment left in params.yaml."""
+    path = preset_path(root, name)
+    resolved = dotted(apply_preset(Params(), path).model_dump())
+    explicit = dotted(read_preset(path))
+    keys = [key for key in resolved if key.split(".")[0] in RESULT_SECTIONS]
+    keys += [key for key in explicit if key.split(".")[0] not in RESULT_SECTIONS]
+    return {key: resolved[key] for key in keys}
+
+
+def dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"augment": {"shift": 2}}} -> {"train.augment.shift": 2}: the keys `dvc exp run -S` takes."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
+
+
 def flatten(params: Params) -> dict[str, Any]:
     """One flat dict for tracking: train keys bare (activation, dropout, augment.shift, ...), others dotted."""
-
-    def dotted(values: dict, prefix: str) -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for key, value in values.items():
-            flat |= dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        return flat
-
     flat: dict[str, Any] = {}
     for section, values in params.model_dump().items():
         if section == "download":

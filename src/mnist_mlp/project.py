@@ -35,7 +35,7 @@ def run_cli(name: str, main: Callable[[], object]) -> None:
         _fail(name, exc)
     except Exception as exc:
         # a store that is locked or damaged surfaces as SQLAlchemy's error from deep inside MLflow
-        tracking = sys.modules.get("mnist_mlp.tracking")
+        tracking = sys.modules.get("mnist_mlp.tracking.store")
         known = tracking.store_failure(exc) if tracking else None
         if known is None:
             raise

@@ -1,0 +1,1 @@
+"""Core training: the model, the training loop, augmentation, evaluation, checkpoints."""

@@ -1,0 +1,35 @@
+"""What fixes a run's floats besides params and seed: deterministic kernels and the CPU thread count."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device, threads: int = 0) -> Iterator[None]:
+    """Deterministic kernels on the CPU and `threads` CPU threads (0: torch's default, every core) while
+    inside, so that params + seed fix the weights bit for bit; restored after.
+
+    The thread count is part of what fixes them: another count sums floats in another order.
+    """
+    default_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        if device.type != "cpu":
+            yield
+            return
+        enabled, fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+        torch.use_deterministic_algorithms(True)
+        # every kernel here writes what it allocates: NaN-filling new tensors would cost time, not determinism
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(enabled)
+            torch.utils.deterministic.fill_uninitialized_memory = fill
+    finally:
+        torch.set_num_threads(default_threads)

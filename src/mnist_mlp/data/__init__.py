@@ -1,0 +1,1 @@
+"""Data: MNIST's files, checked, and the cached tensors the stages share."""

@@ -1,0 +1,1 @@
+"""Experiments: sweeps, comparisons, the metric gate, promotion."""

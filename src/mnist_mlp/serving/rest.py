@@ -1,0 +1,38 @@
+"""Serving the evaluated model over REST with `mlflow models serve`.
+
+The served model is the PixelClassifier the evaluate stage logged: POST
+{"inputs": [[784 pixel values in [0, 1], row by row, light digit on black], ...]}
+to /invocations and get {"predictions": [[10 probabilities], ...]}.
+`mnist_mlp.serving.predict.image_pixels` turns an image file into such a row.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+
+from mnist_mlp.tracking.registry import evaluated_run_id
+
+DEFAULT_PORT = 5001  # 5000 is the MLflow UI's
+
+
+def default_model_uri(metrics_path: str | Path) -> str:
+    """`runs:/<id>/model` of the run recorded in reports/metrics.json by the evaluate stage."""
+    return f"runs:/{evaluated_run_id(metrics_path, '--model-uri runs:/<run id>/model')}/model"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` accepts connections from this machine only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
+    # this interpreter's mlflow, and --env-manager local: no virtualenv built per model
+    return [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+        "--env-manager", "local", "-h", host, "-p", str(port),
+    ]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Tracking: everything MLflow (the store, runs, the registry, queries, model loading)."""

@@ -1,0 +1,72 @@
+"""Reading runs back: a sweep's models for the app, runs as a table for compare and close-stale-runs."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from mnist_mlp.errors import UserError
+from mnist_mlp.tracking.location import local_sqlite_path, tracking_uri
+from mnist_mlp.tracking.store import check_tracking_server, client, literal
+
+
+# --- the models of a sweep, for `mnist-mlp app` ------------------------------------------------
+
+
+class NoRunsError(UserError, LookupError):
+    """No sweep to show: no store, no experiment, no such sweep; the message names the command that makes one."""
+
+
+class SweepModel:
+    """A FINISHED run of a sweep and the model its evaluate stage logged."""
+
+    def __init__(self, name: str, run_id: str, params: dict[str, str]):
+        self.name, self.run_id, self.params = name, run_id, params
+        self.model_uri = f"runs:/{run_id}/model"
+
+
+def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[SweepModel]]:
+    """(sweep id, its FINISHED runs, oldest first); `latest` is the sweep of the newest FINISHED run tagged with one."""
+    literal(sweep_id, "sweep id")  # refused before any store is opened
+    uri = tracking_uri()
+    db = local_sqlite_path(uri)
+    if db is not None and not db.is_file():  # MlflowClient would create an empty store there
+        raise NoRunsError(f"no MLflow store at {db}; `make sweep` (or `make sweep-quick`) makes one with a sweep")
+    # a tracking server that is down must not hold a request for MLflow's default minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    finished = "attributes.status = 'FINISHED'"
+    try:
+        store = client()
+        found = store.get_experiment_by_name(experiment)
+        if found is None:
+            raise NoRunsError(f"no experiment '{experiment}' in {uri}; `make sweep` (or `make sweep-quick`) makes one")
+        if sweep_id == "latest":
+            newest = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id != ''", max_results=1,
+                                       order_by=["attributes.start_time DESC"])  # fmt: skip
+            if not newest:
+                raise NoRunsError(f"no finished sweep in experiment '{experiment}' of {uri}; run `make sweep` (or `make sweep-quick`)")
+            sweep_id = newest[0].data.tags["sweep_id"]
+        runs = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id = {literal(sweep_id, 'sweep id')}", max_results=1000,
+                                 order_by=["attributes.start_time ASC"])  # fmt: skip
+    except (MlflowException, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise NoRunsError(f"cannot read the sweeps in {uri} ({reason})") from None
+    if not runs:
+        raise NoRunsError(f"no finished run of sweep '{sweep_id}' in experiment '{experiment}' of {uri}; `make sweep` runs one")
+    return sweep_id, [SweepModel(run.info.run_name or run.info.run_id, run.info.run_id, dict(run.data.params)) for run in runs]
+
+
+def search_runs(experiment: Optional[str], filter_string: str = "", **options) -> pd.DataFrame:
+    """`mlflow.search_runs` on the project's store: one row per run of `experiment` (None: of every
+    experiment) matching `filter_string`, newest first; columns run_id, status, params.*, metrics.*, tags.*."""
+    check_tracking_server()
+    mlflow.set_tracking_uri(tracking_uri())
+    if experiment is not None and client().get_experiment_by_name(experiment) is None:
+        raise NoRunsError(f"no experiment '{experiment}' in {tracking_uri()}; `make sweep` (or `make sweep-quick`) makes one")
+    return mlflow.search_runs(experiment_names=[experiment] if experiment else None,
+                              search_all_experiments=experiment is None, filter_string=filter_string, **options)  # fmt: skip

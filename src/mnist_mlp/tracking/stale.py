@@ -1,0 +1,47 @@
+"""Closing MLflow runs that a crash left RUNNING (`kill -9`, a power cut, an OOM kill).
+
+A run tagged with this host and a process id that is gone is stale at any age; a run from another
+host (or without the tags) only once it started over `older_than` minutes ago, because a
+teammate's long training may still be alive there.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import NamedTuple
+
+import pandas as pd
+import psutil
+
+from mnist_mlp.tracking import queries
+from mnist_mlp.tracking import store
+
+CLOSED_TAG = "mnist_mlp.closed_stale"
+
+
+class StaleRun(NamedTuple):
+    run_id: str
+    experiment: str
+    run_name: str
+    reason: str
+
+
+def close_stale_runs(older_than_minutes: float, dry_run: bool = False) -> list[StaleRun]:
+    """End each stale run, in any experiment, KILLED with a tag saying why; return them."""
+    running = queries.search_runs(None, "attributes.status = 'RUNNING'").astype(object)
+    cutoff = pd.Timestamp(time.time() - older_than_minutes * 60, unit="s", tz="UTC")
+    client, stale = store.client(), []
+    for run in running.where(running.notna(), None).to_dict("records"):
+        pid = run.get("tags.mnist_mlp.pid") or ""
+        if run.get("tags.mnist_mlp.host") == socket.gethostname() and pid.isdigit():
+            reason = None if psutil.pid_exists(int(pid)) else f"its process {pid} on this host is gone"
+        else:
+            reason = f"started over {older_than_minutes:g} minutes ago" if run["start_time"] < cutoff else None
+        if reason:
+            experiment = client.get_experiment(run["experiment_id"]).name
+            stale.append(StaleRun(run["run_id"], experiment, run.get("tags.mlflow.runName") or "", reason))
+    for run in [] if dry_run else stale:
+        client.set_tag(run.run_id, CLOSED_TAG, f"closed by mnist-mlp close-stale-runs: {run.reason}")
+        client.set_terminated(run.run_id, status="KILLED")
+    return stale
