@@ -29,7 +29,7 @@ from mnist_mlp.core.augment import describe
 from mnist_mlp.data.mnist import Split, load_split, normalize
 from mnist_mlp.errors import UserError
 from mnist_mlp.core.model import INPUT_SIZE, MLP, NUM_CLASSES, architecture
-from mnist_mlp.params import Params, TrainParams, apply_preset, flatten
+from mnist_mlp.params import Params, TrainParams, apply_preset, flatten, preset_path
 from mnist_mlp.project import run_cli
 from mnist_mlp.core.determinism import deterministic
 from mnist_mlp.core.train import fit, resolve_device, seeded_model
@@ -235,7 +235,7 @@ def mlflow_seconds(params: Params, data: Path, root: Path) -> float:
 def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_time: float,
                   device_choice: str, with_mlflow: bool = True) -> Result:
     params = Params()  # the defaults: a leftover experiment in params.yaml must not change the benchmark
-    settings, fast = params.train, apply_preset(params, ROOT / "params" / "fast.yaml").train
+    settings, fast = params.train, apply_preset(params, preset_path(ROOT, "fast")).train
     device = resolve_device(device_choice)
     train, val, test = (load_split(data / f"{name}.pt") for name in ("train", "val", "test"))
     run, forward_flops, step_flops = step_matmuls(settings.hidden_sizes, settings.batch_size, device)

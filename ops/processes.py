@@ -34,12 +34,12 @@ TAIL_CHARS = 3000  # of the log, in the message of a process that exited or was 
 class ProcessError(RuntimeError):
     """The process exited before it was ready (`returncode` set), or was not ready in time (`returncode` None).
 
-    The message names it and ends with the tail of its log; `reason` is the message without the log.
+    The message names it and ends with the tail of its log (also in `log_tail`, for a one-line error).
     """
 
     def __init__(self, reason: str, returncode: Optional[int], log_tail: str = ""):
         super().__init__(f"{reason}; the end of its log:\n{log_tail}" if log_tail else reason)
-        self.reason, self.returncode, self.log_tail = reason, returncode, log_tail
+        self.returncode, self.log_tail = returncode, log_tail
 
 
 class ProcessExited(ProcessError):

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 from mnist_mlp import files
 from mnist_mlp.errors import UserError
 from mnist_mlp.project import repo_root, run_cli
-from ops.processes import ManagedProcess, NotReady, ProcessExited, free_port, url_answers
+from ops.processes import ManagedProcess, NotReady, ProcessError, ProcessExited, free_port, url_answers
 
 DEFAULT_DB = "postgresql+psycopg://mlflow@127.0.0.1:5432/mlflow"
 DEFAULT_PORT = 5000
@@ -358,9 +358,15 @@ def wait_ready(uri: str, process: ManagedProcess, timeout: float = READY_TIMEOUT
     try:
         process.wait_until(lambda: health(uri), timeout)
     except ProcessExited as exc:
-        raise ServerError(f"mlflow server exited with code {exc.returncode} before answering at {uri}") from None
-    except NotReady:
-        raise ServerError(f"mlflow server did not answer {uri}/health within {timeout:.0f} s") from None
+        raise ServerError(f"mlflow server exited with code {exc.returncode} before answering at {uri}{_last_line(exc)}") from None
+    except NotReady as exc:
+        raise ServerError(f"mlflow server did not answer {uri}/health within {timeout:.0f} s{_last_line(exc)}") from None
+
+
+def _last_line(exc: ProcessError) -> str:
+    """The last line its log holds (the reason, most often), for the one-line error."""
+    lines = exc.log_tail.strip().splitlines()
+    return f"; the last line of its log: {lines[-1].strip()[:300]}" if lines else ""
 
 
 def _ready_line(settings: Settings) -> str:
@@ -440,7 +446,6 @@ def stop(settings: Settings, quiet: bool = False) -> None:
 
 class ServerProcess:
     """One `mlflow server` process group with its log; `restart` keeps its database and port."""
-
     def __init__(self, settings: Settings, log: Path):
         self.settings, self.log = settings, log
         self.process: Optional[ManagedProcess] = None

@@ -18,8 +18,8 @@ from mnist_mlp.files import md5_of, one_unit, save_figure, write_csv
 from mnist_mlp.core.model import architecture, count_parameters
 from mnist_mlp.params import check_unchanged, flatten, load_params
 from mnist_mlp.project import run_cli
-from mnist_mlp.core.determinism import deterministic
-from mnist_mlp.core.train import fit, format_epoch, resolve_device, seeded_model
+from mnist_mlp.core.determinism import thread_count
+from mnist_mlp.core.train import format_epoch, resolve_device, seeded_model, train_best
 
 
 def main() -> None:
@@ -42,7 +42,8 @@ def main() -> None:
         print(f"train: augmented training batches: {describe(settings.augment)}")
 
     splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
-    tags = {"device": str(device), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
+    # the threads it trains on (train.threads, or torch's default when 0): seconds per epoch depend on them
+    tags = {"device": str(device), "torch_threads": str(thread_count(settings.threads)), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
     tags |= {f"sweep_{key}": value for key, value in (("id", params.tracking.sweep_id), ("base", params.tracking.sweep_base)) if value}
     with runs.training_run(params.tracking.experiment, flatten(params), tags) as run:
         run.log_datasets(splits)
@@ -51,12 +52,8 @@ def main() -> None:
             run.log_epoch(record)
             print(f"train: {format_epoch(record, settings.epochs)}", flush=True)
 
-        with deterministic(device, settings.threads):
-            result = fit(model, train, val, settings, device, on_epoch=report, progress=sys.stderr.isatty())
-        model.load_state_dict(result.best_state)
-        summary = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch}
-        run.log_metrics({**summary, "train_seconds": result.seconds})
-        info = {**summary, "epochs": settings.epochs, "device": str(device)}
+        result, info = train_best(model, train, val, settings, device, on_epoch=report, progress=sys.stderr.isatty())
+        run.log_metrics({"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "train_seconds": result.seconds})
         # one unit after training: a failed run (a full disk too) leaves every previous output as it was
         with one_unit():
             save_checkpoint(args.model, model, train.normalization, params.model_dump(), info)

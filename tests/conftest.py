@@ -23,11 +23,6 @@ from support.project import CLEARED_ENV, build_template, copy_project
 
 
 @pytest.fixture
-def tiny_mirror(tmp_path: Path) -> Path:
-    return write_tiny_mnist(tmp_path / "mirror")
-
-
-@pytest.fixture
 def tiny_raw(tmp_path: Path) -> Path:
     """data/raw as the download stage leaves it: the four files uncompressed."""
     return write_tiny_mnist(tmp_path / "raw", compress=False)

@@ -142,3 +142,12 @@ def test_init_store_honours_mlflow_tracking_uri(tmp_path, monkeypatch, capsys, m
     main(["init-store"])
     assert capsys.readouterr().out.startswith(f"MLflow store {mlflow_store}, experiment 'mnist-mlp'")
     assert mlflow.MlflowClient(mlflow_store).get_experiment_by_name("mnist-mlp") is not None
+
+
+def test_the_command_starts_without_loading_mlflow_or_torch():
+    """`mnist-mlp --help` and `$(mnist-mlp preset NAME)` answer at once: each command imports what it runs."""
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, mnist_mlp.cli; print(sorted({'mlflow', 'torch'} & set(sys.modules)))"],
+                            capture_output=True, text=True, check=True, timeout=60).stdout.strip()  # fmt: skip
+    assert loaded == "[]"

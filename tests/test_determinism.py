@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_mlp.core.determinism import deterministic
+from mnist_mlp.core.determinism import deterministic, thread_count
 
 CPU = torch.device("cpu")
 
@@ -25,11 +25,18 @@ def test_deterministic_mode_is_restored_on_leaving():
 
 
 def test_the_thread_count_is_pinned_inside_and_restored_after():
-    before = settings()
-    for device in (CPU, torch.device("meta")):  # another device: threads still pinned, kernels left alone
-        with deterministic(device, threads=1):
-            assert torch.get_num_threads() == 1
+    outside = torch.get_num_threads()
+    torch.set_num_threads(2)  # not the pinned count: the tests run on one thread (OMP_NUM_THREADS=1)
+    try:
+        before = settings()
+        for device in (CPU, torch.device("meta")):  # another device: threads still pinned, kernels left alone
+            with deterministic(device, threads=1):
+                assert torch.get_num_threads() == 1
+            assert settings() == before
+        with deterministic(CPU, threads=0):  # 0: torch's default, untouched
+            assert torch.get_num_threads() == 2
+            assert thread_count(0) == 2 and thread_count(1) == 1
         assert settings() == before
-    with deterministic(CPU, threads=0):  # 0: torch's default, untouched
-        assert torch.get_num_threads() == before[2]
+    finally:
+        torch.set_num_threads(outside)
 

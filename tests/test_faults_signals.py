@@ -21,6 +21,7 @@ from typing import Iterator
 import pytest
 import yaml
 
+from support.params import set_train_params
 from support.cli import run
 from support.faults import (
     fresh_store,
@@ -102,12 +103,6 @@ def test_a_signal_during_training_ends_the_run_killed_and_keeps_earlier_outputs(
     assert temp_leftovers(tmp_path) == []
 
 
-def _set_params(project: Path, **train) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(train)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def _store_uri(project: Path) -> str:
     return f"sqlite:///{project.parent / 'store' / 'mlflow.db'}"
 
@@ -126,7 +121,7 @@ def test_dvc_repro_interrupted_in_training_then_repro_completes(project, signum)
     outputs = [project / "models", project / "reports", project / "dvc.lock"]
     before = snapshot(*outputs)
 
-    _set_params(project, epochs=FOREVER)
+    set_train_params(project, epochs=FOREVER)
     with _started([str(BIN / "dvc"), "repro"], project, dict(os.environ), project.parent / "dvc-stderr.log") as job:
         _wait_for_line(job.stdout, "train: epoch   1/")
         os.killpg(job.pid, signum)  # the whole group, as Ctrl-C in a terminal or an OOM kill of the job
@@ -142,7 +137,7 @@ def test_dvc_repro_interrupted_in_training_then_repro_completes(project, signum)
     statuses = [r.info.status for r in mlflow_runs(_store_uri(project))]
     assert sorted(statuses) == ["FINISHED", "KILLED"]
 
-    _set_params(project, epochs=3)
+    set_train_params(project, epochs=3)
     _repro_is_clean(project)
     assert sorted(r.info.status for r in mlflow_runs(_store_uri(project))) == ["FINISHED", "FINISHED", "KILLED"]
 

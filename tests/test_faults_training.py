@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.params import set_train_params
 from support.cli import run
 from support.faults import (
     assert_one_clear_error,
@@ -54,12 +55,6 @@ def _dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return run([str(BIN / "dvc"), *args], project, check=check)
 
 
-def _set_params(project: Path, **train) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"].update(train)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.mark.slow
 @pytest.mark.fault
 def test_a_failed_dvc_repro_keeps_the_previous_model_and_the_next_repro_is_clean(project):
@@ -68,14 +63,14 @@ def test_a_failed_dvc_repro_keeps_the_previous_model_and_the_next_repro_is_clean
     outputs = [project / "models", project / "reports", project / "dvc.lock"]
     before = snapshot(*outputs)
 
-    _set_params(project, **DIVERGING)
+    set_train_params(project, **DIVERGING)
     failed = _dvc(project, "repro", check=False)
     assert failed.returncode != 0
     assert "train: error: loss became nan at epoch 1" in failed.stderr + failed.stdout
     assert snapshot(*outputs) == before, "the failed run changed or deleted an earlier output"
     assert temp_leftovers(project / "models", project / "reports", project / "data") == []
 
-    _set_params(project, lr=0.01, optimizer="adamw", schedule="onecycle", epochs=2)
+    set_train_params(project, lr=0.01, optimizer="adamw", schedule="onecycle", epochs=2)
     _dvc(project, "repro")
     status = _dvc(project, "status", "--json")
     assert json.loads(status.stdout) == {}

@@ -26,6 +26,7 @@ from support.server import tracking_server
 from ops import server
 from mnist_mlp.tracking import runs
 from mnist_mlp.tracking import store
+from ops.processes import ManagedProcess
 from ops.server import Settings, ServerError, free_port
 
 DVC, MNIST_MLP = str(BIN / "dvc"), str(BIN / "mnist-mlp")
@@ -258,25 +259,20 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
     wait_for_texts(browser, ["Version 1", "Version 2", "champion"])
 
     port = free_port()
-    serving = subprocess.Popen([MNIST_MLP, "serve", "--model-uri", "models:/mnist-mlp@champion", "--port", str(port)], cwd=project,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        body = json.dumps({"inputs": [[0.0] * 784, [1.0] * 784]}).encode()
-        deadline = time.monotonic() + 300
-        while True:
-            assert serving.poll() is None, serving.stderr.read()
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    predictions = json.load(response)["predictions"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mnist-mlp serve did not answer within 300 s"
-                time.sleep(1)
-        assert len(predictions) == 2 and all(abs(sum(row) - 1) < 1e-4 for row in predictions)
-    finally:
-        os.killpg(serving.pid, 15)
-        serving.wait(timeout=60)
+    body = json.dumps({"inputs": [[0.0] * 784, [1.0] * 784]}).encode()
+    answers: list = []
+
+    def predicts() -> bool:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answers.append(json.load(response)["predictions"])
+        return True
+
+    with ManagedProcess([MNIST_MLP, "serve", "--model-uri", "models:/mnist-mlp@champion", "--port", str(port)],
+                        log=tmp_path / "serve.log", cwd=project) as serving:  # fmt: skip
+        serving.wait_until(predicts, timeout=300, interval=1)
+    (predictions,) = answers
+    assert len(predictions) == 2 and all(abs(sum(row) - 1) < 1e-4 for row in predictions)
 
 
 def train_stage(project: Path, env: dict, log: Path) -> subprocess.Popen:

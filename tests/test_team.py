@@ -8,7 +8,6 @@ that sweep. Bob promotes Alice's experiment to `champion`. Needs `make server-de
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from support.cli import run
 from support.paths import BIN
+from mnist_mlp.files import md5_of
 
 pytestmark = pytest.mark.server
 
@@ -33,10 +33,6 @@ EXPERIMENT = "alice-dropout"
 
 def dvc(repo: Path, *args: str) -> str:
     return run([DVC, *args], repo).stdout
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def clone(origin: Path, into: Path) -> Path:
@@ -92,7 +88,7 @@ def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server
     # Bob gets Alice's model without training it
     started = time.monotonic()
     dvc(bob, "pull")
-    assert md5(bob / "models" / "model.pt") == md5(alice / "models" / "model.pt")
+    assert md5_of(bob / "models" / "model.pt") == md5_of(alice / "models" / "model.pt")
     assert json.loads(dvc(bob, "status", "--json")) == {}
     timings["dvc pull"] = time.monotonic() - started
 
@@ -142,7 +138,7 @@ def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server
     started = time.monotonic()
     dvc(bob, "exp", "apply", EXPERIMENT)
     dvc(bob, "pull")
-    assert md5(bob / "models" / "model.pt") == pushed["outs"]["models/model.pt"]["hash"]
+    assert md5_of(bob / "models" / "model.pt") == pushed["outs"]["models/model.pt"]["hash"]
     assert json.loads((bob / "reports" / "metrics.json").read_text())["mlflow_run_id"] == logged.info.run_id
     rules = tmp_path / "rules.yaml"
     rules.write_text("metrics:\n  test.accuracy:\n    better: higher\n")

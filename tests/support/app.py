@@ -45,7 +45,7 @@ def train_mlp(activation: str = "relu", dropout: float = 0.0, seed: int = 0) -> 
 def save_model(path: Path, activation: str = "relu", dropout: float = 0.0) -> Path:
     """models/model.pt as the train stage writes it, for a small font-trained MLP."""
     params = validate_params({"train": {"hidden_sizes": [64], "activation": activation, "dropout": dropout}})
-    save_checkpoint(path, train_mlp(activation, dropout), NORMALIZATION, params.model_dump(), {"mlflow_run_id": "none"})
+    save_checkpoint(path, train_mlp(activation, dropout), NORMALIZATION, params.model_dump(), {"epochs": 1, "device": "cpu"})
     return path
 
 

@@ -90,5 +90,5 @@ def train_font_model(path: Path, normalization: Normalization = Normalization(me
         optimizer.step()
     model.eval()
     params = {"train": {"hidden_sizes": [64], "activation": "relu", "dropout": 0.0}}
-    save_checkpoint(path, model, normalization, params, {"mlflow_run_id": "none"})
+    save_checkpoint(path, model, normalization, params, {"epochs": 1, "device": "cpu"})
     return path

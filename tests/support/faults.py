@@ -2,7 +2,7 @@
 
 `stage_in_process` runs a stage script exactly as `python stages/x.py` would (runpy,
 `__main__`, argv, cwd) but in the test process, so a bad input costs no torch import;
-`stage_subprocess` runs it for real where signals, MLflow runs or exit codes matter.
+`stage_command` is the command line to run it for real where signals or exit codes matter.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import os
 import re
 import runpy
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +52,6 @@ def stage_env(**extra: str) -> dict[str, str]:
 
 def stage_command(script: str, args: list[str]) -> list[str]:
     return [str(BIN / "python"), str(ROOT / "stages" / f"{script}.py"), *args]
-
-
-def stage_subprocess(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: float = 300) -> Outcome:
-    result = subprocess.run(
-        stage_command(script, args), cwd=cwd, env=env or stage_env(), capture_output=True, text=True, timeout=timeout
-    )
-    return Outcome(result.returncode, result.stdout, result.stderr)
 
 
 def assert_one_clear_error(outcome: Outcome, name: str, *fragments: str) -> str:

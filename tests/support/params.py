@@ -28,6 +28,13 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def set_train_params(project: Path, **train) -> None:
+    """Change keys of the `train` section of `project`'s params.yaml, the rest as it is."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(train)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def tiny_params(path: Path, **sections) -> Path:
     """params.yaml at `path`: the defaults, TINY_PARAMS, then `sections` (e.g. train={"epochs": 1})."""
     params = merge(default_params(), TINY_PARAMS)

@@ -33,3 +33,8 @@ def deterministic(device: torch.device, threads: int = 0) -> Iterator[None]:
             torch.utils.deterministic.fill_uninitialized_memory = fill
     finally:
         torch.set_num_threads(default_threads)
+
+
+def thread_count(threads: int) -> int:
+    """The CPU threads `deterministic(device, threads)` trains on: `threads`, or torch's default when 0."""
+    return threads or torch.get_num_threads()

@@ -7,8 +7,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from mnist_mlp.data.mnist import NUM_CLASSES, Split, normalize
-from mnist_mlp.core.model import MLP
-from mnist_mlp.core.model import evaluate_logits
+from mnist_mlp.core.model import MLP, evaluate_logits
 
 CLASSES = list(range(NUM_CLASSES))
 

@@ -43,7 +43,7 @@ def train_and_test(data_dir: str, params: Params, out_dir: str, raw_dir: Optiona
     from mnist_mlp.core.checkpoint import save_checkpoint
     from mnist_mlp.core.determinism import deterministic
     from mnist_mlp.core.evaluate import evaluate
-    from mnist_mlp.core.train import fit, seeded_model
+    from mnist_mlp.core.train import seeded_model, train_best
     from mnist_mlp.data.mnist import preprocess
 
     out, settings, device = Path(out_dir), params.train, torch.device("cpu")
@@ -51,12 +51,10 @@ def train_and_test(data_dir: str, params: Params, out_dir: str, raw_dir: Optiona
         preprocess(raw_dir, out, params.preprocess.normalization, params.preprocess.val_size, params.preprocess.split_seed)
     folder = Path(data_dir)
     train, val, test = (load_split(folder / f"{name}.pt") for name in SPLITS)
-    with deterministic(device, settings.threads):
-        model = seeded_model(settings)
-        result = fit(model, train, val, settings, device)
-        model.load_state_dict(result.best_state)
+    model = seeded_model(settings)
+    result, info = train_best(model, train, val, settings, device)
+    with deterministic(device, settings.threads):  # the loss's last bits depend on the thread count
         metrics, _ = evaluate(model, test)
-    info = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "epochs": settings.epochs, "device": "cpu"}
     save_checkpoint(out / "model.pt", model, train.normalization, params.model_dump(), info)
     names = [f"{name}.pt" for name in SPLITS] * (raw_dir is not None) + ["model.pt"]
     return RunOutcome(metrics["accuracy"], metrics["loss"], result.best_state, {name: md5_of(out / name) for name in names})

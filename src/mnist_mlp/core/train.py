@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mnist_mlp.core.augment import augment_batch
+from mnist_mlp.core.determinism import deterministic
 from mnist_mlp.errors import UserError
 from mnist_mlp.data.mnist import Split, normalize
 from mnist_mlp.core.model import MLP, evaluate_logits
@@ -185,6 +186,17 @@ def fit(
 
     result.seconds = time.perf_counter() - started
     return result
+
+
+def train_best(model: MLP, train: Split, val: Split, params: TrainParams, device: torch.device,
+               on_epoch: Optional[Callable[[dict], None]] = None, progress: bool = False) -> tuple[TrainResult, dict]:
+    """`fit` with deterministic kernels on train.threads threads, then the best-on-validation weights loaded into
+    `model`; (the result, the checkpoint's info). The train stage and `check-reproducible` both train through it."""
+    with deterministic(device, params.threads):
+        result = fit(model, train, val, params, device, on_epoch=on_epoch, progress=progress)
+    model.load_state_dict(result.best_state)
+    info = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "epochs": params.epochs, "device": str(device)}
+    return result, info
 
 
 def _non_finite(loss: torch.Tensor, epoch: int, step: int, lr: float) -> TrainingError:

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_mlp.tracking import location
-from mnist_mlp.tracking import queries
-from mnist_mlp.tracking import store
+from mnist_mlp.tracking import location, queries, store
 from mnist_mlp.errors import UserError
 from mnist_mlp.files import save_figure, write_text
 from mnist_mlp.params import PER_RUN_KEYS, Params, apply_preset, flatten, preset_paths

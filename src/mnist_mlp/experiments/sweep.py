@@ -294,12 +294,13 @@ def run_sweep(root: Path, sweep: Sweep, experiment: str, jobs: int = 2, force: b
         raise SweepError(f"--sweep-id {sweep.sweep_id}: DVC already has experiments named {', '.join(taken)}; "
                          f"choose another --sweep-id, or remove them first: dvc exp remove {' '.join(taken)}")
     experiment_id = store.ensure_experiment(experiment, root)
-    threads, store = threads_per_worker(jobs), location.tracking_uri(root)
+    threads, uri = threads_per_worker(jobs), location.tracking_uri(root)
     part, parts = sweep.shard
     share = f", shard {part}/{parts}: {len(sweep.names)} of {sweep.size}" if parts > 1 else f": {len(sweep.names)}"
-    print(f"sweep {sweep.sweep_id}{share} experiments on {jobs} worker(s), {threads} thread(s) each; "
-          f"MLflow store {store}, experiment '{experiment}' (id {experiment_id})", flush=True)
-    if parts > 1 and not store.startswith(("http://", "https://")):
+    # train.threads sets each run's torch threads; the environment's share holds for train.threads=0 and for numpy
+    print(f"sweep {sweep.sweep_id}{share} experiments on {jobs} worker(s), each training on train.threads threads "
+          f"({threads} where train.threads is 0); MLflow store {uri}, experiment '{experiment}' (id {experiment_id})", flush=True)
+    if parts > 1 and not uri.startswith(("http://", "https://")):
         print(f"note: shard {part}/{parts} logs to this machine's own store; for the whole grid in one place, "
               "set MLFLOW_TRACKING_URI to one tracking server on every machine", flush=True)  # fmt: skip
     _await_earlier_workers(root)

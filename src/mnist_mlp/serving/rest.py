@@ -12,13 +12,13 @@ import ipaddress
 import sys
 from pathlib import Path
 
-from mnist_mlp.tracking.registry import evaluated_run_id
-
 DEFAULT_PORT = 5001  # 5000 is the MLflow UI's
 
 
 def default_model_uri(metrics_path: str | Path) -> str:
     """`runs:/<id>/model` of the run recorded in reports/metrics.json by the evaluate stage."""
+    from mnist_mlp.tracking.registry import evaluated_run_id  # here: importing it loads MLflow, which `mnist-mlp --help` must not wait for
+
     return f"runs:/{evaluated_run_id(metrics_path, '--model-uri runs:/<run id>/model')}/model"
 
 

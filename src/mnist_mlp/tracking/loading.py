@@ -75,4 +75,3 @@ def load_pixel_classifier(model_uri: str):
                 return mlflow.pytorch.load_model(str(local))
         except (MlflowException, OSError, RuntimeError, ValueError) as exc:
             raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({failure_line(exc)})") from None
-

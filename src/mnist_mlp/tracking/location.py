@@ -21,14 +21,12 @@ def tracking_uri(root: Optional[Path] = None) -> str:
     return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
 
 
-
 def artifact_root(root: Optional[Path] = None) -> str:
     return ((root or repo_root()) / "mlartifacts").as_uri()
 
 
 def local_sqlite_path(uri: str) -> Optional[Path]:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
 
 
 if __name__ == "__main__":  # `make ui`: the URI, without importing MLflow or torch

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.tracking.location import local_sqlite_path, tracking_uri
-from mnist_mlp.tracking.store import check_tracking_server, client, literal
+from mnist_mlp.tracking.store import check_tracking_server, client, failure_line, literal
 
 
 # --- the models of a sweep, for `mnist-mlp app` ------------------------------------------------
@@ -23,7 +23,6 @@ class NoRunsError(UserError, LookupError):
 
 class SweepModel:
     """A FINISHED run of a sweep and the model its evaluate stage logged."""
-
     def __init__(self, name: str, run_id: str, params: dict[str, str]):
         self.name, self.run_id, self.params = name, run_id, params
         self.model_uri = f"runs:/{run_id}/model"
@@ -54,8 +53,7 @@ def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[S
         runs = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id = {literal(sweep_id, 'sweep id')}", max_results=1000,
                                  order_by=["attributes.start_time ASC"])  # fmt: skip
     except (MlflowException, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise NoRunsError(f"cannot read the sweeps in {uri} ({reason})") from None
+        raise NoRunsError(f"cannot read the sweeps in {uri} ({failure_line(exc)})") from None
     if not runs:
         raise NoRunsError(f"no finished run of sweep '{sweep_id}' in experiment '{experiment}' of {uri}; `make sweep` runs one")
     return sweep_id, [SweepModel(run.info.run_name or run.info.run_id, run.info.run_id, dict(run.data.params)) for run in runs]

@@ -125,7 +125,6 @@ def run_metrics(run_id: str) -> dict[str, float]:
 def register_run_model(run_id: str, model_uri: str, name: str, tags: dict[str, str]) -> ModelVersion:
     """A new version of `name` for the model run `run_id` just logged, tagged with where it came from
     (the run's commit and DVC experiment) and `tags`."""
-    mlflow.set_tracking_uri(tracking_uri())
-    run_tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    run_tags = client().get_run(run_id).data.tags
     origin = {key: run_tags[key] for key in ("git_commit", "dvc_exp_name") if run_tags.get(key)}
     return register_model(model_uri, name, {**origin, **tags})

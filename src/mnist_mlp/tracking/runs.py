@@ -34,13 +34,10 @@ def git_commit(cwd: Path) -> Optional[str]:
 
 
 def run_tags(extra: dict[str, str]) -> dict[str, str]:
-
     tags = {
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "torch_version": torch.__version__,
-        # seconds per epoch depend on it; queue workers must not oversubscribe the cores
-        "torch_threads": str(torch.get_num_threads()),
         # lets `mnist-mlp close-stale-runs` tell a crashed run from a live one
         "mnist_mlp.host": socket.gethostname(),
         "mnist_mlp.pid": str(os.getpid()),
@@ -60,7 +57,6 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
 @contextlib.contextmanager
 def _active(run) -> Iterator["Run"]:
     """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM: never left RUNNING."""
-
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run_id = run.info.run_id
     try:
@@ -93,7 +89,6 @@ def _end_run(run_id: str, status: str) -> None:
 
 def _start_new_run(experiment_id: str, tags: dict[str, str]):
     """A run named by the DVC experiment (`workspace` for a plain `dvc repro`), tagged up front."""
-
     return mlflow.start_run(
         experiment_id=experiment_id,
         run_name=os.environ.get("DVC_EXP_NAME") or "workspace",
@@ -103,7 +98,6 @@ def _start_new_run(experiment_id: str, tags: dict[str, str]):
 
 
 def _log_params(params: dict[str, Any]) -> None:
-
     mlflow.log_params({key: str(value) for key, value in params.items()})
 
 
@@ -137,13 +131,11 @@ def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iter
 
 class Run:
     """The active run of a train or evaluate stage."""
-
     def __init__(self, run_id: str):
         self.run_id = run_id
 
     def log_epoch(self, record: dict[str, float]) -> None:
         """All of one epoch's metrics in a single batch call, at step = epoch."""
-    
         metrics = {key: float(value) for key, value in record.items() if key != "epoch"}
         mlflow.log_metrics(metrics, step=int(record["epoch"]))
 
@@ -154,11 +146,9 @@ class Run:
         mlflow.log_inputs(datasets, contexts=list(splits), tags_list=[None] * len(datasets))
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
-    
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
 
     def log_files(self, paths: list[Path], folder: str) -> None:
-    
         """Each output under its own name, also while `files.one_unit` still holds it in a temp file."""
         with tempfile.TemporaryDirectory(prefix="mnist-mlp-log-") as scratch:
             for path in map(Path, paths):
@@ -168,7 +158,6 @@ class Run:
                 mlflow.log_artifact(str(content), artifact_path=folder)
 
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
-    
         mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
 
     def log_model(self, classifier, input_example) -> str:
@@ -178,7 +167,6 @@ class Run:
         code, and need no copy of this package. The example needs 2+ rows, or the exported
         batch size is pinned to 1.
         """
-        
         classifier.eval()
         with torch.no_grad():
             output = classifier(torch.as_tensor(input_example)).numpy()

@@ -18,7 +18,6 @@ from mnist_mlp.tracking.location import artifact_root, local_sqlite_path, tracki
 
 def client():
     """An MlflowClient on the project's store (a tracking server is checked first: see check_tracking_server)."""
-
     check_tracking_server()
     return mlflow.MlflowClient(tracking_uri())
 
@@ -128,16 +127,13 @@ def ensure_experiment(name: str, root: Optional[Path] = None) -> str:
         return client.create_experiment(name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
 
 
-
 def failure_reason(exc: MlflowException) -> str:
     reason = network_reason(exc)
     return reason if reason != type(exc).__name__ else (str(exc).strip().splitlines() or [reason])[0]
 
 
-
 def failure_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
 
 
 class FilterValueError(UserError, ValueError):
@@ -154,5 +150,3 @@ def literal(value: str, what: str) -> str:
 
 def absent(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
-
-
