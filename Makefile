@@ -31,7 +31,7 @@ repro: install  ## rebuild data, model and reports (MNIST_MIRROR=folder-or-URL t
 
 test: install  ## the test suite in its tiers: fast, then integration, docs and slow (no network, no real MNIST)
 	$(BIN)/pytest
-	$(BIN)/pytest -m "integration or docs or slow"
+	$(BIN)/pytest -m "(integration or docs or slow) and not browser and not server"
 
 ui: install  ## the MLflow UI on 127.0.0.1 against the project's store (a tracking server serves its own UI)
 	@case "$(STORE)" in http://*|https://*) echo "the tracking server at $(STORE) serves the UI: open $(STORE)"; exit 0;; esac; \
@@ -105,4 +105,4 @@ close-stale-runs: install  ## end MLflow runs a crash left RUNNING as KILLED (OL
 	$(BIN)/mnist-mlp close-stale-runs --older-than $(or $(OLDER_THAN),60)
 
 clean:  ## remove outputs (not the MLflow store)
-	rm -rf data models reports/figures reports/*.csv reports/metrics.json
+	rm -rf data models reports/figures reports/*.csv reports/metrics.json reports/training_run.json
