@@ -333,6 +333,7 @@ def test_a_16_bit_png_is_read_like_its_8_bit_version(client):
 # --- the command -------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # benchmarks/app_latency.py in a subprocess: torch and MLflow imported anew
 def test_measure_prints_each_models_latency(checkpoint, store_env, tmp_path, capsys):
     image = tmp_path / "one.png"
     image.write_bytes(png(drawn("one")))
@@ -361,6 +362,7 @@ def test_a_port_in_use_is_one_line(checkpoint, store_env, capsys):
     assert "--port N" in err.splitlines()[-1]
 
 
+@pytest.mark.integration  # benchmarks/app_latency.py in a subprocess: torch and MLflow imported anew
 def test_measure_without_a_model_says_how_to_make_one(tmp_path, store_env, capsys):
     image = tmp_path / "one.png"
     image.write_bytes(png(drawn("one")))
