@@ -10,6 +10,8 @@ BASELINE_REV ?= main
 ACTIVATIONS ?= relu tanh sigmoid
 DROPOUTS ?= 0.0 0.2 0.5
 JOBS ?= 2
+# three runs per setting: one seed is one sample, and compare needs several to tell settings apart
+SEEDS ?= 0 1 2
 # the store's URI from its one home, without importing MLflow or torch (tracking/location.py)
 STORE = $(shell $(BIN)/python -m mnist_mlp.tracking.location)
 
@@ -63,10 +65,10 @@ plots: install  ## `dvc plots show` offline: the vega scripts DVC's page loads, 
 	$(BIN)/python tools/offline_plots.py build build/plots build/plots/offline.html
 	$(BIN)/dvc plots show --html-template build/plots/offline.html $(PLOTS_ARGS)
 
-sweep: install  ## queue activation x dropout experiments ($(ACTIVATIONS) x $(DROPOUTS)), run them on $(JOBS) workers
-	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --jobs $(JOBS)
+sweep: install  ## queue activation x dropout x seed experiments ($(ACTIVATIONS) x $(DROPOUTS) x seeds $(SEEDS)), run them on $(JOBS) workers
+	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --seeds $(SEEDS) --jobs $(JOBS)
 
-sweep-quick: install  ## the same sweep with 2 epochs per run (CI)
+sweep-quick: install  ## the same grid, one seed, 2 epochs per run (CI): too few samples to tell settings apart
 	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --jobs $(JOBS) --set train.epochs=2
 
 compare: install  ## reports/compare.md and reports/figures/compare.png from the latest sweep's MLflow runs

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_mlp.tracking import runs
+from mnist_mlp.tracking import predictions as logged_predictions, runs
 from mnist_mlp.core.checkpoint import load_checkpoint, read_training_record
 from mnist_mlp.data.mnist import load_split
 from mnist_mlp.core.determinism import deterministic
@@ -47,6 +47,7 @@ def main() -> None:
         run.log_metrics(logged_metrics(report["test"]))
         run.log_table([{"class": int(c), **row} for c, row in metrics["per_class"].items()], "per_class_metrics.json")
         run.log_files([figures / "confusion_matrix.png", figures / "misclassified.png"], "figures")
+        run.log_files([args.reports / "predictions.csv"], logged_predictions.ARTIFACT_FOLDER)  # for paired tests on the same digits
         model_uri = run.log_model(checkpoint.classifier(), test.images[:2].reshape(2, -1).numpy().astype(np.float32) / 255.0)
         version = register_run_model(run.run_id, model_uri, params.tracking.registered_model, {"test_accuracy": str(report["test"]["accuracy"])})
         write_json(args.reports / "metrics.json", report)

@@ -28,7 +28,7 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
     # every run over the REST API, with the sweep's params and the metrics
     experiment = call(mlflow_server, "experiments/get-by-name?experiment_name=mnist-mlp")["experiment"]
     found = call(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})
-    runs = {run["info"]["run_name"]: run for run in found["runs"]}
+    runs = {next(tag["value"] for tag in run["data"]["tags"] if tag["key"] == "dvc_exp_name"): run for run in found["runs"]}
     assert sorted(runs) == sorted(names)
     settings = set()
     for name, run in runs.items():
@@ -42,13 +42,13 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
         assert Path(run["info"]["artifact_uri"].removeprefix("file://")).is_dir()
     assert settings == {("relu", 0.0), ("relu", 0.5), ("tanh", 0.0), ("tanh", 0.5)}
 
-    # the experiment's runs table in the UI lists them by name
+    # the experiment's runs table in the UI lists them by setting (relu-do0-s0, ...)
     browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs")
-    wait_for_texts(browser, names)
+    wait_for_texts(browser, [runs[name]["info"]["run_name"] for name in names])
     write_bytes(FIGURES / "mlflow_runs.png", browser.get_screenshot_as_png())
 
     # one run's page shows its params and metrics
     first = runs[names[0]]
     browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs/{first['info']['run_id']}")
-    wait_for_texts(browser, [names[0], "activation", "test_accuracy"])
+    wait_for_texts(browser, [first["info"]["run_name"], "activation", "test_accuracy"])
     write_bytes(FIGURES / "mlflow_run.png", browser.get_screenshot_as_png())

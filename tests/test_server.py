@@ -235,7 +235,7 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
 
     out = run([DVC, "exp", "run", "-S", "train.dropout=0.5"], project).stdout
     assert "Running stage 'train'" in out
-    experiment_runs = store.search_runs([trained.info.experiment_id], "tags.dvc_exp_name != ''")
+    experiment_runs = store.search_runs([trained.info.experiment_id], "tags.dvc_exp_name != 'workspace'")
     (exp_run,) = experiment_runs
     assert exp_run.info.status == "FINISHED" and exp_run.data.params["dropout"] == "0.5"
     assert store.get_model_version("mnist-mlp", "2").run_id == exp_run.info.run_id
@@ -254,7 +254,7 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
 
     # the UI the server ships, in headless Chromium: both runs, and the registered model's champion
     browser.get(f"{pg_server.uri}/#/experiments/{trained.info.experiment_id}/runs")
-    wait_for_texts(browser, ["workspace", exp_run.info.run_name])
+    wait_for_texts(browser, [trained.info.run_name, exp_run.info.run_name])  # relu-do0.2-s0, relu-do0.5-s0
     browser.get(f"{pg_server.uri}/#/models/mnist-mlp")
     wait_for_texts(browser, ["Version 1", "Version 2", "champion"])
 

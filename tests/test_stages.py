@@ -116,7 +116,7 @@ def test_evaluate_writes_metrics_predictions_and_figures(pipeline):
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 1000
 
 
-def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline):
+def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline, monkeypatch):
     workdir, env, _ = pipeline
     metrics = json.loads((workdir / "reports" / "metrics.json").read_text())
     record = json.loads((workdir / "reports" / "training_run.json").read_text())
@@ -128,12 +128,20 @@ def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline):
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     logged = client.get_run(metrics["mlflow_run_id"])
     assert logged.info.status == "FINISHED"
-    assert logged.info.run_name == "workspace"
+    assert logged.info.run_name == "relu-do0.2-s0" and logged.data.tags["dvc_exp_name"] == "workspace"
     assert logged.data.params["hidden_sizes"] == "[32]" and logged.data.params["dropout"] == "0.2"
     assert logged.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_accuracy")] == [1, 2]
     figures = {a.path for a in client.list_artifacts(logged.info.run_id, "figures")}
     assert figures == {"figures/augmented.png", "figures/confusion_matrix.png", "figures/misclassified.png"}
+    # the per-digit predictions, read back as the paired tests read them: the same digits as reports/predictions.csv
+    from mnist_mlp.tracking import predictions
+
+    with monkeypatch.context() as patched:
+        patched.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+        logged_predictions = predictions.logged(logged.info.run_id)
+    local = predictions.read(workdir / "reports" / "predictions.csv")
+    assert (logged_predictions.actual == local.actual).all() and (logged_predictions.predicted == local.predicted).all()
     # the UI's Dataset column: each split that trained or tested the model, its md5 the digest
     datasets = {item.dataset.name: item for item in logged.inputs.dataset_inputs}
     assert set(datasets) == {"mnist-train", "mnist-val", "mnist-test"}

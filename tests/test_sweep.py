@@ -190,12 +190,13 @@ def test_a_queued_sweep_logs_every_run_once_to_the_workspace_store(project: Path
     assert "note: sweeping from the workspace" in output and "2/2 done" in output
     assert "note: no worker" not in output and "already running" not in output
 
-    runs = {found.info.run_name: found for found in sweep_runs("t1")}
+    runs = {found.data.tags["dvc_exp_name"]: found for found in sweep_runs("t1")}
     assert sorted(runs) == names
     assert {(r.data.params["activation"], r.data.params["lr"]) for r in runs.values()} == {("relu", "0.02"), ("tanh", "0.02")}
     for name, logged in runs.items():
         assert logged.info.status == "FINISHED"
         tags = logged.data.tags
+        assert logged.info.run_name == f"{logged.data.params['activation']}-do0-s0"  # the setting names the run
         assert tags["dvc_exp_name"] == name and tags["torch_threads"] == "1"
         assert tags["sweep_id"] == "t1" and tags["sweep_base"] == base and tags["dvc_exp_baseline_rev"] == _head(project)
         assert {"best_val_accuracy", "test_accuracy", "val_accuracy"} <= set(logged.data.metrics)

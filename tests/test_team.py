@@ -104,7 +104,7 @@ def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server
     metrics = pulled["metrics"]["reports/metrics.json"]["data"]
     assert metrics == pushed["metrics"]["reports/metrics.json"]["data"]
     logged = server.get_run(metrics["mlflow_run_id"])
-    assert logged.info.status == "FINISHED" and logged.info.run_name == EXPERIMENT
+    assert logged.info.status == "FINISHED" and logged.data.tags["dvc_exp_name"] == EXPERIMENT
     assert logged.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     timings["exp run + push + pull"] = time.monotonic() - started
 
@@ -130,7 +130,7 @@ def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server
     # each clone ran its own part (its own DVC experiments), and together exactly the grid's runs
     parts = [set(dvc(repo, "exp", "list", "--name-only").split()) - {EXPERIMENT} for repo in (alice, bob)]
     assert parts[0] and parts[1] and parts[0].isdisjoint(parts[1])
-    assert parts[0] | parts[1] == {r.info.run_name for r in runs}
+    assert parts[0] | parts[1] == {r.data.tags["dvc_exp_name"] for r in runs}
     compared = run([MNIST_MLP, "compare", "--sweep-id", SWEEP_ID], bob).stdout
     assert f"(9 runs, sweep {SWEEP_ID})" in compared
 

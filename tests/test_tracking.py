@@ -76,7 +76,7 @@ def test_ensure_experiment_creates_it_once_with_an_absolute_artifact_location(
 
 def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "bushy-lobe")
-    params = {"dropout": 0.5, "hidden_sizes": [32], "preprocess.normalization": "standardize"}
+    params = {"activation": "tanh", "dropout": 0.5, "seed": 3, "hidden_sizes": [32], "preprocess.normalization": "standardize"}
     with runs.training_run("unit", params, {"device": "cpu"}) as run:
         assert mlflow.active_run().info.run_id == run.run_id
         for epoch in (1, 2, 3):
@@ -86,11 +86,11 @@ def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypa
 
     logged = client.get_run(run.run_id)
     assert logged.info.status == "FINISHED"
-    assert logged.info.run_name == "bushy-lobe"
+    assert logged.info.run_name == "tanh-do0.5-s3"  # the setting, readable in the UI's runs table
     assert logged.data.tags["dvc_exp_name"] == "bushy-lobe"
     assert logged.data.tags["device"] == "cpu"
     assert "torch_version" in logged.data.tags
-    assert logged.data.params == {"dropout": "0.5", "hidden_sizes": "[32]", "preprocess.normalization": "standardize"}
+    assert logged.data.params == {"activation": "tanh", "dropout": "0.5", "seed": "3", "hidden_sizes": "[32]", "preprocess.normalization": "standardize"}
     history = client.get_metric_history(run.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     assert [m.step for m in client.get_metric_history(run.run_id, "val_accuracy")] == [1, 2, 3]
@@ -98,10 +98,11 @@ def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypa
     assert logged.data.metrics["best_val_accuracy"] == 0.8
 
 
-def test_a_run_outside_an_experiment_is_named_workspace(client):
-    with runs.training_run("unit", {}, {}) as run:
+def test_a_run_outside_an_experiment_is_tagged_workspace(client):
+    with runs.training_run("unit", {"activation": "relu", "dropout": 0.0, "seed": 0}, {}) as run:
         pass
-    assert client.get_run(run.run_id).info.run_name == "workspace"
+    logged = client.get_run(run.run_id)
+    assert logged.info.run_name == "relu-do0-s0" and logged.data.tags["dvc_exp_name"] == "workspace"
 
 
 def test_a_run_that_raises_ends_failed(client):

@@ -56,7 +56,7 @@ def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[S
         raise NoRunsError(f"cannot read the sweeps in {uri} ({failure_line(exc)})") from None
     if not runs:
         raise NoRunsError(f"no finished run of sweep '{sweep_id}' in experiment '{experiment}' of {uri}; `make sweep` runs one")
-    return sweep_id, [SweepModel(run.info.run_name or run.info.run_id, run.info.run_id, dict(run.data.params)) for run in runs]
+    return sweep_id, [SweepModel(run.data.tags.get("dvc_exp_name") or run.info.run_name or run.info.run_id, run.info.run_id, dict(run.data.params)) for run in runs]
 
 
 def search_runs(experiment: Optional[str], filter_string: str = "", **options) -> pd.DataFrame:

@@ -33,9 +33,17 @@ def git_commit(cwd: Path) -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def run_name(params: dict[str, Any]) -> str:
+    """The setting a run trained, as the MLflow UI's runs table shows it: `relu-do0.2-s1`; a run of other
+    params (a load test's) is named by its DVC experiment."""
+    if not {"activation", "dropout", "seed"} <= params.keys():
+        return os.environ.get("DVC_EXP_NAME") or "workspace"
+    return f"{params['activation']}-do{float(params['dropout']):g}-s{params['seed']}"
+
+
 def run_tags(extra: dict[str, str]) -> dict[str, str]:
     tags = {
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",  # the run's name is its setting
         "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
         "torch_version": torch.__version__,
         # lets `mnist-mlp close-stale-runs` tell a crashed run from a live one
@@ -87,11 +95,11 @@ def _end_run(run_id: str, status: str) -> None:
                                   "it stays RUNNING there until `mnist-mlp close-stale-runs` ends it") from None  # fmt: skip
 
 
-def _start_new_run(experiment_id: str, tags: dict[str, str]):
-    """A run named by the DVC experiment (`workspace` for a plain `dvc repro`), tagged up front."""
+def _start_new_run(experiment_id: str, name: str, tags: dict[str, str]):
+    """A run named by its setting and tagged up front, the DVC experiment (`workspace` for a plain `dvc repro`) among the tags."""
     return mlflow.start_run(
         experiment_id=experiment_id,
-        run_name=os.environ.get("DVC_EXP_NAME") or "workspace",
+        run_name=name,
         tags=run_tags(tags),
         log_system_metrics=False,
     )
@@ -104,7 +112,7 @@ def _log_params(params: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def training_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator["Run"]:
     """Open a new run with all params and tags logged up front."""
-    with _active(_start_new_run(ensure_experiment(experiment), tags)) as active:
+    with _active(_start_new_run(ensure_experiment(experiment), run_name(params), tags)) as active:
         _log_params(params)
         yield active
 
@@ -122,7 +130,7 @@ def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iter
         mlflow.MlflowClient().get_run(run_id)
         run, is_new = mlflow.start_run(run_id=run_id, log_system_metrics=False), False
     except MlflowException:
-        run, is_new = _start_new_run(experiment_id, {"trained_in_run": run_id}), True
+        run, is_new = _start_new_run(experiment_id, run_name(params), {"trained_in_run": run_id}), True
     with _active(run) as active:
         if is_new:
             _log_params(params)

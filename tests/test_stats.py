@@ -1,0 +1,104 @@
+"""experiments/stats.py on cases with a known answer."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mnist_mlp.experiments.stats import Interval, accuracy_interval, holm, majority, mean_interval, p_text, paired
+
+DIGITS = 10_000
+
+
+def correct(right: int, total: int = DIGITS) -> np.ndarray:
+    vector = np.zeros(total, dtype=bool)
+    vector[:right] = True
+    return vector
+
+
+def test_two_identical_prediction_vectors_differ_in_nothing():
+    same = correct(9_860)
+    result = paired(same, same.copy())
+    assert (result.only_first, result.only_second, result.digits) == (0, 0, 0)
+    assert result.p_value == 1.0
+    assert result.difference == Interval(0.0, 0.0)
+
+
+def test_a_planted_60_digit_difference_is_found():
+    first = correct(9_900)
+    second = first.copy()
+    second[:60] = False  # 60 digits only the first gets right
+    result = paired(first, second)
+    assert (result.only_first, result.only_second, result.digits) == (60, 0, 60)
+    assert result.p_value < 0.001
+    assert math.isclose(result.p_value, 2 * 0.5**60)  # exact McNemar: two-sided binomial, 60 of 60 one way
+    assert result.accuracy_difference == pytest.approx(0.006)
+    assert 0 < result.difference.low < 0.006 < result.difference.high  # the interval excludes no difference
+
+
+def test_thirty_digits_each_way_give_p_one_and_an_interval_around_zero():
+    first, second = np.ones(DIGITS, dtype=bool), np.ones(DIGITS, dtype=bool)
+    first[:30] = False  # only the second right
+    second[30:60] = False  # only the first right
+    result = paired(first, second)
+    assert (result.only_first, result.only_second, result.digits) == (30, 30, 0)
+    assert result.p_value == 1.0
+    assert result.difference.low < 0 < result.difference.high
+
+
+def test_seven_digits_of_ten_thousand_are_noise():
+    # compare.md's old headline: relu/0 over relu/0.2 by 7 test digits; say 20 against 13 discordant digits
+    first, second = np.ones(DIGITS, dtype=bool), np.ones(DIGITS, dtype=bool)
+    second[:20] = False
+    first[20:33] = False
+    result = paired(first, second)
+    assert result.digits == 7 and result.p_value > 0.2
+    assert result.difference.low < 0 < result.difference.high
+
+
+def test_vectors_over_other_digits_are_refused():
+    with pytest.raises(ValueError, match="same digits"):
+        paired(correct(5, 10), correct(5, 11))
+
+
+def test_holm_adjusts_like_the_textbook():
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, max(2 * 0.03, 0.03), max(1 * 0.04, 0.06): in the given order
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([]) == []
+
+
+def test_t_interval_over_three_seeds():
+    mean, interval = mean_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2 df) x the standard error 1/sqrt(3)
+    assert mean == 2.0
+    assert interval.low == pytest.approx(2 - half) and interval.high == pytest.approx(2 + half)
+
+
+def test_one_seed_has_no_t_interval_and_equal_seeds_a_point():
+    assert mean_interval([0.98]) == (0.98, None)
+    assert mean_interval([0.98, 0.98]) == (0.98, Interval(0.98, 0.98))
+
+
+def test_wilson_interval_of_no_success_in_ten():
+    interval = accuracy_interval(0, 10)
+    z2 = 1.959963984540054**2
+    assert interval.low == pytest.approx(0.0, abs=1e-12)
+    assert interval.high == pytest.approx(z2 / (10 + z2))  # Wilson's upper bound at zero successes
+
+
+def test_wilson_interval_of_a_test_accuracy_is_about_a_quarter_point_wide():
+    interval = accuracy_interval(9_868, DIGITS)
+    assert interval.low < 0.9868 < interval.high
+    assert 0.004 < interval.high - interval.low < 0.005  # +-1.96 sqrt(p(1-p)/n) = +-0.22 points
+
+
+def test_a_majority_of_seeds_decides_each_digit_and_a_tie_is_wrong():
+    votes = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 1]], dtype=bool)
+    assert majority(votes).tolist() == [True, False, True, False]
+    assert majority(votes[:2]).tolist() == [True, False, False, False]
+
+
+def test_p_values_are_printed_with_a_floor():
+    assert p_text(1e-9) == "p < 0.001" and p_text(0.31) == "p = 0.310"
