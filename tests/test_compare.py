@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from support.cli import cli_in_process
-from mnist_mlp.experiments import compare
+from support.predictions import log_predictions, right
+from mnist_mlp.experiments import compare, stats
 from mnist_mlp.params import Params, apply_preset, flatten
 from mnist_mlp.tracking.queries import NoRunsError
 
 
-def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, curve, test_accuracy, status="FINISHED", **params):
+def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, curve, test_accuracy, status="FINISHED",
+            correct=None, **params):  # fmt: skip
+    """A run as the stages log it; `correct` (per test digit) logs its predictions too, and the test accuracy they score."""
     tags = {"sweep_id": sweep_id} if sweep_id else {}
-    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    if name:
+        tags["dvc_exp_name"] = name
+    run_id = client.create_run(experiment_id, run_name=f"{activation}-do{dropout:g}-s{seed}", tags=tags).info.run_id
+    if correct is not None:
+        log_predictions(client, run_id, correct)
+        test_accuracy = float(np.mean(correct))
     params = {"activation": activation, "dropout": dropout, "seed": seed, "epochs": len(curve), "lr": 0.002,
               "tracking.sweep_id": sweep_id or None, **params}  # fmt: skip
     for key, value in params.items():
@@ -33,6 +42,88 @@ def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, cu
         client.set_terminated(run_id, status)
     time.sleep(0.01)  # distinct start times: "latest sweep" is decided by them
     return run_id
+
+
+@pytest.fixture
+def planted(mlflow_store):
+    """A 2x2 grid, 3 seeds each, with per-digit predictions whose paired answers are known.
+
+    relu/0 is best on validation and gets the first 1,900 of 2,000 digits right (each seed one more digit,
+    a different one, so its majority vote is the 1,900); tanh/0 misses 4 of those (level: exact p = 0.125);
+    relu/0.5 misses 80 (worse); tanh/0.5, last on validation, gets 40 more right (better on the test digits).
+    """
+    client = mlflow.MlflowClient(mlflow_store)
+    experiment_id = client.create_experiment("mnist-mlp")
+    cells = {("relu", 0.0): (0.990, right(1_900)), ("tanh", 0.0): (0.985, right(1_900) & ~right(4)),
+             ("relu", 0.5): (0.980, right(1_900) & ~right(80)), ("tanh", 0.5): (0.970, right(1_940))}  # fmt: skip
+    for (activation, dropout), (best_val, majority) in cells.items():
+        for seed in (0, 1, 2):
+            correct = majority.copy()
+            correct[1_960 + seed] = True  # right in one seed of three: not in the vote
+            log_run(client, experiment_id, f"P-{activation}-{dropout:g}-{seed}", "P", activation, dropout, seed,
+                    [0.9, best_val + seed / 1000], None, correct=correct, **{"preprocess.val_size": 5000})  # fmt: skip
+    return client
+
+
+def test_the_headline_names_the_level_group_and_the_worse_and_better_settings(planted, tmp_path):
+    result = compare.compare("mnist-mlp")
+    assert [compare.setting_name(s) for s in zip(result.summary["activation"], result.summary["dropout"])] == \
+        ["relu/0", "tanh/0", "relu/0.5", "tanh/0.5"]  # ranked on validation  # fmt: skip
+    verdicts = {compare.setting_name(v.setting): v for v in result.verdicts}
+    assert {name: v.outcome for name, v in verdicts.items()} == {"tanh/0": "level", "relu/0.5": "worse", "tanh/0.5": "better"}
+    level, worse, better = verdicts["tanh/0"], verdicts["relu/0.5"], verdicts["tanh/0.5"]
+    assert (level.paired.only_first, level.paired.only_second) == (4, 0)
+    assert level.paired.p_value == pytest.approx(0.125) and level.p_holm == pytest.approx(0.125)  # 2 * 0.5**4, the largest of 3
+    assert (worse.paired.digits, better.paired.digits) == (80, -40)
+    assert worse.p_holm < 0.001 and better.p_holm < 0.001
+    assert compare.headline(result) == (
+        "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy "
+        f"{result.summary.loc[0, 'val']} over 3 run(s); its test accuracy, reported beside it: {result.summary.loc[0, 'test']}. "
+        "Level with it on the test digits: tanh/0 (Holm-adjusted p ≥ 0.12). "
+        "Worse by 4.00 points (Holm-adjusted p < 0.001): relu/0.5. "
+        "Better on the test digits than the validation choice by 2.00 points (Holm-adjusted p < 0.001): tanh/0.5."
+    )
+    # three seeds: a t-interval over them; the mean of the seeds' 1,901 / 2,000
+    choice = result.summary.loc[0]
+    assert choice["test"].mean == pytest.approx(1_901 / 2_000) and choice["test"].interval.low == choice["test"].interval.high
+    assert choice["val"].mean == pytest.approx(0.991)
+    low, high = scipy_stats.t.interval(0.95, 2, loc=0.991, scale=0.001 / np.sqrt(3))  # seeds 0.990, 0.991, 0.992
+    assert (choice["val"].interval.low, choice["val"].interval.high) == (pytest.approx(low), pytest.approx(high))
+    # main effects: per seed, averaged over the other axis
+    activation = result.effects["activation"].set_index("activation")
+    assert activation.loc["relu", "runs"] == 6 and activation.loc["relu", "test"].mean == pytest.approx((1_901 + 1_821) / 4_000)
+    dropout = result.effects["dropout"].set_index("dropout")
+    assert dropout.loc[0.5, "val"].mean == pytest.approx((0.981 + 0.971) / 2)
+
+    table, picture = compare.write_report(result, tmp_path / "reports")
+    text = table.read_text()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    assert ["relu/0.5", "80", "0", "+80", f"+4.00 {worse.paired.difference.points()}", "p < 0.001", "p < 0.001", "worse"] in rows
+    assert ["tanh/0", "4", "0", "+4", f"+0.20 {level.paired.difference.points()}", "0.125", "0.125", "level"] in rows
+    assert "## Main effect of activation (averaged over dropout, per seed first)" in text
+    assert "cannot separate settings" not in text
+    with Image.open(picture) as image:
+        assert image.size[0] > 1000 and image.size[1] > 600
+
+
+def test_an_untrusted_predictions_file_stops_only_the_paired_tests(planted, tmp_path, monkeypatch, capsys):
+    experiment_id = planted.get_experiment_by_name("mnist-mlp").experiment_id
+    forged = log_run(planted, experiment_id, "P-forged", "P", "relu", 0.0, 3, [0.9, 0.99], 0.95)
+    log_predictions(planted, forged, text="import os\nos.system('id')\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli_in_process(["compare", "--reports", "reports"], capsys)
+    assert code == 0, err
+    assert f"No paired test: run {forged}: evaluation/predictions.csv: not a predictions file; expected 'actual,predicted'" in out
+    assert "## Paired tests" not in (tmp_path / "reports" / "compare.md").read_text()
+
+
+def test_predictions_that_do_not_score_the_runs_accuracy_are_refused(planted):
+    experiment_id = planted.get_experiment_by_name("mnist-mlp").experiment_id
+    other = log_run(planted, experiment_id, "P-other", "P", "relu", 0.0, 3, [0.9, 0.99], 0.95)
+    log_predictions(planted, other, right(1_000))  # another model's file: 0.5000
+    result = compare.compare("mnist-mlp")
+    assert not result.verdicts
+    assert result.untested == f"run {other}: evaluation/predictions.csv scores 0.5000, not the run's test accuracy 0.9500"
 
 
 @pytest.fixture
@@ -59,14 +150,16 @@ def test_the_best_setting_is_chosen_on_validation_and_its_test_accuracy_only_rep
     log_run(client, experiment_id, "V-tanh", "V", "tanh", 0.0, 0, [0.90, 0.97], 0.98)
     result = compare.compare("mnist-mlp")
     assert tuple(compare.chosen(result)[compare.SETTING]) == ("relu", 0.0)
-    assert compare.chosen_line(result) == (
-        "Chosen on validation (the test digits never choose): relu, dropout 0, mean best validation accuracy 0.9900 "
-        "over 1 run(s); its test accuracy, reported beside it: 0.9500. Each setting has one run (one seed, one sample), "
-        "so this ranking cannot tell settings apart."
+    assert compare.headline(result) == (
+        "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy 0.9900 "
+        "over 1 run(s); its test accuracy, reported beside it: 0.9500. No paired test: 2 of 2 runs logged no per-digit "
+        "predictions (evaluation/predictions.csv; evaluate logs it with every run): V-relu, V-tanh. Each setting has one "
+        "run (one seed, one sample): the seed-to-seed spread is in no interval or test, so this cannot separate settings; "
+        "`make sweep` runs three seeds per setting."
     )
 
 
-def test_latest_sweep_by_default_with_mean_and_std_for_seeds(store, tmp_path):
+def test_latest_sweep_by_default_with_intervals_over_seeds(store, tmp_path):
     result = compare.compare("mnist-mlp")
     assert result.sweep_id == "B"
     assert len(result.runs) == 7 and list(result.left_out["name"]) == ["B-crashed"]
@@ -74,23 +167,24 @@ def test_latest_sweep_by_default_with_mean_and_std_for_seeds(store, tmp_path):
     assert len(summary) == 6
     cell = summary.loc[("relu", 0.5)]
     assert cell["runs"] == 2
-    assert cell["test_accuracy_mean"] == pytest.approx((0.93 + 0.97) / 2)
-    assert cell["test accuracy"] == f"0.9500 ± {math.sqrt(2) * 0.02:.4f}"
-    assert summary.loc[("tanh", 0.2), "test accuracy"] == "0.9500"
-    assert result.curves[("relu", 0.5)] == [(1, pytest.approx(0.75)), (2, pytest.approx(0.9))]
+    low, high = scipy_stats.t.interval(0.95, 1, loc=0.95, scale=0.02)  # two seeds, 0.93 and 0.97: sem 0.02
+    assert cell["test"].mean == pytest.approx(0.95)
+    assert (cell["test"].interval.low, cell["test"].interval.high) == (pytest.approx(low), 1.0)  # cut at an accuracy's 1
+    assert str(summary.loc[("tanh", 0.2), "test"]) == "0.9500"  # one run without its digits: no interval to give
+    curve = result.curves[("relu", 0.5)]
+    assert list(curve["mean"]) == [pytest.approx(0.75), pytest.approx(0.9)] and curve.loc[0, "low"] < 0.75 < curve.loc[0, "high"]
     # the grid varied activation, dropout and seed; everything else was the same in every run
     assert result.shared == {"epochs": "2", "lr": "0.002", "tracking.sweep_id": "B"} and result.mixed == {}
 
     table, picture = compare.write_report(result, tmp_path / "reports")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.read_text().splitlines() if line.startswith("|")]
-    assert ["relu", "0.5", "2", "0.9000 ± 0.0000", "0.9500 ± 0.0283", "20.0 ± 0.0"] in rows
-    assert ["tanh", "0.9400", "0.9500", "0.9600"] in rows  # the activation x dropout pivot
+    assert ["relu", "0.5", "2", "0.9000 [0.9000, 0.9000]", f"0.9500 {cell['test'].interval}", "20.0"] in rows
     seeded = result.runs.set_index("name").loc["B-relu-0.5-s1", "run_id"]
-    assert ["B-relu-0.5-s1", "relu", "0.5", "1", "0.9000", "0.9700", "20.0", seeded] in rows
+    assert ["B-relu-0.5-s1", "relu", "0.5", "1", "0.9000", "0.9700", "", "20.0", seeded] in rows
     text = table.read_text()
     # every setting of B reached 0.9 on validation: the tie goes to the first, whatever the test digits say
-    assert "Chosen on validation (the test digits never choose): relu, dropout 0, mean best validation accuracy 0.9000 over 1 run(s)" in text
-    assert "`B-crashed` (FAILED)" in text and "cannot tell settings apart" not in text  # relu/0.5 has two seeds
+    assert "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy 0.9000 over 1 run(s)" in text
+    assert "`B-crashed` (FAILED)" in text and "cannot separate settings" not in text  # relu/0.5 has two seeds
     assert "Settings all 7 runs shared: epochs=2, lr=0.002, tracking.sweep_id=B" in text and "WARNING" not in text
     assert "dvc plots diff B-relu-0.0 B-relu-0.2" in text
     assert "workspace" not in text and "| old " not in text
@@ -181,17 +275,17 @@ def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_lo
     log_preset_run(client, experiment_id, Params(tracking={"sweep_id": "s1"}, train={"device": "cpu"}), 1, 0.92)
 
     table = compare.compare_presets("mnist-mlp", tmp_path / "project").set_index("preset")  # the project root
-    assert list(table.index) == ["default", "wide"]  # `short` has no run
+    assert list(table.index) == ["wide", "default"]  # ranked on validation; `short` has no run
     assert table.loc["default", "runs"] == 2 and table.loc["default", "seeds"] == "0, 1"
-    assert table.loc["default", "test accuracy"] == "0.9100 ± 0.0141"
+    assert str(table.loc["default", "test accuracy [95 %]"]).startswith("0.9100 [")
     assert table.loc["wide", "runs"] == 3 and table.loc["wide", "seeds"] == "0, 1, 2"
-    assert table.loc["wide", "test accuracy"] == "0.9920 ± 0.0020"
+    assert table.loc["wide", "test accuracy [95 %]"].mean == pytest.approx(0.992)
 
     monkeypatch.chdir(tmp_path / "project")
     (tmp_path / "project" / "params.yaml").write_text("{}\n")
     code, out, err = cli_in_process(["compare", "--presets", "--reports", "reports"], capsys)
     assert code == 0, err
-    assert "0.9920 ± 0.0020" in out and out.splitlines()[-1] == "wrote reports/presets.md"
+    assert str(table.loc["wide", "test accuracy [95 %]"]) in out and out.splitlines()[-1] == "wrote reports/presets.md"
     assert "| wide     |      3 | 0, 1, 2 |" in (tmp_path / "project" / "reports" / "presets.md").read_text()
 
 

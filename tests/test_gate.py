@@ -259,3 +259,67 @@ def test_outside_git_a_baseline_file_is_needed(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     with pytest.raises(gate.GateError, match="not inside a git repository; pass --baseline FILE"):
         gate.run_gate("reports/metrics.json", ROOT / "metrics_rules.yaml")
+
+
+LOOSE_RULES = "metrics:\n  test.accuracy: {better: higher, abs_tolerance: 0.05}\n"  # lets a 1-point drop through
+
+
+def with_predictions(repo: Path, accuracy: float, correct) -> None:
+    from support.predictions import predictions_text
+
+    write(repo / "reports" / "metrics.json", metrics(accuracy=accuracy))
+    (repo / "reports" / "predictions.csv").write_text(predictions_text(correct))
+
+
+def test_a_drop_beyond_noise_on_the_same_digits_fails_though_the_tolerance_passes(repo):
+    from support.predictions import right
+
+    (repo / "loose.yaml").write_text(LOOSE_RULES)
+    with_predictions(repo, 0.95, right(1_900))
+    commit(repo, "baseline metrics and predictions")
+    with_predictions(repo, 0.94, right(1_880))  # 20 of the 2,000 digits lost, none won
+    report = gate.run_gate(repo / "reports" / "metrics.json", repo / "loose.yaml")
+    assert not [row for row in report.rows if row.failures]  # the tolerance alone would pass it
+    assert report.failures == ["test digits: worse beyond noise against main:reports/predictions.csv: 0 digits right only "
+                               "in the new model, 20 only in the baseline: -20 of 2,000 (-1.00 points, 95 % "
+                               f"{report.paired.difference.points()}), exact McNemar p < 0.001"]  # fmt: skip
+    assert "**worse beyond noise**" in report.markdown() and "**FAIL**" in report.markdown()
+
+
+def test_the_same_predictions_are_level_within_noise(repo):
+    from support.predictions import right
+
+    with_predictions(repo, metrics()["test"]["accuracy"], right(1_971))
+    commit(repo, "baseline")
+    report = gate.run_gate(repo / "reports" / "metrics.json", repo / "metrics_rules.yaml")
+    assert (report.paired.only_first, report.paired.only_second, report.paired.p_value) == (0, 0, 1.0)
+    assert "0 digits right only in the new model, 0 only in the baseline: +0 of 2,000" in report.markdown()
+    assert "**level within noise**" in report.markdown() and not report.failures
+
+
+def test_without_the_baseline_predictions_the_gate_says_there_is_no_paired_test(repo, tmp_path, capsys):
+    from support.predictions import right
+
+    write(repo / "reports" / "metrics.json", metrics())
+    commit(repo, "metrics only")
+    with_predictions(repo, metrics()["test"]["accuracy"], right(1_971))
+    report = gate.run_gate(repo / "reports" / "metrics.json", repo / "metrics_rules.yaml")
+    assert report.paired is None and "No paired test: main:reports/predictions.csv is not committed." in report.markdown()
+    # a baseline file in the new metrics' own folder: one predictions file cannot stand for both
+    (tmp_path / "predictions.csv").write_text("actual,predicted\n1,1\n")
+    code, out, _ = check(tmp_path, Path(shutil.copy(ROOT / "metrics_rules.yaml", tmp_path / "r.yaml")), metrics(), metrics(), capsys)
+    assert code == 0 and "cannot stand for both" in out
+
+
+@pytest.mark.bad_input
+def test_a_forged_baseline_predictions_file_is_one_line(repo, capsys, monkeypatch):
+    from support.predictions import right
+
+    write(repo / "reports" / "metrics.json", metrics())
+    (repo / "reports" / "predictions.csv").write_text("actual,predicted\n7,__import__('os')\n")
+    commit(repo, "a forged file")
+    with_predictions(repo, metrics()["test"]["accuracy"], right(1_971))
+    monkeypatch.chdir(repo)
+    code, out, err = cli_in_process(["check-metrics"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "main:reports/predictions.csv:2: \"7,__import__('os')\" is not two digits" in err

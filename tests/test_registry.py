@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,7 @@ import yaml
 
 from support.cli import cli_in_process
 from support.params import TINY_PARAMS, default_params, merge
+from support.predictions import log_predictions, right
 from support.paths import ROOT
 from mnist_mlp.tracking import loading
 from mnist_mlp.tracking import registry
@@ -53,12 +55,15 @@ def test_registered_model_name_is_a_validated_param():
         validate_params({"tracking": {"registered_model": "it's"}})  # a quote would break registry searches
 
 
-def register(name: str, test: dict, seed: int) -> registry.ModelVersion:
-    """A FINISHED run with test metrics and a logged model, registered as a version of `name`."""
+def register(name: str, test: dict, seed: int, correct: np.ndarray | None = None) -> registry.ModelVersion:
+    """A FINISHED run with test metrics and a logged model, registered as a version of `name`; with the
+    per-digit predictions that score its accuracy on 2,000 digits unless `correct` says which digits it got right."""
     torch.manual_seed(seed)
     classifier = PixelClassifier(MLP([8], "relu", 0.0), 0.13, 0.31).eval()
     with runs.training_run("unit", {"seed": seed}, {}) as run:
         run.log_metrics(registry.logged_metrics(test))
+        if correct is not False:
+            log_predictions(mlflow.MlflowClient(), run.run_id, right(round(test["accuracy"] * 2_000)) if correct is None else correct)
         uri = run.log_model(classifier, np.zeros((2, 784), np.float32))
         return registry.register_run_model(run.run_id, uri, name, {"test_accuracy": str(test["accuracy"])})
 
@@ -87,8 +92,10 @@ def test_promote_moves_champion_only_past_the_gate(mlflow_store, rules, tmp_path
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"test": report_test(0.96), "mlflow_run_id": better.run_id}))
     code, out, _ = promote_cli(capsys, rules)
-    assert code == 0 and out.strip() == (f"promote: digits@champion -> version 2 (run {better.run_id}, test accuracy 0.9600); "
-                                         f"passed the gate against version 1 (run {first.run_id})")  # fmt: skip
+    assert code == 0 and out.strip() == (
+        f"promote: digits@champion -> version 2 (run {better.run_id}, test accuracy 0.9600); passed the gate against version 1 "
+        f"(run {first.run_id}), better beyond noise: 20 digits right only in the candidate, 0 only in version 1: +20 digits "
+        f"(+1.00 points, 95 % {promote_stats_interval(right(1_920), right(1_900))}), exact McNemar p < 0.001")
 
     code, out, err = promote_cli(capsys, rules, "--version", "3")
     assert code == 1 and out == ""
@@ -154,3 +161,67 @@ def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_
     assert version.tags["test_accuracy"] == str(report["test"]["accuracy"])
     assert version.tags["dvc_exp_name"] == "exp-registry" and version.tags["git_commit"] == commit
     assert registry.metrics_tree(registry.run_metrics(version.run_id)) == {"test": report["test"]}
+
+
+LOOSE = {"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.05}}}  # the gate lets noise and more through
+
+
+@pytest.fixture
+def champion(mlflow_store) -> registry.ModelVersion:
+    """Version 1, champion: the first 1,900 of 2,000 test digits right."""
+    version = register("digits", report_test(0.95), 0, right(1_900))
+    registry.set_alias("digits", registry.CHAMPION, version.version)
+    return version
+
+
+def test_the_same_model_with_another_seed_is_level_within_noise_and_keeps_the_champion(champion, rules, capsys):
+    reseeded = right(1_900, *range(1_900, 1_912)) & ~right(10)  # 10 digits lost, 12 others won: 0.9510
+    candidate = register("digits", report_test(0.951), 1, reseeded)
+    capsys.readouterr()  # MLflow\'s own lines about the registration
+    code, out, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
+    assert code == 1 and out == ""
+    assert err.strip() == (f"mnist-mlp promote: error: refused: digits version 2 (run {candidate.run_id}) is level within "
+                           "noise: keeping version 1 (12 digits right only in the candidate, 10 only in version 1: +2 digits "
+                           f"(+0.10 points, 95 % {promote_stats_interval(reseeded, right(1_900))}), exact McNemar p = 0.832); "
+                           "--allow-level promotes a level candidate")  # fmt: skip
+    assert registry.alias_version("digits", registry.CHAMPION).version == "1"
+    # asked for: it moves, and the line says on what grounds
+    code, out, _ = promote_cli(capsys, rules, "--run-id", candidate.run_id, "--allow-level")
+    assert code == 0 and "-> version 2" in out and "level within noise, promoted by --allow-level: 12 digits" in out
+    assert registry.alias_version("digits", registry.CHAMPION).version == "2"
+
+
+def promote_stats_interval(first: np.ndarray, second: np.ndarray) -> str:
+    from mnist_mlp.experiments import stats
+
+    return stats.paired(first, second).difference.points()
+
+
+def test_a_candidate_worse_beyond_noise_is_refused_though_the_gate_lets_it_through(champion, tmp_path, capsys):
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(yaml.safe_dump(LOOSE))
+    candidate = register("digits", report_test(0.935), 1, right(1_870))  # 30 digits fewer, within the loose tolerance
+    capsys.readouterr()  # MLflow\'s own lines about the registration
+    code, _, err = promote_cli(capsys, loose, "--run-id", candidate.run_id, "--allow-level")
+    assert code == 1 and len(err.splitlines()) == 1
+    assert (f"refused: digits version 2 (run {candidate.run_id}) is worse beyond noise against digits@champion = version 1: "
+            "0 digits right only in the candidate, 30 only in version 1: -30 digits (-1.50 points") in err  # fmt: skip
+    assert registry.alias_version("digits", registry.CHAMPION).version == "1"
+
+
+def test_a_candidate_better_beyond_noise_moves_the_alias(champion, rules, capsys):
+    candidate = register("digits", report_test(0.97), 1, right(1_940))
+    capsys.readouterr()  # MLflow\'s own lines about the registration
+    code, out, _ = promote_cli(capsys, rules, "--run-id", candidate.run_id)
+    assert code == 0 and "-> version 2" in out and "better beyond noise: 40 digits right only in the candidate, 0 only in version 1" in out
+    assert registry.alias_version("digits", registry.CHAMPION).version == "2"
+
+
+def test_without_predictions_to_pair_only_allow_level_promotes(champion, rules, capsys):
+    candidate = register("digits", report_test(0.96), 1, correct=False)  # a run from before predictions were logged
+    capsys.readouterr()  # MLflow\'s own lines about the registration
+    code, _, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
+    assert code == 1 and (f"no paired test (run {candidate.run_id} logged no per-digit predictions (evaluation/predictions.csv)); "
+                          "--allow-level promotes on the gate alone") in err  # fmt: skip
+    code, out, _ = promote_cli(capsys, rules, "--run-id", candidate.run_id, "--allow-level")
+    assert code == 0 and out.strip().endswith("no paired test (--allow-level)")

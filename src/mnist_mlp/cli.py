@@ -148,7 +148,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     name = validate_params({"tracking": {"registered_model": args.model}}, source="--model").tracking.registered_model \
         if args.model else configured_params().tracking.registered_model  # fmt: skip
     run_id = None if args.version else (args.run_id or registry.evaluated_run_id(args.metrics, "--run-id or --version"))
-    print(promote.promote(name, args.rules, run_id, args.version).line())
+    print(promote.promote(name, args.rules, run_id, args.version, allow_level=args.allow_level).line())
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
@@ -212,8 +212,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         return
     result = compare.compare(configured_experiment(args.experiment), compare.ALL if args.all else args.sweep_id)
     table, picture = compare.write_report(result, args.reports)
-    print(result.summary[["activation", "dropout", "runs", *compare.VALUES]].to_string(index=False))
-    print("\n".join(compare.notes(result)))
+    print(compare.settings_table(result).to_string(index=False))
+    print("\n".join([compare.headline(result), *compare.notes(result)]))
     print(f"wrote {table} and {picture} ({len(result.runs)} runs, sweep {result.sweep_id})")
 
 
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser(
         "promote",
         help="move the registered model's `champion` alias to a run's version when it passes the metric gate "
-        "against the current champion (exit 1 and one line when it does not)",
+        "against the current champion and is better beyond noise on the same test digits (exit 1 and one line when not)",
     )
     candidate = promote.add_mutually_exclusive_group()
     candidate.add_argument("--run-id", help="the version registered from this run (default: mlflow_run_id in --metrics)")
@@ -317,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--metrics", type=Path, default=Path("reports/metrics.json"), help="default %(default)s")
     promote.add_argument("--model", help="registered model (default: tracking.registered_model in params.yaml)")
     promote.add_argument("--rules", type=Path, default=Path("metrics_rules.yaml"), help="default %(default)s")
+    promote.add_argument("--allow-level", action="store_true",
+                         help="also promote a candidate level with the champion within noise (not better beyond it on the "
+                              "same test digits), or one without per-digit predictions to pair")  # fmt: skip
     promote.set_defaults(func=cmd_promote)
 
     reproducible = commands.add_parser(
@@ -371,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every run of the experiment, swept or not")
     which.add_argument("--presets", action="store_true",
                        help="default and every preset side by side (reports/presets.md): each run under the preset "
-                            "whose params it logged, mean ± std over seeds")  # fmt: skip
+                            "whose params it logged, ranked on validation, 95 % intervals")  # fmt: skip
     compare.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml)")
     compare.add_argument("--reports", type=Path, default=Path("reports"), help="default %(default)s")
     compare.set_defaults(func=cmd_compare)

@@ -1,63 +1,188 @@
 """Compare the runs of a sweep, read from MLflow (the source of truth): a markdown report and a figure.
 
-One row per setting (activation x dropout): best validation accuracy, test accuracy and training
-seconds, as mean ± std when several runs (seeds) share it. The report names the settings every run
-shared and warns when runs differ in more than the grid axes: such a table mixes settings. The
-figure is a heatmap of test accuracy beside each setting's validation-accuracy curve.
+Validation chooses, the test digits report: the setting (activation x dropout) with the highest mean best
+validation accuracy is the choice, and every other setting is tested against it on the same test digits
+(exact McNemar on per-digit majority votes over seeds, Holm-corrected); the headline is the group level
+with the choice and the settings worse (or better) beyond noise. Every accuracy carries a 95 % interval:
+a t-interval over seeds, or Wilson's from the digits for a single run (experiments/stats.py). Main
+effects average activation over dropout and dropout over activation. The report names the settings every
+run shared and warns when runs differ in more than the grid axes: such a table mixes settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import pandas as pd
 
-from mnist_mlp.tracking import location, queries, store
 from mnist_mlp.errors import UserError
+from mnist_mlp.experiments import stats
 from mnist_mlp.files import save_figure, write_text
 from mnist_mlp.params import PER_RUN_KEYS, Params, apply_preset, flatten, preset_paths
+from mnist_mlp.tracking import location, predictions, queries, store
 
 LATEST, ALL = "latest", "all"
 SETTING = ["activation", "dropout"]
 AXES = [*SETTING, "seed"]  # what a grid varies; the sweep id differs between sweeps by design
-VALUES = {"best val accuracy": "best_val_accuracy", "test accuracy": "test_accuracy", "seconds": "train_seconds"}
-FORMATS = {"dropout": "g", "seed": "g", "best_val_accuracy": ".4f", "test_accuracy": ".4f", "train_seconds": ".1f"}
-HEADERS = {**{field: label for label, field in VALUES.items()}, "name": "run (DVC experiment)", "run_id": "MLflow run"}
+SPLITS = {"val": "best_val_accuracy", "test": "test_accuracy"}  # split -> its metric; validation chooses
+LABELS = {"val": "best val accuracy", "test": "test accuracy", "seconds": "seconds"}
+ALPHA = 1 - stats.CONFIDENCE  # a Holm-adjusted p below it decides "worse" or "better"
+FORMATS = {"dropout": "g", "seed": "g", "best_val_accuracy": ".4f", "test_accuracy": ".4f", "train_seconds": ".1f", "test_interval": ""}
+HEADERS = {"best_val_accuracy": "best val accuracy", "test_accuracy": "test accuracy", "train_seconds": "seconds",
+           "test_interval": "test 95 % (Wilson)", "name": "run (DVC experiment)", "run_id": "MLflow run"}  # fmt: skip
 
 
 class CompareError(UserError, LookupError):
     """Nothing to compare: no run of the sweep finished."""
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A mean accuracy and its 95 % interval: over seeds (t) when there are several, else Wilson's from the digits."""
+
+    mean: float
+    interval: Optional[stats.Interval]  # None: one run whose digits are not known
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f}" + (f" {self.interval}" if self.interval else "")
+
+
+def estimate(runs: pd.DataFrame, split: str) -> Estimate:
+    """The mean of `split`'s accuracy over the runs' seeds (runs of one seed averaged first, e.g. over dropout
+    for a main effect); a t-interval over the seeds when there are two or more, else Wilson's on the pooled digits."""
+    per_seed = runs.groupby("seed")[SPLITS[split]].mean()
+    if len(per_seed) >= 2:
+        mean, interval = stats.mean_interval(per_seed.to_numpy())
+        return Estimate(mean, stats.Interval(max(interval.low, 0.0), min(interval.high, 1.0)))  # an accuracy is in [0, 1]
+    correct, total = runs[f"{split}_correct"], runs[f"{split}_total"]
+    if correct.isna().any() or total.isna().any():
+        return Estimate(float(per_seed.mean()), None)
+    return Estimate(float(per_seed.mean()), stats.accuracy_interval(int(correct.sum()), int(total.sum())))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One setting tested against the validation choice on the test digits (choice first)."""
+
+    setting: tuple[str, float]
+    paired: stats.Paired  # choice's majority votes against this setting's
+    p_holm: float  # Holm-adjusted over every setting tested against the choice
+
+    @property
+    def outcome(self) -> str:
+        if self.p_holm >= ALPHA:
+            return "level"
+        return "worse" if self.paired.digits > 0 else "better"
+
+
 @dataclass
 class Comparison:
     sweep_id: str  # a sweep id, or "all"
-    runs: pd.DataFrame  # one row per finished run: run_id, name, the axes, the values, params.*
+    runs: pd.DataFrame  # one row per finished run: run_id, name, the axes, the metrics, digit counts, params.*
     left_out: pd.DataFrame  # runs without a test accuracy (failed, killed, still running)
-    summary: pd.DataFrame  # one row per setting
+    summary: pd.DataFrame  # one row per setting: runs, val and test Estimates, seconds
     shared: dict[str, str]  # param -> the value every run logged
     mixed: dict[str, list[str]]  # param other than the axes -> the values the runs differ in
-    curves: dict[tuple[str, float], list[tuple[int, float]]]  # setting -> [(epoch, mean val accuracy)]
+    curves: dict[tuple[str, float], pd.DataFrame]  # setting -> epoch, mean, low, high of val accuracy over its runs
+    effects: dict[str, pd.DataFrame] = field(default_factory=dict)  # axis -> one row per value, averaged over the other
+    verdicts: list[Verdict] = field(default_factory=list)  # every other setting against the choice
+    untested: str = ""  # why there are no paired tests, when there are none
 
 
-def _mean_std(values: pd.Series, spec: str) -> str:
-    values = values.dropna()
-    if len(values) < 2:
-        return "".join(format(value, spec) for value in values)
-    return f"{values.mean():{spec}} ± {values.std():{spec}}"
+def setting_name(setting) -> str:
+    activation, dropout = setting
+    return f"{activation}/{float(dropout):g}"
+
+
+def _read_predictions(runs: pd.DataFrame) -> tuple[dict[str, predictions.Predictions], list[str]]:
+    """run_id -> the per-digit test predictions it logged, and a line per run whose file is unusable."""
+    found, problems = {}, []
+    for run in runs.itertuples():
+        try:
+            logged = predictions.logged(run.run_id)
+        except predictions.PredictionsError as exc:
+            problems.append(str(exc))
+            continue
+        if logged is None:
+            continue
+        if not np.isclose(logged.correct.mean(), run.test_accuracy, atol=1e-4):  # another model's file
+            problems.append(f"run {run.run_id}: {predictions.ARTIFACT} scores {logged.correct.mean():.4f}, "
+                            f"not the run's test accuracy {run.test_accuracy:.4f}")  # fmt: skip
+            continue
+        found[run.run_id] = logged
+    return found, problems
+
+
+def _with_digits(runs: pd.DataFrame, logged: dict[str, predictions.Predictions]) -> pd.DataFrame:
+    """The runs with how many digits each split had and how many were right (NaN where unknown), for Wilson's intervals."""
+    runs = runs.copy()
+    val_size = pd.to_numeric(runs.get("params.preprocess.val_size", pd.Series(np.nan, runs.index)))
+    runs["val_total"] = val_size
+    runs["val_correct"] = (runs["best_val_accuracy"] * val_size).round()  # accuracy = right / val_size exactly
+    runs["test_total"] = [len(logged[run_id].actual) if run_id in logged else np.nan for run_id in runs["run_id"]]
+    runs["test_correct"] = [int(logged[run_id].correct.sum()) if run_id in logged else np.nan for run_id in runs["run_id"]]
+    runs["test_interval"] = [stats.accuracy_interval(int(c), int(t)) if pd.notna(c) else None
+                             for c, t in zip(runs["test_correct"], runs["test_total"])]  # fmt: skip
+    return runs
+
+
+def _paired_tests(runs: pd.DataFrame, logged: dict[str, predictions.Predictions], problems: list[str],
+                  choice: tuple[str, float]) -> tuple[list[Verdict], str]:  # fmt: skip
+    """Every other setting against the choice: McNemar on per-digit majority votes over seeds, Holm over the family."""
+    if problems:
+        return [], "; ".join(problems)
+    missing = sorted(runs.loc[~runs["run_id"].isin(logged), "name"].fillna("?"))
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return [], (f"{len(missing)} of {len(runs)} runs logged no per-digit predictions ({predictions.ARTIFACT}; "
+                    f"evaluate logs it with every run): {', '.join(missing[:5])}{more}")  # fmt: skip
+    first = next(iter(logged.values())).actual
+    if any(len(found.actual) != len(first) or (found.actual != first).any() for found in logged.values()):
+        return [], "the runs were tested on different digits (another test split), so no test pairs them"
+    votes = {setting: stats.majority(np.stack([logged[run_id].correct for run_id in group["run_id"]]))
+             for setting, group in runs.groupby(SETTING, sort=True)}  # fmt: skip
+    others = [setting for setting in votes if setting != choice]
+    if not others:
+        return [], "one setting, nothing to test it against"
+    tests = [stats.paired(votes[choice], votes[setting]) for setting in others]
+    adjusted = stats.holm([test.p_value for test in tests])
+    return [Verdict(setting, test, p) for setting, test, p in zip(others, tests, adjusted)], ""
+
+
+def _curves(group: pd.DataFrame) -> pd.DataFrame:
+    """Validation accuracy per epoch over a setting's runs: mean and its 95 % t-interval (the mean alone for one run)."""
+    client = store.client()
+    history = pd.DataFrame([(point.step, point.value) for run_id in group["run_id"]
+                            for point in client.get_metric_history(run_id, "val_accuracy")], columns=["epoch", "value"])  # fmt: skip
+    rows = []
+    for epoch, values in history.groupby("epoch")["value"]:
+        mean, interval = stats.mean_interval(values.to_numpy())
+        rows.append((epoch, mean, interval.low if interval else mean, interval.high if interval else mean))
+    return pd.DataFrame(rows, columns=["epoch", "mean", "low", "high"])
+
+
+def _effects(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each axis's values averaged over the other axis (per seed first), when both axes vary."""
+    if any(runs[axis].nunique() < 2 for axis in SETTING):
+        return {}
+    return {axis: pd.DataFrame([{axis: value, "runs": len(group), **{split: estimate(group, split) for split in SPLITS}}
+                                for value, group in runs.groupby(axis, sort=True)])  # fmt: skip
+            for axis in SETTING}
 
 
 def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
-    """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run) and their histories."""
+    """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run), their histories and predictions."""
     if sweep_id != ALL:
         sweep_id, _ = queries.sweep_models(experiment, sweep_id)
     found = queries.search_runs(experiment, "" if sweep_id == ALL else f"tags.sweep_id = {store.literal(sweep_id, 'sweep id')}")
     column = lambda name: found[name] if name in found else pd.Series(float("nan"), found.index)  # noqa: E731
-    runs = pd.DataFrame({"run_id": found["run_id"], "name": column("tags.mlflow.runName"), "status": found["status"],
-                         "activation": column("params.activation"), "dropout": pd.to_numeric(column("params.dropout")),
-                         "seed": pd.to_numeric(column("params.seed")),
-                         **{field: column(f"metrics.{field}") for field in VALUES.values()},
+    runs = pd.DataFrame({"run_id": found["run_id"], "name": column("tags.dvc_exp_name").fillna(column("tags.mlflow.runName")),
+                         "status": found["status"], "activation": column("params.activation"),
+                         "dropout": pd.to_numeric(column("params.dropout")), "seed": pd.to_numeric(column("params.seed")),
+                         **{name: column(f"metrics.{name}") for name in (*SPLITS.values(), "train_seconds")},
                          **found.filter(regex=r"^params\.")})  # fmt: skip
     finished = (runs["status"] == "FINISHED") & runs["test_accuracy"].notna() & runs["activation"].notna()
     kept, left_out = runs[finished], runs[~finished]
@@ -68,17 +193,67 @@ def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
     shared = {key: params[key].iloc[0] for key in sorted(distinct.index[distinct == 1])}
     mixed = {key: sorted(params[key].fillna("(none)").unique()) for key in sorted(distinct.index[distinct > 1])
              if key not in (*AXES, "tracking.sweep_id")}  # fmt: skip
-    grouped = kept.groupby(SETTING, sort=True)
-    summary = grouped.agg(runs=("run_id", "size"), test_accuracy_mean=("test_accuracy", "mean"),
-                          best_val_accuracy_mean=("best_val_accuracy", "mean"))  # fmt: skip
-    for label, field in VALUES.items():
-        summary[label] = grouped[field].apply(_mean_std, FORMATS[field])
-    client, curves = store.client(), {}
-    for setting, group in grouped:
-        history = pd.DataFrame([(point.step, point.value) for run_id in group["run_id"]
-                                for point in client.get_metric_history(run_id, "val_accuracy")], columns=["epoch", "value"])  # fmt: skip
-        curves[setting] = list(history.groupby("epoch")["value"].mean().items())
-    return Comparison(sweep_id, kept, left_out, summary.reset_index(), shared, mixed, curves)
+    logged, problems = _read_predictions(kept)
+    kept = _with_digits(kept, logged)
+    rows, curves = [], {}
+    for setting, group in kept.groupby(SETTING, sort=True):
+        rows.append({"activation": setting[0], "dropout": setting[1], "runs": len(group),
+                     **{split: estimate(group, split) for split in SPLITS}, "seconds": group["train_seconds"].mean()})  # fmt: skip
+        curves[setting] = _curves(group)
+    summary = pd.DataFrame(rows)
+    summary["val_mean"] = [value.mean for value in summary["val"]]
+    # validation ranks (ties: activation, dropout order); the test digits never choose
+    summary = summary.sort_values(["val_mean", *SETTING], ascending=[False, True, True], kind="stable").reset_index(drop=True)
+    choice = (summary.loc[0, "activation"], summary.loc[0, "dropout"])
+    verdicts, untested = _paired_tests(kept, logged, problems, choice)
+    return Comparison(sweep_id, kept, left_out, summary, shared, mixed, curves, _effects(kept), verdicts, untested)
+
+
+def chosen(result: Comparison) -> pd.Series:
+    """The setting with the highest mean best-validation accuracy: the summary's first row."""
+    return result.summary.iloc[0]
+
+
+def _p_bound(verdicts: list[Verdict], at_least: bool) -> str:
+    """`p ≥ 0.31` (the smallest of a level group), or `p ≤ 0.004` / `p < 0.001` (the largest of a decided one)."""
+    values = [verdict.p_holm for verdict in verdicts]
+    if at_least:
+        return f"Holm-adjusted p ≥ {min(values):.2f}"
+    return "Holm-adjusted p < 0.001" if max(values) < 0.001 else f"Holm-adjusted p ≤ {max(values):.3f}"
+
+
+def _points(verdicts: list[Verdict]) -> str:
+    points = sorted(abs(100 * verdict.paired.accuracy_difference) for verdict in verdicts)
+    return f"{points[0]:.2f} points" if len(points) == 1 or points[0] == points[-1] else f"{points[0]:.2f}–{points[-1]:.2f} points"
+
+
+def headline(result: Comparison) -> str:
+    """What the comparison concludes: the validation choice, the settings level with it on the test digits, the worse ones."""
+    best = chosen(result)
+    choice = setting_name((best["activation"], best["dropout"]))
+    line = (f"Chosen on validation (the test digits never choose): {choice}, mean best validation accuracy {best['val']} "
+            f"over {best['runs']} run(s); its test accuracy, reported beside it: {best['test']}.")  # fmt: skip
+    if not result.verdicts:
+        line += f" No paired test: {result.untested}." if result.untested else ""
+    else:
+        by_outcome = {outcome: [v for v in result.verdicts if v.outcome == outcome] for outcome in ("level", "worse", "better")}
+        level = by_outcome["level"]
+        names = lambda verdicts: ", ".join(setting_name(v.setting) for v in verdicts)  # noqa: E731
+        if level:
+            line += f" Level with it on the test digits: {names(level)} ({_p_bound(level, at_least=True)})."
+        else:
+            line += " No other setting is level with it on the test digits."
+        if by_outcome["worse"]:
+            worse = by_outcome["worse"]
+            line += f" Worse by {_points(worse)} ({_p_bound(worse, at_least=False)}): {names(worse)}."
+        if by_outcome["better"]:
+            better = by_outcome["better"]
+            line += (f" Better on the test digits than the validation choice by {_points(better)} "
+                     f"({_p_bound(better, at_least=False)}): {names(better)}.")  # fmt: skip
+    if (result.summary["runs"] == 1).all():
+        line += (" Each setting has one run (one seed, one sample): the seed-to-seed spread is in no interval or test, "
+                 "so this cannot separate settings; `make sweep` runs three seeds per setting.")  # fmt: skip
+    return line
 
 
 def notes(result: Comparison) -> list[str]:
@@ -93,45 +268,61 @@ def notes(result: Comparison) -> list[str]:
 
 def _table(frame: pd.DataFrame, left: int = 1) -> str:
     """A markdown table, numbers in FORMATS (blank when missing), the first `left` columns left-aligned."""
-    cells = frame.apply(lambda column: column.map(lambda value: "" if pd.isna(value) else format(value, FORMATS.get(column.name, ""))))
+    def cell(value, name):
+        if value is None or (not isinstance(value, (Estimate, stats.Interval)) and pd.isna(value)):
+            return ""
+        return str(value) if isinstance(value, (Estimate, stats.Interval)) else format(value, FORMATS.get(name, ""))
+
+    cells = frame.apply(lambda column: column.map(lambda value: cell(value, column.name)))
     return cells.rename(columns=HEADERS).to_markdown(index=False, disable_numparse=True,
                                                      colalign=["left"] * left + ["right"] * (frame.shape[1] - left))  # fmt: skip
 
 
-def chosen(result: Comparison) -> pd.Series:
-    """The setting with the highest mean best-validation accuracy (ties: the first in activation, dropout order).
-
-    Validation chooses, never the test digits: a test set used to choose is no longer a test set.
-    """
-    ranked = result.summary.sort_values(["best_val_accuracy_mean", *SETTING], ascending=[False, *[True] * len(SETTING)], kind="stable")
-    return ranked.iloc[0]
+def settings_table(result: Comparison) -> pd.DataFrame:
+    """The settings as ranked on validation, accuracies with their 95 % intervals (stdout and the report)."""
+    table = result.summary[["activation", "dropout", "runs", "val", "test", "seconds"]].copy()
+    return table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"})
 
 
-def chosen_line(result: Comparison) -> str:
+def verdicts_table(result: Comparison) -> pd.DataFrame:
     best = chosen(result)
-    line = (f"Chosen on validation (the test digits never choose): {best['activation']}, dropout {best['dropout']:g}, "
-            f"mean best validation accuracy {best['best_val_accuracy_mean']:.4f} over {best['runs']} run(s); "
-            f"its test accuracy, reported beside it: {best['test_accuracy_mean']:.4f}.")  # fmt: skip
-    if (result.summary["runs"] == 1).all():
-        line += " Each setting has one run (one seed, one sample), so this ranking cannot tell settings apart."
-    return line
+    choice = setting_name((best["activation"], best["dropout"]))
+    return pd.DataFrame([{"setting": setting_name(v.setting), f"right only in {choice}": v.paired.only_first,
+                          "right only in it": v.paired.only_second, "difference (digits)": f"{v.paired.digits:+d}",
+                          "points [95 % bootstrap]": f"{100 * v.paired.accuracy_difference:+.2f} {v.paired.difference.points()}",
+                          "p (exact McNemar)": stats.p_text(v.paired.p_value).removeprefix("p = "),
+                          "Holm-adjusted p": stats.p_text(v.p_holm).removeprefix("p = "), "outcome": v.outcome}
+                         for v in sorted(result.verdicts, key=lambda v: v.p_holm, reverse=True)])  # fmt: skip
 
 
 def markdown(result: Comparison) -> str:
     title = "all runs" if result.sweep_id == ALL else f"sweep `{result.sweep_id}`"
-    pivot = result.summary.pivot(index="activation", columns="dropout", values="test accuracy")
     parts = [
         f"# Activation x dropout: {title}",
-        f"{len(result.runs)} finished run(s) from the MLflow store `{location.tracking_uri()}`; "
-        "a cell with several runs (seeds) shows mean ± std.",
+        f"{len(result.runs)} finished run(s) from the MLflow store `{location.tracking_uri()}`. Every accuracy carries its "
+        "95 % interval: a t-interval over seeds where a setting has several runs, Wilson's from the digits for one run.",
+        f"**{headline(result)}**",
         *notes(result),
-        "![test accuracy and validation curves](figures/compare.png)",
-        _table(result.summary[["activation", "dropout", "runs", *VALUES]]),
-        "Test accuracy, activation x dropout:",
-        _table(pivot.rename(columns=lambda dropout: f"dropout {dropout:g}").reset_index()),
-        chosen_line(result),
-        _table(result.runs.sort_values(AXES)[["name", *AXES, *VALUES.values(), "run_id"]], left=2),
+        "![validation and test accuracy with 95 % intervals; validation curves per activation](figures/compare.png)",
+        "## Settings, ranked on validation",
+        _table(settings_table(result)),
     ]
+    if result.verdicts:
+        parts += ["## Paired tests on the test digits",
+                  "Each setting against the validation choice on the same 10,000 test digits: exact McNemar test on the "
+                  "per-digit majority vote of each setting's runs (a tie counts as wrong), the difference's 95 % interval "
+                  f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
+                  f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {ALPHA:g} or more.",
+                  _table(verdicts_table(result))]  # fmt: skip
+    elif result.untested:
+        parts.append(f"No paired test: {result.untested}.")
+    for axis, table in result.effects.items():
+        other = next(name for name in SETTING if name != axis)
+        parts += [f"## Main effect of {axis} (averaged over {other}, per seed first)",
+                  _table(table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"}))]  # fmt: skip
+    parts += ["## The runs (each one sample)",
+              _table(result.runs.sort_values(AXES)[["name", *AXES, "best_val_accuracy", "test_accuracy", "test_interval",
+                                                    "train_seconds", "run_id"]], left=2)]  # fmt: skip
     if len(result.left_out):
         parts.append(f"Left out ({len(result.left_out)}, no test accuracy): "
                      + ", ".join(f"`{run['name']}` ({run['status']})" for _, run in result.left_out.iterrows()))  # fmt: skip
@@ -139,34 +330,54 @@ def markdown(result: Comparison) -> str:
 
 
 def figure(result: Comparison):
-    """Left: heatmap of test accuracy (activation x dropout); right: validation accuracy per epoch."""
+    """Top: mean validation (chooses) and test (reported) accuracy per setting with 95 % error bars;
+    below: validation accuracy per epoch, one panel per activation, mean with its band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import numpy as np
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    pivot = result.summary.pivot(index="activation", columns="dropout", values="test_accuracy_mean")
-    fig, (heat, lines) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.3]})
-    values = pivot.to_numpy(dtype=float)
-    low, high = np.nanmin(values), np.nanmax(values)
-    if high - low < 1e-4:  # all equal: a colour scale of zero width would mislabel its ticks
-        low, high = low - 0.005, high + 0.005
-    image = heat.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=low, vmax=high)
-    heat.set(xticks=range(len(pivot.columns)), xticklabels=[f"{d:g}" for d in pivot.columns], xlabel="dropout",
-             yticks=range(len(pivot.index)), yticklabels=list(pivot.index), ylabel="activation", title="test accuracy")  # fmt: skip
-    for (i, j), value in np.ndenumerate(values):
-        if np.isfinite(value):
-            heat.text(j, i, f"{value:.4f}", ha="center", va="center", color="black" if value > (low + high) / 2 else "white")
-    fig.colorbar(image, ax=heat, fraction=0.046, pad=0.04)
-    for (activation, dropout), curve in result.curves.items():
-        epochs, accuracy = zip(*curve) if curve else ((), ())
-        lines.plot(epochs, accuracy, marker="o" if len(epochs) < 6 else None, label=f"{activation}, dropout {dropout:g}")
-    lines.xaxis.set_major_locator(MaxNLocator(integer=True))
-    lines.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per epoch")
-    lines.grid(alpha=0.3)
-    lines.legend(fontsize="small", loc="lower right")
+    activations = sorted(result.summary["activation"].unique())
+    dropouts = sorted(result.summary["dropout"].unique())
+    width = 2 * len(activations)
+    mosaic = [["val"] * len(activations) + ["test"] * len(activations),
+              [name for activation in activations for name in (f"curve {activation}",) * 2]]  # fmt: skip
+    fig, axes = plt.subplot_mosaic(mosaic, figsize=(max(12, 2.2 * width), 9), height_ratios=[1, 1])
+    best = chosen(result)
+    for split, title in (("val", "best validation accuracy (chooses)"), ("test", "test accuracy (reported, never chooses)")):
+        panel = axes[split]
+        for index, activation in enumerate(activations):
+            cells = result.summary[result.summary["activation"] == activation]
+            offset = (index - (len(activations) - 1) / 2) * 0.12
+            x = [dropouts.index(dropout) + offset for dropout in cells["dropout"]]
+            means = [value.mean for value in cells[split]]
+            errors = np.array([[value.mean - value.interval.low, value.interval.high - value.mean] if value.interval else [0, 0]
+                               for value in cells[split]]).T  # fmt: skip
+            panel.errorbar(x, means, yerr=errors, fmt="o", capsize=3, label=activation)
+            for position, (_, cell) in zip(x, cells.iterrows()):
+                if (cell["activation"], cell["dropout"]) == (best["activation"], best["dropout"]):
+                    panel.plot(position, cell[split].mean, marker="*", markersize=16, color="black", zorder=3,
+                               label="validation choice")  # fmt: skip
+        panel.set(xticks=range(len(dropouts)), xticklabels=[f"{d:g}" for d in dropouts], xlabel="dropout",
+                  ylabel="accuracy", title=f"{title}, 95 % intervals")  # fmt: skip
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize="small", loc="lower left")
+    means = pd.concat([curve["mean"][curve["epoch"] > 1] for curve in result.curves.values()])
+    floor = means.min() if len(means) else None
+    for activation in activations:
+        panel = axes[f"curve {activation}"]
+        for (curve_activation, dropout), curve in result.curves.items():
+            if curve_activation != activation or curve.empty:
+                continue
+            (line,) = panel.plot(curve["epoch"], curve["mean"], marker="o" if len(curve) < 6 else None, label=f"dropout {dropout:g}")
+            panel.fill_between(curve["epoch"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if floor is not None and floor < 1 and max(len(curve) for curve in result.curves.values()) > 5:
+            panel.set_ylim(floor - 0.002, 1 - (1 - means.max()) / 2)  # from epoch 2 on: epoch 1 would flatten the rest
+        panel.set(xlabel="epoch", ylabel="validation accuracy", title=f"{activation}: mean over seeds, 95 % band")
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize="small", loc="lower right")
     title = "all runs" if result.sweep_id == ALL else f"sweep {result.sweep_id}"
     fig.suptitle(f"Activation x dropout, {title} ({len(result.runs)} runs)")
     fig.tight_layout()
@@ -197,8 +408,9 @@ def preset_settings(root: Path) -> dict[str, dict[str, str]]:
 
 
 def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
-    """One row per preset with finished runs: each run counted under the preset whose every param it
-    logged, the newest run per seed (a rerun of a seed is not a new sample); mean ± std over seeds."""
+    """One row per preset with finished runs, ranked on mean best validation accuracy: each run counted
+    under the preset whose every param it logged, the newest run per seed (a rerun of a seed is not a new
+    sample); 95 % intervals as in compare."""
     found = queries.search_runs(experiment, "attributes.status = 'FINISHED'")
     if found.empty or "metrics.test_accuracy" not in found:
         raise CompareError(f"no finished run with a test accuracy in experiment '{experiment}' yet; run `dvc repro` first")
@@ -209,15 +421,23 @@ def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
         if not set(columns) <= set(found.columns):
             continue  # no run logged every key of it (runs from before a key existed)
         matching = (found[columns] == pd.Series(settings).set_axis(columns)).all(axis=1)
-        runs = found[matching].drop_duplicates("params.seed")  # newest first: the newest run of each seed
-        if runs.empty:
+        matched = found[matching].drop_duplicates("params.seed")  # newest first: the newest run of each seed
+        if matched.empty:
             continue
-        rows.append({"preset": name, "runs": len(runs), "seeds": ", ".join(sorted(runs["params.seed"], key=int)),
-                     **{label: _mean_std(runs[f"metrics.{field}"], FORMATS[field]) for label, field in VALUES.items()}})  # fmt: skip
+        runs = pd.DataFrame({"run_id": matched["run_id"], "seed": pd.to_numeric(matched["params.seed"]),
+                             **{metric: matched[f"metrics.{metric}"] for metric in (*SPLITS.values(), "train_seconds")},
+                             "params.preprocess.val_size": matched["params.preprocess.val_size"]})  # fmt: skip
+        logged, _ = _read_predictions(runs)
+        runs = _with_digits(runs, logged)
+        rows.append({"preset": name, "runs": len(runs), "seeds": ", ".join(sorted(matched["params.seed"], key=int)),
+                     **{f"{LABELS[split]} [95 %]": estimate(runs, split) for split in SPLITS},
+                     "seconds": runs["train_seconds"].mean()})  # fmt: skip
     if not rows:
         raise CompareError(f"no finished run of experiment '{experiment}' has the params of default or a preset "
                            f"({', '.join(preset_paths(root))})")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    order = [value.mean for value in table[f"{LABELS['val']} [95 %]"]]
+    return table.iloc[np.argsort(order, kind="stable")[::-1]].reset_index(drop=True)  # validation ranks
 
 
 def write_presets_report(table: pd.DataFrame, experiment: str, reports: Path) -> Path:
@@ -226,7 +446,8 @@ def write_presets_report(table: pd.DataFrame, experiment: str, reports: Path) ->
     write_text(path, "\n\n".join([
         f"# Presets side by side: experiment `{experiment}`",
         f"Finished runs in the MLflow store `{location.tracking_uri()}`, each under the preset whose every param it "
-        f"logged ({', '.join(sorted(PER_RUN_KEYS))} may differ); the newest run per seed; several seeds: mean ± std.",
+        f"logged ({', '.join(sorted(PER_RUN_KEYS))} may differ); the newest run per seed. Ranked on mean best "
+        "validation accuracy (the test digits never rank); 95 % intervals: t over seeds, Wilson's for one run.",
         _table(table),
     ]) + "\n")
     return path

@@ -12,6 +12,11 @@ every key at one level, `test.per_class.*.recall`) and sets what counts as worse
 
 The baseline is the metrics file as committed at a git revision (default `main`), or a file.
 With no baseline yet (the first commit) only floors and ceilings apply.
+
+Where the baseline's per-digit predictions are at hand too (predictions.csv beside the metrics file, at
+the same revision), the two models are paired on the same test digits: exact McNemar on the digits one
+got right and the other wrong. A drop beyond noise fails the gate whatever the tolerances say; the
+tolerances still absorb another CPU's float noise.
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mnist_mlp.errors import UserError
+from mnist_mlp.experiments import stats
 from mnist_mlp.files import read_yaml
+from mnist_mlp.tracking import predictions
+
+PREDICTIONS = "predictions.csv"  # beside the metrics file, as the evaluate stage writes them
 
 WILDCARD = "*"
 
@@ -128,7 +137,13 @@ def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def read_baseline_from_git(rev: str, metrics_path: str | Path) -> tuple[Optional[dict], str]:
     """(metrics committed at `rev`, "rev:path"); None when there are none yet (no commits, or not in `rev`)."""
-    path = Path(metrics_path).resolve()
+    text, source = _committed(rev, metrics_path)
+    return (None if text is None else parse_metrics(text, source)), source
+
+
+def _committed(rev: str, file: str | Path) -> tuple[Optional[str], str]:
+    """(the file's text as committed at `rev` or None, "rev:path")."""
+    path = Path(file).resolve()
     folder = path.parent if path.parent.is_dir() else Path.cwd()
     top = _git(["rev-parse", "--show-toplevel"], folder)
     if top.returncode != 0:
@@ -145,7 +160,7 @@ def read_baseline_from_git(rev: str, metrics_path: str | Path) -> tuple[Optional
     shown = _git(["show", source], folder)
     if shown.returncode != 0:
         return None, source  # the file is not committed at that revision yet
-    return parse_metrics(shown.stdout, source), source
+    return shown.stdout, source
 
 
 def _sort_key(key: str) -> tuple:
@@ -257,21 +272,43 @@ class GateReport:
     baseline_source: str
     has_baseline: bool
     rows: list[Row]
+    paired: Optional[stats.Paired] = None  # new model against the baseline's, on the same test digits
+    paired_source: str = ""  # where the baseline's predictions came from, or why there is no paired test
+
+    @property
+    def worse_beyond_noise(self) -> bool:
+        return self.paired is not None and self.paired.digits < 0 and self.paired.p_value < 1 - stats.CONFIDENCE
 
     @property
     def failures(self) -> list[str]:
-        return [failure for row in self.rows for failure in row.failures]
+        failures = [failure for row in self.rows for failure in row.failures]
+        if self.worse_beyond_noise:
+            failures.append(f"test digits: worse beyond noise against {self.paired_source}: {self.paired_line()}")
+        return failures
+
+    def paired_line(self) -> str:
+        found = self.paired
+        return (f"{found.only_first} digits right only in the new model, {found.only_second} only in the baseline: "
+                f"{found.digits:+d} of {found.total:,} ({100 * found.accuracy_difference:+.2f} points, 95 % "
+                f"{found.difference.points()}), exact McNemar {stats.p_text(found.p_value)}")  # fmt: skip
 
     def markdown(self) -> str:
         if self.has_baseline:
             against = f"against `{self.baseline_source}`"
         else:
             against = f"no baseline yet (`{self.baseline_source}` does not exist): only floors and ceilings apply"
+        if self.paired is not None:
+            verdict = "worse beyond noise" if self.worse_beyond_noise else \
+                "level within noise" if self.paired.p_value >= 1 - stats.CONFIDENCE else "better beyond noise"  # fmt: skip
+            paired = f"Paired on the same test digits against `{self.paired_source}`: {self.paired_line()}: **{verdict}**."
+        else:
+            paired = f"No paired test: {self.paired_source}."
         if self.failures:
             outcome = f"**FAIL**: {len(self.failures)} broken rule(s) in {len(self.rows)} metrics"
         else:
             outcome = f"**PASS**: {len(self.rows)} metrics, no regression, every floor and ceiling held"
-        return "\n".join([f"### Metric gate: `{self.metrics_source}`, {against}", "", markdown_table(self.rows), "", outcome])
+        return "\n".join([f"### Metric gate: `{self.metrics_source}`, {against}", "", markdown_table(self.rows), "",
+                          paired, "", outcome])  # fmt: skip
 
 
 def run_gate(
@@ -288,4 +325,33 @@ def run_gate(
     else:
         baseline, baseline_source = read_baseline_from_git(baseline_rev, metrics_path)
     rows = compare(rules, metrics, baseline, str(metrics_path))
-    return GateReport(str(metrics_path), baseline_source, baseline is not None, rows)
+    paired, paired_source = _paired(metrics_path, baseline_path, baseline_rev, baseline is not None)
+    return GateReport(str(metrics_path), baseline_source, baseline is not None, rows, paired, paired_source)
+
+
+def _paired(metrics_path: str | Path, baseline_path: Optional[str | Path], baseline_rev: str,
+            has_baseline: bool) -> tuple[Optional[stats.Paired], str]:  # fmt: skip
+    """The new predictions against the baseline's (beside each metrics file), or None and why not."""
+    new_path = Path(metrics_path).parent / PREDICTIONS
+    if not has_baseline:
+        return None, "no baseline"
+    if not new_path.is_file():
+        return None, f"{new_path} not found"
+    new = predictions.read(new_path)
+    if baseline_path is not None:
+        old_path = Path(baseline_path).parent / PREDICTIONS
+        if not old_path.is_file():
+            return None, f"no {old_path} beside the baseline"
+        if old_path.resolve() == new_path.resolve():  # both files in one folder: one predictions file for both
+            return None, f"the baseline and the new metrics share one folder, so {new_path} cannot stand for both"
+        old, source = predictions.read(old_path), str(old_path)
+    else:
+        text, source = _committed(baseline_rev, new_path)
+        if text is None:
+            return None, f"{source} is not committed"
+        if len(text) > predictions.MAX_BYTES:
+            raise predictions.PredictionsError(f"{source}: {len(text):,} characters, more than a predictions file")
+        old = predictions.parse(text, source)
+    if len(new.actual) != len(old.actual) or (new.actual != old.actual).any():
+        return None, f"{new_path} and {source} hold different test digits"
+    return stats.paired(new.correct, old.correct), source
