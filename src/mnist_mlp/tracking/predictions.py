@@ -19,6 +19,7 @@ ARTIFACT_FOLDER = "evaluation"
 ARTIFACT = f"{ARTIFACT_FOLDER}/predictions.csv"
 HEADER = "actual,predicted"
 MAX_BYTES = 1_000_000  # 10,000 test digits take about 40 kB
+DIGITS = frozenset("0123456789")
 
 
 class PredictionsError(UserError, ValueError):
@@ -43,7 +44,7 @@ def parse(text: str, source: str) -> Predictions:
     pairs = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.strip().split(",")
-        if len(fields) != 2 or not all(len(field) == 1 and field.isdigit() for field in fields):
+        if len(fields) != 2 or not all(len(field) == 1 and field in DIGITS for field in fields):  # not str.isdigit: '٣' is one
             raise PredictionsError(f"{source}:{number}: {line[:40]!r} is not two digits; {expected}")
         pairs.append((int(fields[0]), int(fields[1])))
     table = np.asarray(pairs, dtype=np.int8)
