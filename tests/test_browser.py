@@ -47,6 +47,16 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
     wait_for_texts(browser, [runs[name]["info"]["run_name"] for name in names])
     write_bytes(FIGURES / "mlflow_runs.png", browser.get_screenshot_as_png())
 
+    # docs/sweeps.md's link: only this sweep's runs, best validation accuracy first
+    run_names = {run["info"]["run_name"]: {m["key"]: m["value"] for m in run["data"]["metrics"]}["best_val_accuracy"]
+                 for run in runs.values()}  # fmt: skip
+    browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs?searchFilter=tags.sweep_id%20%3D%20"
+                "%27ui-check%27&orderByKey=metrics.%60best_val_accuracy%60&orderByAsc=false")  # fmt: skip
+    wait_for_texts(browser, list(run_names))
+    body = browser.execute_script("return document.body.textContent")
+    shown = sorted(run_names, key=body.index)
+    assert [run_names[name] for name in shown] == sorted(run_names.values(), reverse=True), shown
+
     # one run's page shows its params and metrics
     first = runs[names[0]]
     browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs/{first['info']['run_id']}")

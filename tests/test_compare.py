@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from support.cli import cli_in_process
+from support.cli import cli_in_process, run
 from support.predictions import log_predictions, right
 from mnist_mlp.experiments import compare, stats
 from mnist_mlp.params import Params, apply_preset, flatten
@@ -299,3 +299,41 @@ def test_presets_without_runs_are_one_clear_line(mlflow_store, tmp_path):
     log_preset_run(client, experiment_id, Params(train={"epochs": 3}), 0, 0.9)
     with pytest.raises(compare.CompareError, match=r"has the params of default or a preset \(fast\)"):
         compare.compare_presets("mnist-mlp", tmp_path)
+
+
+@pytest.mark.integration
+def test_a_real_three_seed_sweep_is_reported_with_paired_tests_on_its_logged_predictions(project):
+    """`make sweep`'s path on tiny data: a 2 x 2 grid x 3 seeds, one epoch each, then `mnist-mlp compare`."""
+    from support.paths import BIN
+    from support.sweep import run_sweep
+    from mnist_mlp.tracking import predictions
+
+    output = run_sweep(project, ["relu", "sigmoid"], ["0.0", "0.5"], "--seeds", "0", "1", "2", "--set", "train.epochs=1",
+                       "--sweep-id", "s3")  # fmt: skip
+    assert "12/12 done" in output
+    compared = run([str(BIN / "mnist-mlp"), "compare"], project).stdout
+    result = compare.compare("mnist-mlp")
+    assert len(result.runs) == 12 and set(result.summary["runs"]) == {3} and not result.untested
+    # the headline as printed: the validation choice, then every other setting in exactly one group
+    line = compare.headline(result)
+    assert line in compared and line.startswith("Chosen on validation (the test digits never choose): ")
+    assert "cannot separate settings" not in line
+    choice = compare.chosen(result)
+    assert choice["val"].mean == result.summary["val"].map(lambda value: value.mean).max()
+    others = {compare.setting_name(s) for s in zip(result.summary["activation"], result.summary["dropout"])} - \
+        {compare.setting_name((choice["activation"], choice["dropout"]))}  # fmt: skip
+    assert {compare.setting_name(v.setting) for v in result.verdicts} == others
+    # every paired count is what the runs' own logged predictions give, majority over the three seeds
+    votes = {setting: stats.majority([predictions.logged(run_id).correct for run_id in group["run_id"]])
+             for setting, group in result.runs.groupby(compare.SETTING)}  # fmt: skip
+    best = votes[(choice["activation"], choice["dropout"])]
+    for verdict in result.verdicts:
+        assert verdict.paired.only_first == int((best & ~votes[verdict.setting]).sum())
+        assert verdict.paired.only_second == int((~best & votes[verdict.setting]).sum())
+        assert verdict.p_holm >= verdict.paired.p_value
+    # three seeds: a t-interval around every mean
+    for estimate in [*result.summary["val"], *result.summary["test"]]:
+        assert estimate.interval.low <= estimate.mean <= estimate.interval.high
+    report = (project / "reports" / "compare.md").read_text()
+    assert "## Paired tests on the test digits" in report and "## Main effect of dropout" in report
+    assert (project / "reports" / "figures" / "compare.png").stat().st_size > 20_000
