@@ -11,6 +11,7 @@ run shared and warns when runs differ in more than the grid axes: such a table m
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -198,7 +199,7 @@ def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
     rows, curves = [], {}
     for setting, group in kept.groupby(SETTING, sort=True):
         rows.append({"activation": setting[0], "dropout": setting[1], "runs": len(group),
-                     **{split: estimate(group, split) for split in SPLITS}, "seconds": group["train_seconds"].mean()})  # fmt: skip
+                     **{split: estimate(group, split) for split in SPLITS}, "seconds": round(group["train_seconds"].mean(), 1)})  # fmt: skip
         curves[setting] = _curves(group)
     summary = pd.DataFrame(rows)
     summary["val_mean"] = [value.mean for value in summary["val"]]
@@ -262,7 +263,8 @@ def notes(result: Comparison) -> list[str]:
     if result.mixed:
         differing = "; ".join(f"{key} ({', '.join(values)})" for key, values in result.mixed.items())
         lines.append(f"WARNING: these runs differ in more than {', '.join(AXES)}: {differing}; the comparison mixes settings")
-    names = " ".join(dict.fromkeys(sorted(result.runs["name"].dropna())))
+    number_order = lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]  # noqa: E731
+    names = " ".join(dict.fromkeys(sorted(result.runs["name"].dropna(), key=number_order)))  # sweep-2 before sweep-10
     return [*lines, f"Training curves of these runs (DVC experiments of the same names): dvc plots diff {names} --open"]
 
 
@@ -431,7 +433,7 @@ def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
         runs = _with_digits(runs, logged)
         rows.append({"preset": name, "runs": len(runs), "seeds": ", ".join(sorted(matched["params.seed"], key=int)),
                      **{f"{LABELS[split]} [95 %]": estimate(runs, split) for split in SPLITS},
-                     "seconds": runs["train_seconds"].mean()})  # fmt: skip
+                     "seconds": round(runs["train_seconds"].mean(), 1)})  # fmt: skip
     if not rows:
         raise CompareError(f"no finished run of experiment '{experiment}' has the params of default or a preset "
                            f"({', '.join(preset_paths(root))})")

@@ -273,12 +273,16 @@ def wait(root: Path, names: list[str], restart: Callable[[], None], poll_s: floa
         time.sleep(poll_s)
 
 
-def summary(root: Path, names: list[str]):
-    """The sweep's experiments as `dvc exp show` has them: state, grid params, metrics, MLflow run id."""
+def summary(root: Path, names: list[str], base_commit: str = "HEAD"):
+    """The sweep's experiments as `dvc exp show` has them: state, grid params, metrics, MLflow run id.
+
+    Shown from the commit they were queued on: HEAD may have moved on while they ran (`dvc exp show` alone
+    then lists none of them)."""
     import dvc.api
     import pandas as pd
 
-    rows = {row["Experiment"]: row for row in dvc.api.exp_show(repo=str(root)) if row.get("Experiment") in names}
+    shown = dvc.api.exp_show(repo=str(root), revs=[base_commit])
+    rows = {row["Experiment"]: row for row in shown if row.get("Experiment") in names}
     table = pd.DataFrame([rows[name] for name in names if name in rows], columns=["Experiment", *SUMMARY])
     return table.set_index("Experiment").astype({"train.seed": "Int64"}).dropna(axis="columns", how="all")
 
@@ -315,7 +319,7 @@ def run_sweep(root: Path, sweep: Sweep, experiment: str, jobs: int = 2, force: b
     start = lambda: _dvc(root, "queue", "start", "-j", str(jobs), env=env)  # noqa: E731
     start()
     outcome = wait(root, sweep.names, start, poll_s)
-    table = summary(root, sweep.names)
+    table = summary(root, sweep.names, base.split("+")[0])
     print(f"sweep {sweep.sweep_id} done; dvc exp show for its experiments:\n{table.to_string()}", flush=True)
     failed = [name for name, state in outcome.items() if state != "Success"]
     if failed:

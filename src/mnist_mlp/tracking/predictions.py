@@ -7,6 +7,7 @@ it is downloaded, then every line is parsed as two digits; nothing else in it is
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -71,6 +72,7 @@ def logged(run_id: str) -> Optional[Predictions]:
 
     from mnist_mlp.tracking.store import client, failure_line
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run would bury the report
     store = client()
     try:
         listed = {item.path: item for item in store.list_artifacts(run_id, ARTIFACT_FOLDER)}
