@@ -365,8 +365,11 @@ def figure(result: Comparison):
                   ylabel="accuracy", title=f"{title}, 95 % intervals")  # fmt: skip
         panel.grid(alpha=0.3)
         panel.legend(fontsize="small", loc="lower left")
-    means = pd.concat([curve["mean"][curve["epoch"] > 1] for curve in result.curves.values()])
-    floor = means.min() if len(means) else None
+    # one y scale for every panel, so that activations compare across panels; past 5 epochs, from epoch 2 on
+    # (epoch 1 would flatten the rest)
+    curves = [curve[curve["epoch"] > 1] if len(curve) > 5 else curve for curve in result.curves.values()]
+    low, high = (pd.concat([curve[column] for curve in curves]) for column in ("low", "high"))
+    limits = (low.min() - 0.002, min(1.0, high.max() + 0.002)) if len(low) else None
     for activation in activations:
         panel = axes[f"curve {activation}"]
         for (curve_activation, dropout), curve in result.curves.items():
@@ -375,8 +378,8 @@ def figure(result: Comparison):
             (line,) = panel.plot(curve["epoch"], curve["mean"], marker="o" if len(curve) < 6 else None, label=f"dropout {dropout:g}")
             panel.fill_between(curve["epoch"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if floor is not None and floor < 1 and max(len(curve) for curve in result.curves.values()) > 5:
-            panel.set_ylim(floor - 0.002, 1 - (1 - means.max()) / 2)  # from epoch 2 on: epoch 1 would flatten the rest
+        if limits is not None:
+            panel.set_ylim(*limits)
         panel.set(xlabel="epoch", ylabel="validation accuracy", title=f"{activation}: mean over seeds, 95 % band")
         panel.grid(alpha=0.3)
         panel.legend(fontsize="small", loc="lower right")
