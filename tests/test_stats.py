@@ -102,3 +102,12 @@ def test_a_majority_of_seeds_decides_each_digit_and_a_tie_is_wrong():
 
 def test_p_values_are_printed_with_a_floor():
     assert p_text(1e-9) == "p < 0.001" and p_text(0.31) == "p = 0.310"
+
+
+def test_better_worse_or_level_is_decided_by_the_given_p_value():
+    first = correct(9_900)
+    second = first.copy()
+    second[:60] = False
+    assert paired(first, second).first_is() == "better" and paired(second, first).first_is() == "worse"
+    assert paired(first, second).first_is(p_value=0.2) == "level"  # e.g. a Holm-adjusted p of a family
+    assert paired(first, first.copy()).first_is() == "level"

@@ -30,7 +30,6 @@ SETTING = ["activation", "dropout"]
 AXES = [*SETTING, "seed"]  # what a grid varies; the sweep id differs between sweeps by design
 SPLITS = {"val": "best_val_accuracy", "test": "test_accuracy"}  # split -> its metric; validation chooses
 LABELS = {"val": "best val accuracy", "test": "test accuracy", "seconds": "seconds"}
-ALPHA = 1 - stats.CONFIDENCE  # a Holm-adjusted p below it decides "worse" or "better"
 FORMATS = {"dropout": "g", "seed": "g", "best_val_accuracy": ".4f", "test_accuracy": ".4f", "train_seconds": ".1f", "test_interval": ""}
 HEADERS = {"best_val_accuracy": "best val accuracy", "test_accuracy": "test accuracy", "train_seconds": "seconds",
            "test_interval": "test 95 % (Wilson)", "name": "run (DVC experiment)", "run_id": "MLflow run"}  # fmt: skip
@@ -74,9 +73,8 @@ class Verdict:
 
     @property
     def outcome(self) -> str:
-        if self.p_holm >= ALPHA:
-            return "level"
-        return "worse" if self.paired.digits > 0 else "better"
+        """This setting against the choice (the paired test has the choice first)."""
+        return {"better": "worse", "worse": "better", "level": "level"}[self.paired.first_is(self.p_holm)]
 
 
 @dataclass
@@ -314,7 +312,7 @@ def markdown(result: Comparison) -> str:
                   "Each setting against the validation choice on the same 10,000 test digits: exact McNemar test on the "
                   "per-digit majority vote of each setting's runs (a tie counts as wrong), the difference's 95 % interval "
                   f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
-                  f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {ALPHA:g} or more.",
+                  f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more.",
                   _table(verdicts_table(result))]  # fmt: skip
     elif result.untested:
         parts.append(f"No paired test: {result.untested}.")

@@ -277,7 +277,7 @@ class GateReport:
 
     @property
     def worse_beyond_noise(self) -> bool:
-        return self.paired is not None and self.paired.digits < 0 and self.paired.p_value < 1 - stats.CONFIDENCE
+        return self.paired is not None and self.paired.first_is() == "worse"
 
     @property
     def failures(self) -> list[str]:
@@ -298,8 +298,7 @@ class GateReport:
         else:
             against = f"no baseline yet (`{self.baseline_source}` does not exist): only floors and ceilings apply"
         if self.paired is not None:
-            verdict = "worse beyond noise" if self.worse_beyond_noise else \
-                "level within noise" if self.paired.p_value >= 1 - stats.CONFIDENCE else "better beyond noise"  # fmt: skip
+            verdict = {"worse": "worse beyond noise", "level": "level within noise", "better": "better beyond noise"}[self.paired.first_is()]
             paired = f"Paired on the same test digits against `{self.paired_source}`: {self.paired_line()}: **{verdict}**."
         else:
             paired = f"No paired test: {self.paired_source}."

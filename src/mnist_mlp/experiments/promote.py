@@ -20,7 +20,6 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.experiments import gate, stats
 from mnist_mlp.tracking import predictions, registry
 
-ALPHA = 1 - stats.CONFIDENCE  # one test, candidate against champion: no multiplicity to correct
 
 
 class PromotionRefused(UserError):
@@ -48,7 +47,8 @@ class Promotion:
             if self.paired is None:
                 against += "; no paired test (--allow-level)"
             else:
-                verdict = "better beyond noise" if self.paired.p_value < ALPHA else "level within noise, promoted by --allow-level"
+                # one test, candidate against champion: no multiplicity to correct
+                verdict = "better beyond noise" if self.paired.first_is() == "better" else "level within noise, promoted by --allow-level"
                 against += f", {verdict}: {paired_text(self.paired, self.previous.version)}"
         return f"promote: {target} -> version {self.candidate.version} (run {self.candidate.run_id}{accuracy}); {against}"
 
@@ -95,12 +95,12 @@ def promote(name: str, rules_path: str | Path, run_id: Optional[str] = None, ver
     result = None
     if champion is not None:
         result, why = paired_with(candidate.run_id, champion.run_id)
-        if result is not None and result.p_value < ALPHA and result.digits < 0:
+        if result is not None and result.first_is() == "worse":
             raise PromotionRefused(f"refused: {candidate.label} is worse beyond noise {against}: {paired_text(result, champion.version)}")
         if not allow_level and result is None:
             raise PromotionRefused(f"refused: {candidate.label} stays out, {against}: no paired test ({why}); "
                                    "--allow-level promotes on the gate alone")  # fmt: skip
-        if not allow_level and result.p_value >= ALPHA:
+        if not allow_level and result.first_is() == "level":
             raise PromotionRefused(f"refused: {candidate.label} is level within noise: keeping version {champion.version} "
                                    f"({paired_text(result, champion.version)}); --allow-level promotes a level candidate")  # fmt: skip
     registry.set_alias(name, alias, candidate.version)

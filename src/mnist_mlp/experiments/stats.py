@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 CONFIDENCE = 0.95  # every interval; a test "decides" at 1 - CONFIDENCE after Holm's correction
+ALPHA = 1 - CONFIDENCE  # a p-value (Holm-adjusted where several tests) below it decides "better" or "worse"
 BOOTSTRAP_RESAMPLES = 5000  # of the test digits, for the interval of a paired difference
 BOOTSTRAP_SEED = 0  # the same report from the same predictions
 
@@ -70,6 +71,13 @@ class Paired:
     @property
     def accuracy_difference(self) -> float:
         return self.digits / self.total
+
+    def first_is(self, p_value: Optional[float] = None) -> str:
+        """"better", "worse" or "level": the first model against the second, decided by `p_value` (default
+        this test's own; a Holm-adjusted one where it is one of several)."""
+        if (self.p_value if p_value is None else p_value) >= ALPHA:
+            return "level"
+        return "better" if self.digits > 0 else "worse"
 
 
 def paired(first_correct: np.ndarray, second_correct: np.ndarray) -> Paired:
