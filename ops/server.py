@@ -114,6 +114,17 @@ class Settings:
         return f"{self.database}_auth"
 
     @property
+    def studies_database(self) -> str:
+        """The Optuna studies' database (`mnist-mlp sweep`), on the same PostgreSQL: Optuna and MLflow both keep an
+        alembic_version table, so they cannot share one database."""
+        return f"{self.database}_studies"
+
+    @property
+    def study_storage(self) -> str:
+        """STUDY_STORAGE for `mnist-mlp sweep`, without a password (libpq reads PGPASSWORD or ~/.pgpass)."""
+        return self.db_uri(self.studies_database)
+
+    @property
     def db_host(self) -> str:
         return self.db_parts.hostname or "127.0.0.1"
 
@@ -217,7 +228,7 @@ def setup_sql(settings: Settings, password: str) -> str:
         # CREATEDB: the server tests make a throwaway database each
         f"ALTER ROLE {role} LOGIN CREATEDB PASSWORD {_sql_literal(password)};",
     ]
-    for database in (settings.database, settings.auth_database):
+    for database in (settings.database, settings.auth_database, settings.studies_database):
         lines.append(f"SELECT 'CREATE DATABASE {database} OWNER {role}' "
                      f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}') \\gexec")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -227,7 +238,8 @@ def deps(settings: Settings) -> None:
     """Start the local cluster when it is down; create the role and the databases; write missing secrets."""
     if settings.db_host not in ("127.0.0.1", "localhost", "::1"):
         raise ServerError(f"SERVER_DB is on {settings.db_host}: server-deps sets up this machine's PostgreSQL only; "
-                          f"create role {settings.role} and databases {settings.database}, {settings.auth_database} there")  # fmt: skip
+                          f"create role {settings.role} and databases {settings.database}, {settings.auth_database}, "
+                          f"{settings.studies_database} there")  # fmt: skip
     if os.geteuid() != 0:
         raise ServerError("run it as root: it starts PostgreSQL and creates the MLflow role as the postgres user")
     cluster = _cluster(settings.db_port)
@@ -248,8 +260,8 @@ def deps(settings: Settings) -> None:
     if done.returncode != 0:
         raise ServerError(f"psql as postgres failed: {(done.stderr.strip().splitlines() or [f'exit {done.returncode}'])[-1]}")
     check_database(settings, password)
-    print(f"server-deps: PostgreSQL {name} up; role {settings.role}, databases {settings.database} and "
-          f"{settings.auth_database} ready; next: `make server`")  # fmt: skip
+    print(f"server-deps: PostgreSQL {name} up; role {settings.role}, databases {settings.database}, "
+          f"{settings.auth_database} and {settings.studies_database} ready; next: `make server`")  # fmt: skip
 
 
 def connect(settings: Settings, password: str, database: Optional[str] = None):
@@ -371,7 +383,8 @@ def _last_line(exc: ProcessError) -> str:
 
 def _ready_line(settings: Settings) -> str:
     auth = " (basic auth: export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)" if settings.auth else ""
-    return f"MLflow tracking server ready; in another terminal: export MLFLOW_TRACKING_URI={settings.uri}{auth}"
+    return (f"MLflow tracking server ready; in another terminal: export MLFLOW_TRACKING_URI={settings.uri}{auth}; "
+            f"for sweeps on it: export STUDY_STORAGE={settings.study_storage} PGPASSWORD=<MLFLOW_DB_PASSWORD>")
 
 
 def _interrupt(signum, frame):  # noqa: ARG001
@@ -457,7 +470,8 @@ class ServerProcess:
     @property
     def env(self) -> dict[str, str]:
         """What a client process needs on top of its environment."""
-        return {"MLFLOW_TRACKING_URI": self.uri}
+        return {"MLFLOW_TRACKING_URI": self.uri, "STUDY_STORAGE": self.settings.study_storage,
+                "PGPASSWORD": read_secrets().get("MLFLOW_DB_PASSWORD", "")}
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         command, env = server_command(self.settings)
@@ -489,7 +503,7 @@ def scratch_server(folder: Path, auth: bool = False, workers: Optional[str] = "2
     folder.mkdir(parents=True, exist_ok=True)
     settings = replace(base, port=free_port(), db=base.db_uri(database), artifacts=str(folder / "artifacts"),
                        auth=auth, workers=workers)  # fmt: skip
-    created = [database, settings.auth_database] if auth else [database]
+    created = [database, settings.studies_database, *([settings.auth_database] if auth else [])]
     with connect(base, password) as admin:
         for name in created:
             admin.execute(f"CREATE DATABASE {name}")

@@ -44,7 +44,8 @@ def main() -> None:
     splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
     # the threads it trains on (train.threads, or torch's default when 0): seconds per epoch depend on them
     tags = {"device": str(device), "torch_threads": str(thread_count(settings.threads)), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
-    tags |= {f"sweep_{key}": value for key, value in (("id", params.tracking.sweep_id), ("base", params.tracking.sweep_base)) if value}
+    sweep = {"id": params.tracking.sweep_id, "base": params.tracking.sweep_base, "trial": params.tracking.trial}
+    tags |= {f"sweep_{key}": str(value) for key, value in sweep.items() if value is not None}
     with runs.training_run(params.tracking.experiment, flatten(params), tags) as run:
         run.log_datasets(splits)
 

@@ -188,17 +188,44 @@ def sweep_plan(args: argparse.Namespace):
     from mnist_mlp.experiments import sweep
 
     preset = preset_values(repo_root(), args.preset) if args.preset else None
-    return sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.sweep_id, args.shard, preset)
+    return sweep.plan(args.activations, args.dropouts, args.seeds, args.set, args.study, preset)
+
+
+def study_definition(args: argparse.Namespace, root: Path):
+    """(study name, Definition) from the command line: a grid, or with --search a TPE search space."""
+    from mnist_mlp.experiments import space, study, sweep
+
+    planned = sweep_plan(args)
+    keys = [*planned.sets, *planned.grid]
+    searched = space.read(args.search, fixed={*keys, *sweep.OWN_KEYS}) if args.search else None
+    if searched and (args.activations or args.dropouts or args.seeds):
+        raise sweep.SweepError("--search draws its own params; give fixed ones with --set, not --activations/--dropouts/--seeds")
+    if searched and args.trials:
+        searched = searched.model_copy(update={"trials": args.trials})
+    base = sweep.sweep_base(root, [*keys, *(searched.space if searched else [])], args.from_workspace)
+    taken = study.taken_values(root, base.split("+")[1:])
+    experiment = configured_experiment(planned.experiment)
+    if searched:
+        return planned.sweep_id, study.search_definition(searched, planned.sets, base, experiment, taken)
+    return planned.sweep_id, study.grid_definition(planned, base, experiment, taken)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from mnist_mlp.experiments import sweep
+    from mnist_mlp.experiments import study
 
-    planned = sweep_plan(args)
-    experiment = configured_experiment(planned.experiment)
-    sweep.run_sweep(repo_root(), planned, experiment, args.jobs, args.force, args.from_workspace, args.poll)
-    whole = " (the whole grid once every shard is done)" if planned.shard[1] > 1 else ""
-    print(f"next: mnist-mlp compare --sweep-id {planned.sweep_id}{whole}")
+    root = repo_root()
+    if args.as_worker:  # one of the workers `mnist-mlp sweep` starts: trials only, no report
+        study.work(root, args.study, study.storage_url(root), args.push)
+        return
+    if args.join:
+        if not args.study:
+            raise study.StudyError("--join needs --study NAME: the study to work on")
+        study.join(root, args.study, args.jobs, args.push)
+        name = args.study
+    else:
+        name, definition = study_definition(args, root)
+        study.start(root, name, definition, args.jobs, args.push)
+    print(f"next: mnist-mlp compare --study {name}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -210,7 +237,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
         print(table.to_string(index=False))
         print(f"wrote {compare.write_presets_report(table, experiment, args.reports)}")
         return
-    result = compare.compare(configured_experiment(args.experiment), compare.ALL if args.all else args.sweep_id)
+    if args.study:
+        from mnist_mlp.experiments import study
+
+        searched = study.search_report(repo_root(), args.study, args.reports)
+        if searched is not None:
+            print(searched)
+            return
+    result = compare.compare(configured_experiment(args.experiment), compare.ALL if args.all else args.study or args.sweep_id)
     table, picture = compare.write_report(result, args.reports)
     print(compare.settings_table(result).to_string(index=False))
     print("\n".join([compare.headline(result), *compare.notes(result)]))
@@ -219,13 +253,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def _positive_text(text: str) -> str:
     return str(_positive(text))
-
-
-def _shard(text: str) -> tuple[int, int]:
-    part, _, parts = text.partition("/")
-    if not (part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 1/2")
-    return int(part), int(parts)
 
 
 def _positive(text: str) -> int:
@@ -343,34 +370,40 @@ def build_parser() -> argparse.ArgumentParser:
     back.set_defaults(func=cmd_restore)
 
     sweep = commands.add_parser(
-        "sweep", help="queue activation x dropout experiments (dvc exp run --queue), run them, wait, show them"
+        "sweep", help="an Optuna study of activation x dropout x seed (or a TPE search): each trial a `dvc exp run --temp`"
     )
     sweep.add_argument("--activations", nargs="+", metavar="NAME",
                        help="default: relu tanh sigmoid (with --preset: the preset's)")
     sweep.add_argument("--dropouts", nargs="+", type=float, metavar="P",
                        help="default: 0.0 0.2 0.5 (with --preset: the preset's)")
     sweep.add_argument("--preset", metavar="NAME",
-                       help="every experiment runs params/NAME.yaml over the defaults, as `mnist-mlp preset NAME` "
+                       help="every trial runs params/NAME.yaml over the defaults, as `mnist-mlp preset NAME` "
                             "prints it; --set keys win, e.g. --preset best --seeds 0 1 2")  # fmt: skip
     sweep.add_argument("--seeds", nargs="+", type=int, default=[], metavar="N",
                        help="several seeds per setting (default: params.yaml's train.seed)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="another override for every experiment, e.g. --set train.epochs=2 (repeatable)")
-    sweep.add_argument("--jobs", "-j", type=_positive, default=2, help="queue workers (default %(default)s)")
-    sweep.add_argument("--sweep-id", help="default: the current time, YYYYMMDD-HHMMSS")
-    sweep.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
-                       help="queue only the K-th of N disjoint parts of the grid, on this machine's own queue; "
-                            "give every machine the same grid, --sweep-id and MLFLOW_TRACKING_URI (one server)")  # fmt: skip
-    sweep.add_argument("--force", action="store_true",
-                       help="queue with `dvc exp run --force`: re-run every stage, download and preprocess too")
+                       help="another override for every trial, e.g. --set train.epochs=2 (repeatable)")
+    sweep.add_argument("--search", type=Path, metavar="FILE",
+                       help="a TPE search over the ranges of FILE (e.g. params/search.yaml) instead of the grid")
+    sweep.add_argument("--trials", type=_positive, metavar="N", help="with --search: trials in all (default: the file's)")
+    sweep.add_argument("--jobs", "-j", type=_positive, default=2, help="worker processes on this machine (default %(default)s)")
+    sweep.add_argument("--study", "--sweep-id", dest="study", metavar="NAME",
+                       help="the study's name, also the runs' sweep_id (default: the current time, YYYYMMDD-HHMMSS)")
+    sweep.add_argument("--join", action="store_true",
+                       help="work on the existing study --study NAME (its grid or space, its --set values, its commit), "
+                            "e.g. from another machine with the same STUDY_STORAGE and MLFLOW_TRACKING_URI")  # fmt: skip
+    sweep.add_argument("--push", metavar="REMOTE",
+                       help="`dvc exp push REMOTE` each trial's experiment as it ends (a team: every clone's `dvc exp pull` gets it)")
     sweep.add_argument("--from-workspace", action="store_true",
                        help="sweep from params.yaml as it is in the workspace, even where it differs from HEAD")
-    sweep.add_argument("--poll", type=float, default=10.0, metavar="SECONDS", help="queue polling interval")
+    sweep.add_argument("--as-worker", action="store_true", help=argparse.SUPPRESS)
     sweep.set_defaults(func=cmd_sweep)
 
     compare = commands.add_parser("compare", help="reports/compare.md and figures/compare.png from the MLflow runs of a sweep")
     which = compare.add_mutually_exclusive_group()
     which.add_argument("--sweep-id", default="latest", help="default: the latest sweep")
+    which.add_argument("--study", metavar="NAME",
+                       help="a study (its sweep id); a TPE search is reported by trial, with Optuna's parameter importances")
     which.add_argument("--all", action="store_true", help="every run of the experiment, swept or not")
     which.add_argument("--presets", action="store_true",
                        help="default and every preset side by side (reports/presets.md): each run under the preset "

@@ -154,6 +154,8 @@ class TrackingParams(_Section):
     # set by `mnist-mlp sweep`: the commit its runs start from, plus each params.yaml key taken
     # from the uncommitted workspace (`--from-workspace`): `<sha>` or `<sha>+train.epochs+train.lr`
     sweep_base: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{40}(\+[A-Za-z0-9_]+\.[A-Za-z0-9_]+)*$")
+    # set by `mnist-mlp sweep`: the Optuna trial number of this run in the study named sweep_id
+    trial: Optional[int] = Field(default=None, ge=0)
     # the evaluate stage registers each model as a version of it; `mnist-mlp promote` moves its `champion` alias
     registered_model: str = Field(default="mnist-mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -268,7 +270,7 @@ def check_unchanged(path: str | Path, read: Params, *sections: str) -> None:
 # the sections a run's result depends on; download (where the bytes come from) and tracking do not change it
 RESULT_SECTIONS = ("preprocess", "train", "evaluate")
 # the keys a sweep sets on each of its runs
-SWEEP_KEYS = ("tracking.sweep_id", "tracking.sweep_base")
+SWEEP_KEYS = ("tracking.sweep_id", "tracking.sweep_base", "tracking.trial")
 # flatten()'s keys in which runs of one setting may differ: the seed (one sample), the device and thread count, where it is logged
 PER_RUN_KEYS = frozenset({"seed", "device", "threads", *(f"tracking.{key}" for key in TrackingParams.model_fields)})
 PRESETS_FOLDER = "params"  # <project>/params/<name>.yaml

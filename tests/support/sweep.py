@@ -1,4 +1,4 @@
-"""Helpers shared by the sweep and browser tests: a real queued sweep, the runs in a store."""
+"""Helpers shared by the sweep and browser tests: a real sweep (an Optuna study), the runs in a store."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from support.paths import BIN
 
 
 def run_sweep(repo: Path, activations: list[str], dropouts: list[str], *extra: str, env: dict | None = None) -> str:
-    """`mnist-mlp sweep` for real (one `dvc exp run --queue` grid, `dvc queue start -j 2`); return its output."""
-    command = [str(BIN / "mnist-mlp"), "sweep", "--activations", *activations, "--dropouts", *dropouts,
-               "--jobs", "2", "--poll", "2", *extra]  # fmt: skip
+    """`mnist-mlp sweep` for real (a study on two workers, each trial a `dvc exp run --temp`); return its output."""
+    command = [str(BIN / "mnist-mlp"), "sweep", "--activations", *activations, "--dropouts", *dropouts, "--jobs", "2", *extra]
     return run(command, repo, env=env).stdout
 
 

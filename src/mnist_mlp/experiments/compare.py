@@ -191,7 +191,7 @@ def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
     distinct = params.nunique(dropna=False)
     shared = {key: params[key].iloc[0] for key in sorted(distinct.index[distinct == 1])}
     mixed = {key: sorted(params[key].fillna("(none)").unique()) for key in sorted(distinct.index[distinct > 1])
-             if key not in (*AXES, "tracking.sweep_id")}  # fmt: skip
+             if key not in (*AXES, "tracking.sweep_id", "tracking.trial")}  # fmt: skip
     logged, problems = _read_predictions(kept)
     kept = _with_digits(kept, logged)
     rows, curves = [], {}

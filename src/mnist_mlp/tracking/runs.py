@@ -34,8 +34,11 @@ def git_commit(cwd: Path) -> Optional[str]:
 
 
 def run_name(params: dict[str, Any]) -> str:
-    """The setting a run trained, as the MLflow UI's runs table shows it: `relu-do0.2-s1`; a run of other
-    params (a load test's) is named by its DVC experiment."""
+    """The setting a run trained, as the MLflow UI's runs table shows it: `relu-do0.2-s1`; a sweep's trial
+    by its study and trial number (`act-x-drop-7`, its DVC experiment's name); a run of other params (a
+    load test's) by its DVC experiment."""
+    if params.get("tracking.trial") is not None:
+        return f"{params['tracking.sweep_id']}-{params['tracking.trial']}"
     if not {"activation", "dropout", "seed"} <= params.keys():
         return os.environ.get("DVC_EXP_NAME") or "workspace"
     return f"{params['activation']}-do{float(params['dropout']):g}-s{params['seed']}"

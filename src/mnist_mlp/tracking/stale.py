@@ -45,3 +45,19 @@ def close_stale_runs(older_than_minutes: float, dry_run: bool = False) -> list[S
         client.set_tag(run.run_id, CLOSED_TAG, f"closed by mnist-mlp close-stale-runs: {run.reason}")
         client.set_terminated(run.run_id, status="KILLED")
     return stale
+
+
+def close_trial_runs(experiment: str, study: str, trial: int, reason: str) -> list[str]:
+    """End the runs of one sweep trial still RUNNING as KILLED, tagged with `reason` (its worker died:
+    Optuna's heartbeat said so); return their ids. A run the trial never started is no error."""
+    client = store.client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = (f"tags.sweep_id = {store.literal(study, 'study')} and tags.sweep_trial = '{int(trial)}' "
+             "and attributes.status = 'RUNNING'")  # fmt: skip
+    ended = [run.info.run_id for run in client.search_runs([found.experiment_id], query, max_results=100)]
+    for run_id in ended:
+        client.set_tag(run_id, CLOSED_TAG, f"closed by mnist-mlp sweep: {reason}")
+        client.set_terminated(run_id, status="KILLED")
+    return ended

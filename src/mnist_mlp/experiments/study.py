@@ -1,0 +1,530 @@
+"""A sweep is an Optuna study: workers on any number of machines share it through one storage.
+
+The study holds its own definition (a grid or a search space, the `--set` values, the commit), so a
+worker that joins runs only the study's settings, and one on another commit is refused. A grid is
+enqueued up front as WAITING trials carrying GridSampler's grid ids; a search asks TPE for each trial.
+Each trial is one `dvc exp run --temp` (a DVC experiment `<study>-<trial>`, its MLflow run tagged
+sweep_id and sweep_trial) and its objective is the best **validation** accuracy, never test.
+
+Faults: a worker records a heartbeat while it runs a trial; once it stops for the grace period (a
+SIGKILL, a machine gone), any other worker marks the trial FAIL, ends its MLflow run KILLED and
+enqueues it again (Optuna's RetryHeartbeatStaleTrialCallback). Two workers can pop the same grid
+point only in a race; the later trial then yields (PRUNED), so no point is COMPLETE twice.
+
+Storage: STUDY_STORAGE (the team's PostgreSQL, e.g. postgresql+psycopg://mlflow@host:5432/mlflow_studies,
+the password in PGPASSWORD), else `<repo>/optuna.db` (SQLite), made before any worker starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+# heartbeats and their stale-trial check are "experimental" since Optuna 2.9, and what this module is built on
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # each worker prints its own line per trial
+
+from mnist_mlp.errors import UserError
+from mnist_mlp.experiments import space as search_space
+from mnist_mlp.experiments.sweep import Sweep, SweepError, override_text, threads_per_worker, with_own_scripts
+
+STORAGE_ENV = "STUDY_STORAGE"
+LOCAL_STORAGE = "optuna.db"  # in the repo, git-ignored
+LOGS = Path("build") / "studies"  # <repo>/build/studies/<study>/<experiment>.log: each trial's `dvc exp run`
+HEARTBEAT_S = 5.0  # a running trial's worker writes a heartbeat this often
+GRACE_S = 20.0  # ... and is taken for dead after this long without one (4 missed heartbeats)
+POLL_S = 2.0  # an idle worker looks for retried trials this often while others run
+DATABASE_PATIENCE_S = 120.0  # a worker waits this long for a storage that went away, then stops
+DEFINITION = "mnist_mlp.definition"  # the study's user attribute holding its Definition
+
+
+class StudyError(SweepError):
+    """A study that cannot be made, joined or run."""
+
+
+class TrialFailed(StudyError):
+    """A trial's `dvc exp run` failed: the trial ends FAIL and the worker goes on."""
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What every worker of a study runs: the grid or search space, the --set values, the base commit."""
+
+    kind: str  # "grid" or "search"
+    base: str  # <commit>[+<key taken from the workspace>...] (tracking.sweep_base)
+    experiment: str  # the MLflow experiment
+    sets: dict[str, str]  # key -> value as typed (Hydra's grammar, as `dvc exp run -S` reads it)
+    grid: dict[str, list] = field(default_factory=dict)
+    space: dict = field(default_factory=dict)  # space.Space as JSON
+
+    @property
+    def commit(self) -> str:
+        return self.base.split("+")[0]
+
+    @property
+    def search(self) -> Optional[search_space.Space]:
+        return search_space.Space.model_validate(self.space) if self.kind == "search" else None
+
+    @property
+    def size(self) -> int:
+        """Trials the study completes: the grid's points, or the search's trials."""
+        if self.search:
+            return self.search.trials
+        size = 1
+        for values in self.grid.values():
+            size *= len(values)
+        return size
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        if self.search:
+            # constant_liar: a worker's TPE counts the others' running trials, so they spread
+            return optuna.samplers.TPESampler(n_startup_trials=self.search.startup_trials, seed=self.search.seed,
+                                              constant_liar=True)  # fmt: skip
+        return optuna.samplers.GridSampler(self.grid)
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        if self.search:
+            return self.search.suggest(trial)
+        return {key: trial.suggest_categorical(key, values) for key, values in self.grid.items()}
+
+
+def grid_definition(sweep: Sweep, base: str, experiment: str, taken: dict[str, Any]) -> Definition:
+    """A grid study from a planned sweep; `taken`: workspace values a --from-workspace sweep runs with
+    (kept as --set values, so a worker elsewhere runs them too)."""
+    sets = {**{key: override_text(key, value).split("=", 1)[1] for key, value in taken.items()}, **sweep.sets}
+    return Definition("grid", base, experiment, sets, grid=sweep.grid)
+
+
+def search_definition(space: search_space.Space, sets: dict[str, str], base: str, experiment: str,
+                      taken: dict[str, Any]) -> Definition:  # fmt: skip
+    sets = {**{key: override_text(key, value).split("=", 1)[1] for key, value in taken.items()}, **sets}
+    return Definition("search", base, experiment, sets, space=space.model_dump(mode="json"))
+
+
+# --- storage ---------------------------------------------------------------------------------------
+
+def storage_url(root: Path) -> str:
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{Path(root).resolve() / LOCAL_STORAGE}"
+
+
+def shown(url: str) -> str:
+    """The storage URL as printed: never a password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """A trial whose worker stopped sending heartbeats: its MLflow run ends KILLED, the trial runs again."""
+    from mnist_mlp.tracking.stale import close_trial_runs
+
+    definition = definition_of(study)
+    reason = f"trial {trial.number} of study {study.study_name} lost its worker (no heartbeat for {GRACE_S:g} s)"
+    ended = close_trial_runs(definition.experiment, study.study_name, trial.number, reason)
+    print(f"study {study.study_name}: {reason}; its MLflow run(s) {', '.join(ended) or '(none started)'} "
+          "ended KILLED; enqueued again", flush=True)  # fmt: skip
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
+
+
+def open_storage(url: str, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage with heartbeats; made (tables and all) on first use."""
+    import sqlalchemy.exc
+
+    engine = {"pool_pre_ping": True}  # a connection the server dropped is replaced, not used
+    if url.startswith("sqlite"):
+        engine["connect_args"] = {"timeout": 60}  # several local workers write one file
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=int(heartbeat_s),
+                                          grace_period=int(grace_s), heartbeat_stale_trial_callback=_on_stale)  # fmt: skip
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StudyError(f"study storage {shown(url)}: cannot open it ({reason}); set {STORAGE_ENV} to a reachable "
+                         "database, or unset it for this repo's own optuna.db") from None  # fmt: skip
+
+
+def definition_of(study: optuna.Study) -> Definition:
+    data = study.user_attrs.get(DEFINITION)
+    if not isinstance(data, dict):
+        raise StudyError(f"study {study.study_name}: no mnist-mlp definition in it; it was not made by `mnist-mlp sweep`")
+    try:
+        return Definition(**data)
+    except TypeError as exc:
+        raise StudyError(f"study {study.study_name}: its definition does not read ({exc})") from None
+
+
+def create(name: str, definition: Definition, storage) -> optuna.Study:
+    """A new study holding `definition`; a grid's points enqueued as WAITING trials, in grid order."""
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=definition.sampler(), direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        raise StudyError(f"study {name} already exists in {shown(storage.url)}: `--join` works on it; "
+                         "or choose another --study") from None  # fmt: skip
+    study.set_user_attr(DEFINITION, asdict(definition))
+    if definition.kind == "grid":
+        sampler = definition.sampler()
+        distributions = {key: optuna.distributions.CategoricalDistribution(values) for key, values in definition.grid.items()}
+        for grid_id, point in enumerate(sampler._all_grids):  # GridSampler's own order and ids
+            params = dict(zip(sampler._param_names, point))
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=params, distributions=distributions,
+                system_attrs={"grid_id": grid_id, "search_space": sampler._search_space}))  # fmt: skip
+    return study
+
+
+def load(name: str, storage) -> tuple[optuna.Study, Definition]:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise StudyError(f"no study {name} in {shown(storage.url)}; start it with `mnist-mlp sweep --study {name}` "
+                         f"(without --join), or point {STORAGE_ENV} at the storage that holds it") from None  # fmt: skip
+    definition = definition_of(study)
+    study.sampler = definition.sampler()
+    return study, definition
+
+
+# --- a worker --------------------------------------------------------------------------------------
+
+def check_joinable(root: Path, name: str, definition: Definition) -> None:
+    """This clone runs the study's commit, with no params.yaml change the study would not override."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        head, changed = repo.scm.get_rev(), repo.params.diff().get("diff", {}).get("params.yaml", {})
+    if head != definition.commit:
+        raise StudyError(f"study {name} runs on commit {definition.commit[:7]}; this clone is at {head[:7]}: "
+                         f"`git fetch && git checkout {definition.commit[:7]}` first")  # fmt: skip
+    own = {*definition.grid, *definition.sets, *definition.space.get("space", {}), "tracking.sweep_id",
+           "tracking.sweep_base", "tracking.trial"}  # fmt: skip
+    if stray := sorted(key for key in changed if key not in own):
+        raise StudyError(f"study {name}: params.yaml differs from {head[:7]} in {', '.join(stray)}, which every trial here "
+                         "would take; `git checkout params.yaml` first")  # fmt: skip
+
+
+def _retried(trials: list) -> set[int]:
+    """Numbers of the trials a heartbeat failed and the study enqueued again."""
+    return {number for trial in trials for number in trial.system_attrs.get("retry_history", [])}
+
+
+def progress(definition: Definition, trials: list) -> tuple[int, int]:
+    """(trials ended, of the study's size): COMPLETE ones, and those that failed for good."""
+    retried = _retried(trials)
+    ended = [t for t in trials if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in retried)]
+    return len(ended), definition.size
+
+
+def has_work(definition: Definition, trials: list) -> bool:
+    """A WAITING trial (a grid point, a retry), or a search short of its trials."""
+    if any(trial.state == TrialState.WAITING for trial in trials):
+        return True
+    if definition.kind != "search":
+        return False
+    live = [t for t in trials if t.number not in _retried(trials) and t.state != TrialState.PRUNED]
+    return len(live) < definition.size
+
+
+def _yield_duplicate(study: optuna.Study, trial: optuna.Trial, values: dict) -> None:
+    """Two workers took the same grid point (a race): the trial with the higher number yields."""
+    for other in study.get_trials(deepcopy=False):
+        if other.number == trial.number or other.params != values:
+            continue
+        if other.state == TrialState.COMPLETE or (other.state in (TrialState.RUNNING, TrialState.WAITING) and other.number < trial.number):
+            raise optuna.TrialPruned(f"grid point {values} is trial {other.number}'s")
+
+
+def describe(values: dict) -> str:
+    return ", ".join(f"{key.split('.')[-1]}={value:.4g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}"
+                     for key, value in values.items())  # fmt: skip
+
+
+def _dvc(root: Path, args: list[str], log: Path) -> int:
+    with log.open("w") as out:
+        return subprocess.run(["dvc", *args], cwd=root, env=with_own_scripts(), stdin=subprocess.DEVNULL,
+                              stdout=out, stderr=subprocess.STDOUT).returncode  # fmt: skip
+
+
+def experiment_row(root: Path, name: str) -> dict:
+    """`dvc exp show`'s row of one experiment (its params and metrics)."""
+    import dvc.api
+
+    rows = [row for row in dvc.api.exp_show(repo=str(root), revs=[name]) if row.get("rev") != "workspace"]
+    if not rows:
+        raise TrialFailed(f"DVC has no experiment {name} after its run")
+    return rows[-1]
+
+
+def objective(root: Path, study: optuna.Study, definition: Definition, push: Optional[str]):
+    logs = Path(root) / LOGS / study.study_name
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def run_trial(trial: optuna.Trial) -> float:
+        values = definition.suggest(trial)
+        if definition.kind == "grid":
+            _yield_duplicate(study, trial, values)
+        name = f"{study.study_name}-{trial.number}"
+        trial.set_user_attr("dvc_exp_name", name)
+        sets = [override_text(key, value) for key, value in values.items()]
+        sets += [f"{key}={value}" for key, value in definition.sets.items()]
+        # quoted: an id of digits stays a string
+        sets += [f'tracking.sweep_id="{study.study_name}"', f'tracking.sweep_base="{definition.base}"', f"tracking.trial={trial.number}"]
+        log = logs / f"{name}.log"
+        if _dvc(root, ["exp", "run", "--temp", "-n", name, *[part for item in sets for part in ("-S", item)]], log):
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            raise TrialFailed(f"trial {trial.number} ({name}) failed: {lines[-1] if lines else 'no output'}; its log: {log}")
+        row = experiment_row(root, name)
+        trial.set_user_attr("mlflow_run_id", row.get("mlflow_run_id"))
+        trial.set_user_attr("train_seconds", row.get("training.seconds"))
+        if push and _dvc(root, ["exp", "push", push, name], logs / f"{name}.push.log"):
+            raise TrialFailed(f"trial {trial.number} ({name}): `dvc exp push {push} {name}` failed; its log: {logs / f'{name}.push.log'}")
+        return float(row["training.best_val_accuracy"])
+
+    return run_trial
+
+
+def _patiently(call, what: str, patience_s: float = DATABASE_PATIENCE_S):
+    """`call()`, waiting out a storage that went away (a restart, a network cut) for up to `patience_s`."""
+    import sqlalchemy.exc
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return call()
+        except sqlalchemy.exc.OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            if time.monotonic() > deadline:
+                raise StudyError(f"{what}: the study storage did not answer for {patience_s:g} s ({reason}); "
+                                 "nothing ended is lost: join again with --join once it is back") from None  # fmt: skip
+            print(f"note: {what}: the study storage does not answer ({reason}); waiting", flush=True)
+            time.sleep(5)
+
+
+def work(root: Path, name: str, url: str, push: Optional[str] = None, poll_s: float = POLL_S,
+         heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> None:  # fmt: skip
+    """One worker: take trials until the study has none left and none running; print each as it ends."""
+    storage = open_storage(url, heartbeat_s, grace_s)
+    study, definition = load(name, storage)
+    check_joinable(root, name, definition)
+    run_trial, started = objective(root, study, definition, push), time.monotonic()
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        ended, size = progress(definition, study.get_trials(deepcopy=False))
+        what = f"best val accuracy {trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name
+        seconds = trial.user_attrs.get("train_seconds")
+        trained = f", trained {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        print(f"[{ended}/{size} done, {time.monotonic() - started:.0f} s] trial {trial.number} "
+              f"{trial.user_attrs.get('dvc_exp_name', '')} ({describe(trial.params)}): {what}{trial_line(trial)}{trained}", flush=True)
+
+    while True:
+        trials = _patiently(lambda: (optuna.storages.fail_stale_trials(study), study.get_trials(deepcopy=False))[1], f"study {name}")
+        if has_work(definition, trials):
+            _patiently(lambda: study.optimize(run_trial, n_trials=1, catch=(TrialFailed,), callbacks=[report],
+                                              gc_after_trial=False), f"study {name}")  # fmt: skip
+        elif any(trial.state == TrialState.RUNNING for trial in trials):
+            time.sleep(poll_s)  # another worker's trial may die and come back WAITING
+        else:
+            return
+
+
+def trial_line(trial: optuna.trial.FrozenTrial) -> str:
+    failed = trial.system_attrs.get("fail_reason")
+    return f" ({failed})" if failed else ""
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def run_workers(root: Path, name: str, url: str, jobs: int, push: Optional[str] = None) -> None:
+    """`jobs` worker processes on this machine (each its share of the cores), until the study is done."""
+    if jobs == 1:
+        work(root, name, url, push)
+        return
+    threads = threads_per_worker(jobs)
+    env = {**with_own_scripts(), STORAGE_ENV: url, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = [str(Path(sysconfig.get_path("scripts")) / "mnist-mlp"), "sweep", "--as-worker", "--study", name,
+               *(["--push", push] if push else [])]  # fmt: skip
+    # a session each: a worker killed with its group (a machine gone) takes no sibling with it
+    workers = [subprocess.Popen(command, cwd=root, env=env, stdin=subprocess.DEVNULL, start_new_session=True) for _ in range(jobs)]
+    try:
+        codes = [worker.wait() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait()
+    for worker, code in zip(workers, codes):
+        if code:
+            ended = f"was killed (signal {-code})" if code < 0 else f"stopped with exit {code} (above)"
+            print(f"note: worker {worker.pid} {ended}; its trial, if any, went back to the study", file=sys.stderr, flush=True)
+
+
+def trials_table(study: optuna.Study):
+    """One row per trial: number, state, DVC experiment, params, best val accuracy, training and trial seconds."""
+    import pandas as pd
+
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        took = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete and trial.datetime_start else None
+        rows.append({"trial": trial.number, "state": trial.state.name, "experiment": trial.user_attrs.get("dvc_exp_name"),
+                     **{key: value for key, value in trial.params.items()}, "best_val_accuracy": trial.value,
+                     "train_seconds": trial.user_attrs.get("train_seconds"), "trial_seconds": took,
+                     "mlflow_run_id": trial.user_attrs.get("mlflow_run_id")})  # fmt: skip
+    return pd.DataFrame(rows).set_index("trial")
+
+
+def overhead_line(table, wall_s: float, jobs: int) -> str:
+    """Wall time against the packing limit: the training seconds of the trials that ended, spread over the workers."""
+    done = table[table["state"] == "COMPLETE"]
+    training, trials = float(done["train_seconds"].fillna(0).sum()), float(done["trial_seconds"].fillna(0).sum())
+    limit = training / max(jobs, 1)
+    ratio = f"{wall_s / limit:.2f}x" if limit else "n/a"
+    return (f"wall {wall_s:.0f} s on {jobs} worker(s) for {training:.0f} s of training ({trials:.0f} s of whole trials): "
+            f"{ratio} the packing limit of {limit:.0f} s")  # fmt: skip
+
+
+def finish(study: optuna.Study, definition: Definition, wall_s: float, jobs: int) -> None:
+    """Print the trials and the overhead; a study with trials that failed for good raises."""
+    import pandas as pd
+
+    table = trials_table(study)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(f"study {study.study_name} ({definition.kind}, {definition.size} trials, chosen on validation):\n{table.to_string()}")
+    print(overhead_line(table, wall_s, jobs), flush=True)
+    trials = study.get_trials(deepcopy=False)
+    ended, size = progress(definition, trials)
+    retried = _retried(trials)
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.number not in retried]
+    if failed:
+        raise StudyError(f"{len(failed)} of {size} trials of study {study.study_name} failed: "
+                         f"{', '.join(t.user_attrs.get('dvc_exp_name', str(t.number)) for t in failed)}; "
+                         f"their logs are in {LOGS / study.study_name}/")  # fmt: skip
+    if ended < size:
+        raise StudyError(f"study {study.study_name}: {ended} of {size} trials ended; the rest are still running or waiting "
+                         "elsewhere: `mnist-mlp sweep --study NAME --join` works on them")  # fmt: skip
+
+
+def used_names(root: Path, name: str) -> list[str]:
+    """DVC experiments already named like this study's trials (`<name>-<n>`), in any commit."""
+    from dvc.repo import Repo
+
+    pattern = re.compile(rf"^{re.escape(name)}-\d+$")
+    with Repo(str(root)) as repo:
+        return sorted(exp for entries in repo.experiments.ls(all_commits=True).values() for exp, _ in entries
+                      if exp and pattern.match(exp))  # fmt: skip
+
+
+def taken_values(root: Path, keys: list[str]) -> dict[str, Any]:
+    """The workspace's params.yaml values of `keys` (section.key)."""
+    import yaml
+
+    params = yaml.safe_load((Path(root) / "params.yaml").read_text())
+    values = {}
+    for key in keys:
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
+
+
+def start(root: Path, name: str, definition: Definition, jobs: int, push: Optional[str] = None) -> None:
+    """Make the study (refused when it or its experiment names exist), run `jobs` workers here, report."""
+    from mnist_mlp.tracking import location, store
+
+    url = storage_url(root)
+    if taken := used_names(root, name):
+        raise StudyError(f"--study {name}: DVC already has experiments named {', '.join(taken[:4])}{' ...' if len(taken) > 4 else ''}; "
+                         f"choose another --study, or remove them first: dvc exp remove {' '.join(taken[:4])}")  # fmt: skip
+    storage = open_storage(url)
+    experiment_id = store.ensure_experiment(definition.experiment, root)  # before two workers race to make the store
+    study = create(name, definition, storage)
+    threads = threads_per_worker(jobs)
+    print(f"study {name}: {definition.size} {'grid points' if definition.kind == 'grid' else 'TPE trials'} on {jobs} "
+          f"worker(s) here ({threads} thread(s) each where train.threads is 0); study storage {shown(url)}; MLflow store "
+          f"{location.tracking_uri(root)}, experiment '{definition.experiment}' (id {experiment_id}); more machines: "
+          f"`mnist-mlp sweep --study {name} --join` with the same {STORAGE_ENV} and MLFLOW_TRACKING_URI", flush=True)  # fmt: skip
+    join(root, name, jobs, push, study=study, definition=definition)
+
+
+def join(root: Path, name: str, jobs: int, push: Optional[str] = None, study=None, definition=None) -> None:
+    url, started = storage_url(root), time.monotonic()
+    if study is None:
+        study, definition = load(name, open_storage(url))
+        check_joinable(root, name, definition)
+        print(f"study {name}: joining with {jobs} worker(s) ({definition.kind}, {definition.size} trials); "
+              f"study storage {shown(url)}", flush=True)  # fmt: skip
+    run_workers(root, name, url, jobs, push)
+    finish(study, definition, time.monotonic() - started, jobs)
+
+
+# --- a search's report -----------------------------------------------------------------------------
+
+SEARCH_REPORT = "search.md"  # reports/search.md
+
+
+def _wilson(accuracy: float, digits: Optional[float]) -> str:
+    from mnist_mlp.experiments import stats
+
+    if not digits or digits != digits:  # unknown (NaN)
+        return f"{accuracy:.4f}"
+    return f"{accuracy:.4f} {stats.accuracy_interval(round(accuracy * digits), int(digits))}"
+
+
+def search_report(root: Path, name: str, reports: Path) -> Optional[str]:
+    """reports/search.md for a TPE search: the trials ranked on validation, the validation-best trial with
+    its test accuracy beside it (reported, never choosing), and Optuna's parameter importances; the headline
+    returned. None for a grid study (`compare` reports it as a sweep)."""
+    import pandas as pd
+
+    from mnist_mlp.tracking import predictions, queries, store
+
+    study, definition = load(name, open_storage(storage_url(root)))
+    if definition.kind != "search":
+        return None
+    table = trials_table(study)
+    done = table[table["state"] == "COMPLETE"].sort_values("best_val_accuracy", ascending=False, kind="stable")
+    if done.empty:
+        raise StudyError(f"study {name}: no trial has completed yet")
+    runs = queries.search_runs(definition.experiment, f"tags.sweep_id = {store.literal(name, 'study')}")
+    by_id = runs.set_index("run_id") if not runs.empty else pd.DataFrame()
+    test = {run_id: by_id.loc[run_id].get("metrics.test_accuracy") for run_id in done["mlflow_run_id"] if run_id in by_id.index}
+    val_digits = {run_id: pd.to_numeric(by_id.loc[run_id].get("params.preprocess.val_size"), errors="coerce")
+                  for run_id in test}  # fmt: skip
+    best = done.iloc[0]
+    logged = predictions.logged(best["mlflow_run_id"]) if best["mlflow_run_id"] in test else None
+    best_test = test.get(best["mlflow_run_id"])
+    test_text = _wilson(best_test, len(logged.actual) if logged else None) if best_test == best_test and best_test is not None else "not logged"
+    # Optuna's fANOVA over the completed trials' validation accuracies; it needs two or more
+    importances = optuna.importance.get_param_importances(study) if len(done) >= 2 else {}
+    space_keys = list(definition.space["space"])
+    headline = (f"Chosen on validation: trial {best.name} ({best['experiment']}: {describe({k: best[k] for k in space_keys})}), "
+                f"best validation accuracy {_wilson(best['best_val_accuracy'], val_digits.get(best['mlflow_run_id']))}; "
+                f"its test accuracy {test_text} (reported once, not used to choose). "
+                f"{len(done)} of {definition.size} trials completed.")  # fmt: skip
+    ranked = done[["experiment", *space_keys, "best_val_accuracy", "train_seconds"]].copy()
+    ranked["test_accuracy"] = [test.get(run_id) for run_id in done["mlflow_run_id"]]
+    importance_rows = pd.DataFrame({"param": list(importances), "importance": [round(v, 3) for v in importances.values()]})
+    lines = [f"# Study `{name}`: TPE search over {', '.join(space_keys)}", "",
+             "Generated by `mnist-mlp compare --study " + name + "` from the Optuna study and its MLflow runs. "
+             "Trials are ranked on best **validation** accuracy (the study's objective); test accuracy is shown beside "
+             "it and chooses nothing. Intervals: Wilson's 95 % on the digits of one run.", "", headline, "",
+             "## Parameter importances", "",
+             "Optuna's `get_param_importances` (fANOVA) on the completed trials' validation accuracies: the share of "
+             "its variance each param explains.", "",
+             importance_rows.to_markdown(index=False) if importances else "(fewer than two completed trials)", "",
+             "## Trials, ranked on validation", "", ranked.to_markdown(floatfmt=".4g"), ""]  # fmt: skip
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / SEARCH_REPORT).write_text("\n".join(lines))
+    described = ", ".join(f"{key} {value:.2f}" for key, value in importances.items())
+    return "\n".join([headline, f"importances (Optuna, fANOVA on validation): {described or 'n/a'}",
+                      f"wrote {reports / SEARCH_REPORT}"])

@@ -1,0 +1,242 @@
+"""study.py and space.py: a sweep as an Optuna study. Fast: the definition, the grid's WAITING trials, a dead
+worker's trial retried and its MLflow run KILLED, racing workers, the search space file, joining. Integration:
+real studies of `dvc exp run --temp` trials (a grid on two workers, a TPE search), then `compare`."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from support.cli import cli_in_process, run
+from support.paths import BIN
+from support.sweep import run_sweep, sweep_runs, without_venv_on_path
+from mnist_mlp.experiments import space, study, sweep
+
+GRID = {"train.activation": ["relu", "tanh", "sigmoid"], "train.dropout": [0.0, 0.5], "train.seed": [0, 1]}
+
+
+def _grid(name: str = "g", grid: dict = GRID, experiment: str = "mnist-mlp") -> study.Definition:
+    return study.Definition("grid", "a" * 40, experiment, {"train.epochs": "1"}, grid=grid)
+
+
+@pytest.fixture
+def storage(tmp_path: Path):
+    """A fresh SQLite study storage with 1 s heartbeats and a 1 s grace period."""
+    return study.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_s=1, grace_s=1)
+
+
+def test_a_grid_study_holds_its_definition_and_one_waiting_trial_per_point(storage):
+    made = study.create("g", _grid(), storage)
+    trials = made.get_trials()
+    assert [t.state for t in trials] == [TrialState.WAITING] * 12
+    points = {tuple(t.params[key] for key in GRID) for t in trials}
+    assert points == {(a, d, s) for a in GRID["train.activation"] for d in GRID["train.dropout"] for s in GRID["train.seed"]}
+    loaded, definition = study.load("g", storage)
+    assert definition == _grid() and definition.size == 12 and definition.commit == "a" * 40
+    # GridSampler hands each popped trial its own point; the objective reads it with suggest
+    trial = loaded.ask()
+    assert definition.suggest(trial) == trials[0].params
+    assert study.has_work(definition, loaded.get_trials()) and study.progress(definition, loaded.get_trials()) == (0, 12)
+
+
+def test_a_study_that_exists_or_is_missing_is_one_line(storage):
+    study.create("g", _grid(), storage)
+    with pytest.raises(study.StudyError, match=r"^study g already exists in sqlite:///.*optuna.db: `--join` works on it; or choose another --study$"):
+        study.create("g", _grid(), storage)
+    with pytest.raises(study.StudyError, match=r"^no study h in sqlite:///.*; start it with `mnist-mlp sweep --study h` \(without --join\)"):
+        study.load("h", storage)
+    optuna.create_study(study_name="foreign", storage=storage)
+    with pytest.raises(study.StudyError, match="study foreign: no mnist-mlp definition in it"):
+        study.load("foreign", storage)
+
+
+def test_an_unreachable_storage_is_one_line_without_its_password():
+    with pytest.raises(study.StudyError, match=r"^study storage postgresql\+psycopg://mlflow:\*\*\*@127.0.0.1:9/studies: cannot open it"):
+        study.open_storage("postgresql+psycopg://mlflow:secret@127.0.0.1:9/studies")
+
+
+def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_runs_again(storage, mlflow_store, capsys):
+    made = study.create("g", _grid(), storage)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("mnist-mlp")
+    alive = client.create_run(experiment, tags={"sweep_id": "g", "sweep_trial": "1"})  # another trial's run: kept
+    trial = made.ask()  # trial 0, as a worker pops it
+    dead = client.create_run(experiment, tags={"sweep_id": "g", "sweep_trial": str(trial.number)})
+    storage.record_heartbeat(trial._trial_id)  # its worker's last heartbeat, then the worker is gone
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(made)  # what every worker runs before it takes a trial
+    trials = made.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    retry = trials[-1]
+    assert retry.state == TrialState.WAITING and retry.params == trials[0].params
+    assert retry.system_attrs["retry_history"] == [0] and retry.system_attrs["grid_id"] == trials[0].system_attrs["grid_id"]
+    assert client.get_run(dead.info.run_id).info.status == "KILLED"
+    assert client.get_run(dead.info.run_id).data.tags["mnist_mlp.closed_stale"].startswith("closed by mnist-mlp sweep: trial 0 of study g")
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert "trial 0 of study g lost its worker" in capsys.readouterr().out
+    _, definition = study.load("g", storage)
+    # the failed trial is not one of the grid's ends: the retry is
+    assert study.progress(definition, trials) == (0, 12) and study.has_work(definition, trials)
+
+
+def test_two_workers_on_one_grid_point_the_later_trial_yields(storage):
+    made = study.create("g", _grid(grid={"train.activation": ["relu"], "train.dropout": [0.0]}), storage)
+    first = made.ask()  # the point's WAITING trial
+    second = made.ask()  # a race: GridSampler gives a new trial the same (only) point
+    values = {"train.activation": "relu", "train.dropout": 0.0}
+    assert first.suggest_categorical("train.activation", ["relu"]) == second.suggest_categorical("train.activation", ["relu"])
+    second.suggest_categorical("train.dropout", [0.0])
+    study._yield_duplicate(made, first, values)  # the lower number runs
+    with pytest.raises(optuna.TrialPruned, match="is trial 0's"):
+        study._yield_duplicate(made, second, values)
+
+
+def test_a_search_has_work_until_its_trials_are_taken_retries_not_counted():
+    definition = study.Definition("search", "a" * 40, "mnist-mlp", {}, space=space.parse(
+        {"trials": 3, "space": {"train.lr": {"float": [0.001, 0.1], "log": True}}}, "s").model_dump(mode="json"))  # fmt: skip
+    frozen = lambda number, state, **attrs: optuna.trial.create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,  # noqa: E731
+                                                                     system_attrs=attrs)  # fmt: skip
+    trials = [frozen(0, TrialState.COMPLETE), frozen(1, TrialState.FAIL)]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    assert study.has_work(definition, trials)  # 2 of 3 taken
+    retry = frozen(2, TrialState.RUNNING, retry_history=[1])
+    retry.number = 2
+    assert study.has_work(definition, [*trials, retry])  # trial 1 died and runs again as 2: still 2 of 3
+    third = frozen(3, TrialState.RUNNING)
+    third.number = 3
+    assert not study.has_work(definition, [*trials, retry, third])
+    assert study.progress(definition, [*trials, retry, third]) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"trials": 12, "space": {"train.lr": {"float": [0.1, 0.01]}}}, r"space\.train\.lr: Value error, low 0.1 must be below high 0.01"),
+        ({"trials": 12, "space": {"train.lr": {"float": [0.0, 0.1], "log": True}}}, r"log: true needs a numeric range with low > 0"),
+        ({"trials": 12, "space": {"train.lr": {"float": [0.001, 0.1], "int": [1, 2]}}}, r"give exactly one of float"),
+        ({"trials": 12, "space": {"train.lrr": {"float": [0.001, 0.1]}}}, r"unknown key 'train.lrr'; did you mean 'train.lr'"),
+        ({"trials": 12, "space": {"train.dropout": {"float": [0.0, 1.5]}}}, r"space.train.dropout.*invalid 'train.dropout' \(got 1.5\)"),
+        ({"trials": 12, "space": {"train.activation": {"choice": ["relu", "swish"]}}}, r"invalid 'train.activation' \(got 'swish'\)"),
+        ({"trials": 12, "space": {"train.seed": {"int": [0, 9]}}}, r"a search cannot draw train.seed"),
+        ({"trials": 0, "space": {"train.lr": {"float": [0.001, 0.1]}}}, r"s: trials: Input should be greater than or equal to 1"),
+        ({"trials": 12, "spaces": {}}, r"s: space: Field required"),
+    ],
+)  # fmt: skip
+def test_a_bad_search_space_is_refused_naming_the_key(data, message):
+    with pytest.raises(space.SpaceError, match=message):
+        space.parse(data, "s")
+
+
+def test_the_projects_search_space_file_is_valid_and_draws_lists_as_choices():
+    searched = space.read(Path(__file__).parents[1] / "params" / "search" / "default.yaml")
+    assert searched.trials >= 12 and {"train.lr", "train.weight_decay", "train.dropout", "train.hidden_sizes"} <= set(searched.space)
+    trial = optuna.create_study().ask()
+    drawn = searched.suggest(trial)
+    assert isinstance(drawn["train.hidden_sizes"], list) and 1e-4 <= drawn["train.lr"] <= 1
+    with pytest.raises(space.SpaceError, match="no such search space file"):
+        space.read(Path("nope.yaml"))
+
+
+def test_a_clone_on_another_commit_or_with_stray_params_cannot_join(project, tmp_path, monkeypatch, capsys):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = study.open_storage(url)
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    study.create("other", study.Definition("grid", "b" * 40, "mnist-mlp", {}, grid={"train.activation": ["relu"]}), storage)
+    study.create("here", study.Definition("grid", head, "mnist-mlp", {"train.epochs": "1"}, grid={"train.activation": ["relu"]}), storage)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("STUDY_STORAGE", url)
+    code, out, err = cli_in_process(["sweep", "--join", "--study", "other"], capsys)
+    assert (code, out) == (1, "")
+    assert err == (f"mnist-mlp sweep: error: study other runs on commit bbbbbbb; this clone is at {head[:7]}: "
+                   "`git fetch && git checkout bbbbbbb` first\n")  # fmt: skip
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("lr: 0.01", "lr: 0.02").replace("epochs: 2", "epochs: 3"))
+    code, out, err = cli_in_process(["sweep", "--join", "--study", "here"], capsys)
+    # epochs is the study's own --set: only lr would leak into its trials
+    assert err == (f"mnist-mlp sweep: error: study here: params.yaml differs from {head[:7]} in train.lr, which every trial "
+                   "here would take; `git checkout params.yaml` first\n")  # fmt: skip
+    assert cli_in_process(["sweep", "--join"], capsys)[2] == "mnist-mlp sweep: error: --join needs --study NAME: the study to work on\n"
+
+
+def test_the_overhead_is_wall_time_against_the_training_spread_over_the_workers():
+    table = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "FAIL"], "train_seconds": [60.0, 40.0, None],
+                          "trial_seconds": [70.0, 50.0, 5.0]})  # fmt: skip
+    assert study.overhead_line(table, 75.0, 2) == ("wall 75 s on 2 worker(s) for 100 s of training (120 s of whole trials): "
+                                                   "1.50x the packing limit of 50 s")  # fmt: skip
+
+
+# --- real studies ----------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_per_point(project: Path, tmp_path: Path):
+    text = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(text.replace("lr: 0.01", "lr: 0.02"))  # taken from the workspace on purpose
+    # called as `.venv/bin/mnist-mlp` from a shell without the venv on PATH (CI): its dvc and its stages' python run
+    output = run_sweep(project, ["relu", "tanh"], ["0.0"], "--set", "train.epochs=1", "--study", "t1", "--from-workspace",
+                       env=without_venv_on_path())
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert "note: sweeping from the workspace" in output and "[2/2 done" in output
+    assert "study t1 (grid, 2 trials, chosen on validation)" in output and "the packing limit" in output
+
+    runs = {found.data.tags["dvc_exp_name"]: found for found in sweep_runs("t1")}
+    completed = optuna.load_study(study_name="t1", storage=f"sqlite:///{project / 'optuna.db'}").get_trials()
+    assert sorted(runs) == sorted(t.user_attrs["dvc_exp_name"] for t in completed) == ["t1-0", "t1-1"]
+    assert {t.state for t in completed} == {TrialState.COMPLETE}
+    for trial in completed:
+        logged = runs[trial.user_attrs["dvc_exp_name"]]
+        tags = logged.data.tags
+        assert logged.info.status == "FINISHED" and logged.info.run_name == f"t1-{trial.number}"
+        assert tags["sweep_id"] == "t1" and tags["sweep_trial"] == str(trial.number) and tags["sweep_base"] == f"{head}+train.lr"
+        assert logged.data.params["activation"] == trial.params["train.activation"] and logged.data.params["lr"] == "0.02"
+        # the objective is validation, never test
+        assert trial.value == pytest.approx(logged.data.metrics["best_val_accuracy"])
+        assert trial.user_attrs["mlflow_run_id"] == logged.info.run_id
+        artifacts = Path(logged.info.artifact_uri.removeprefix("file://"))  # in the workspace, not the deleted copy
+        assert artifacts.is_dir() and project / "mlartifacts" in artifacts.parents
+    listed = run([str(BIN / "dvc"), "exp", "list", "--name-only"], project).stdout.split()
+    assert sorted(listed) == ["t1-0", "t1-1"]
+
+    compared = run([str(BIN / "mnist-mlp"), "compare", "--study", "t1"], project).stdout
+    assert "(2 runs, sweep t1)" in compared and "WARNING" not in compared
+    report = (project / "reports" / "compare.md").read_text()
+    assert "sweep `t1`" in report and all(f"| {name} " in report for name in runs)
+    # the same study id again is refused before anything runs
+    again = run([str(BIN / "mnist-mlp"), "sweep", "--activations", "relu", "--dropouts", "0.0", "--study", "t1"], project, check=False)
+    assert again.returncode == 1 and "DVC already has experiments named t1-0, t1-1" in again.stderr
+
+
+@pytest.mark.integration
+def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_importances(project: Path):
+    search = project.parent / "search.yaml"
+    search.write_text("trials: 12\nstartup_trials: 4\nseed: 0\nspace:\n"
+                      "  train.lr: {float: [0.0001, 0.5], log: true}\n  train.weight_decay: {float: [0.0, 0.2]}\n"
+                      "  train.dropout: {float: [0.0, 0.5]}\n  train.hidden_sizes: {choice: [[8], [32]]}\n")  # fmt: skip
+    started = time.monotonic()
+    output = run([str(BIN / "mnist-mlp"), "sweep", "--search", str(search), "--set", "train.epochs=1", "--study", "tpe",
+                  "--jobs", "2"], project).stdout  # fmt: skip
+    seconds = time.monotonic() - started
+    found = optuna.load_study(study_name="tpe", storage=f"sqlite:///{project / 'optuna.db'}")
+    completed = [t for t in found.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(completed) == 12 and "[12/12 done" in output, output
+    assert len({t.params["train.lr"] for t in completed}) == 12  # each trial drew its own
+    runs = {r.data.tags["sweep_trial"]: r for r in sweep_runs("tpe")}
+    assert sorted(map(int, runs)) == sorted(t.number for t in completed)
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+
+    compared = run([str(BIN / "mnist-mlp"), "compare", "--study", "tpe"], project).stdout
+    best = found.best_trial  # Optuna's own choice: the highest validation accuracy
+    assert compared.startswith(f"Chosen on validation: trial {best.number} (tpe-{best.number}: ")
+    assert f"best validation accuracy {best.value:.4f}" in compared and "its test accuracy" in compared
+    importances = optuna.importance.get_param_importances(found)
+    assert "importances (Optuna, fANOVA on validation): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()) in compared
+    report = (project / "reports" / "search.md").read_text()
+    assert "## Parameter importances" in report and "| tpe-" in report
+    print(f"TPE search, 12 trials on 2 workers: {seconds:.0f} s")
