@@ -12,10 +12,11 @@ DROPOUTS ?= 0.0 0.2 0.5
 JOBS ?= 2
 # three runs per setting: one seed is one sample, and compare needs several to tell settings apart
 SEEDS ?= 0 1 2
+SEARCH ?= params/search/default.yaml
 # the store's URI from its one home, without importing MLflow or torch (tracking/location.py)
 STORE = $(shell $(BIN)/python -m mnist_mlp.tracking.location)
 
-.PHONY: help install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
+.PHONY: help install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick search compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,11 +66,14 @@ plots: install  ## `dvc plots show` offline: the vega scripts DVC's page loads, 
 	$(BIN)/python tools/offline_plots.py build build/plots build/plots/offline.html
 	$(BIN)/dvc plots show --html-template build/plots/offline.html $(PLOTS_ARGS)
 
-sweep: install  ## queue activation x dropout x seed experiments ($(ACTIVATIONS) x $(DROPOUTS) x seeds $(SEEDS)), run them on $(JOBS) workers
+sweep: install  ## an Optuna study of activation x dropout x seed ($(ACTIVATIONS) x $(DROPOUTS) x seeds $(SEEDS)), each trial a DVC experiment, on $(JOBS) workers
 	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --seeds $(SEEDS) --jobs $(JOBS)
 
 sweep-quick: install  ## the same grid, one seed, 2 epochs per run (CI): too few samples to tell settings apart
 	$(BIN)/mnist-mlp sweep --activations $(ACTIVATIONS) --dropouts $(DROPOUTS) --jobs $(JOBS) --set train.epochs=2
+
+search: install  ## a TPE search (Optuna) over $(SEARCH): lr, weight decay, dropout, width; SEARCH_ARGS="--set train.epochs=2" for more
+	$(BIN)/mnist-mlp sweep --search $(SEARCH) --jobs $(JOBS) $(SEARCH_ARGS)
 
 compare: install  ## reports/compare.md and reports/figures/compare.png from the latest sweep's MLflow runs
 	$(BIN)/mnist-mlp compare

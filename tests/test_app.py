@@ -100,6 +100,28 @@ def test_the_current_model_comes_first_then_every_model_of_the_latest_sweep(clie
     assert all("error" not in model for model in listed["models"])
 
 
+def test_a_growing_sweeps_new_models_reach_api_clients_without_a_page_load(checkpoint, tmp_path, empty_mlflow_db, monkeypatch):
+    """A study still running gains runs: predictions pick them up once the lookup is SWEEP_REFRESH_S old."""
+    import mlflow
+
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for key in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(key, raising=False)
+    log_sweep(tmp_path, "grow", [("relu", 0.0)])
+    client = app.create_app(app.Models(str(checkpoint), sweep="grow")).test_client()
+    monkeypatch.setattr(app, "SWEEP_REFRESH_S", 3600.0)
+    assert [model["name"] for model in post(client, png(drawn("one"))).get_json()["models"]] == ["current", "grow-relu-do0"]
+    log_sweep(tmp_path, "grow", [("tanh", 0.5)])  # a trial finishes while the app runs
+    assert len(post(client, png(drawn("one"))).get_json()["models"]) == 2  # within the window: the list it found
+    monkeypatch.setattr(app, "SWEEP_REFRESH_S", 0.0)  # the window has passed
+    body = post(client, png(drawn("one"))).get_json()
+    assert [model["name"] for model in body["models"]] == ["current", "grow-relu-do0", "grow-tanh-do0.5"]
+    # every card names the same fields
+    assert [model["title"] for model in body["models"][1:]] == ["activation relu, dropout 0.0", "activation tanh, dropout 0.5"]
+    mlflow.set_tracking_uri(None)
+
+
 @pytest.mark.parametrize("shape, digit", [("one", 1), ("zero", 0)])
 def test_a_drawing_gets_every_models_digit_and_ten_probabilities(client, store_env, shape, digit):
     response = post(client, png(drawn(shape)))

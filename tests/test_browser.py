@@ -22,7 +22,7 @@ FIGURES = ROOT / "reports" / "figures"
 
 def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: str, browser):
     output = run_sweep(project, ["relu", "tanh"], ["0.0", "0.5"], "--set", "train.epochs=1", "--sweep-id", "ui-check")
-    names = [f"ui-check-{index}" for index in range(1, 5)]  # DVC names a grid's experiments <name>-1..N
+    names = [f"ui-check-{index}" for index in range(4)]  # <study>-<trial>, trials numbered from 0
     assert all(name in output for name in names), output
 
     # every run over the REST API, with the sweep's params and the metrics
@@ -42,7 +42,7 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
         assert Path(run["info"]["artifact_uri"].removeprefix("file://")).is_dir()
     assert settings == {("relu", 0.0), ("relu", 0.5), ("tanh", 0.0), ("tanh", 0.5)}
 
-    # the experiment's runs table in the UI lists them by setting (relu-do0-s0, ...)
+    # the experiment's runs table in the UI lists them by name (<study>-<trial>, their DVC experiments)
     browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs")
     wait_for_texts(browser, [runs[name]["info"]["run_name"] for name in names])
     write_bytes(FIGURES / "mlflow_runs.png", browser.get_screenshot_as_png())

@@ -209,14 +209,15 @@ def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_p
     report = (project / "reports" / "compare.md").read_text()
     assert "sweep `t1`" in report and all(f"| {name} " in report for name in runs)
     # the same study id again is refused before anything runs
-    again = run([str(BIN / "mnist-mlp"), "sweep", "--activations", "relu", "--dropouts", "0.0", "--study", "t1"], project, check=False)
+    again = run([str(BIN / "mnist-mlp"), "sweep", "--activations", "relu", "--dropouts", "0.0", "--study", "t1", "--from-workspace"],
+                project, check=False)  # fmt: skip
     assert again.returncode == 1 and "DVC already has experiments named t1-0, t1-1" in again.stderr
 
 
 @pytest.mark.integration
 def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_importances(project: Path):
     search = project.parent / "search.yaml"
-    search.write_text("trials: 12\nstartup_trials: 4\nseed: 0\nspace:\n"
+    search.write_text("trials: 12\nstartup_trials: 4\nspace:\n"
                       "  train.lr: {float: [0.0001, 0.5], log: true}\n  train.weight_decay: {float: [0.0, 0.2]}\n"
                       "  train.dropout: {float: [0.0, 0.5]}\n  train.hidden_sizes: {choice: [[8], [32]]}\n")  # fmt: skip
     started = time.monotonic()

@@ -1,21 +1,27 @@
 """A team of two clones on one bare git remote, one DVC folder remote and one MLflow server (PostgreSQL).
 
 Alice trains and pushes; Bob's fresh clone pulls the model with `dvc pull`. Alice's experiment reaches
-Bob through `dvc exp push` / `dvc exp pull` with its metrics, model and MLflow run. Both run their shard
-of one 3x3 sweep at the same time, each on its own DVC queue: the server ends with 9 FINISHED runs of
-that sweep. Bob promotes Alice's experiment to `champion`. Needs `make server-deps` (PostgreSQL).
+Bob through `dvc exp push` / `dvc exp pull` with its metrics, model and MLflow run. Alice starts a 12-point
+study (Optuna, on the same PostgreSQL) with two workers, Bob joins it with two more; one of Alice's workers
+is SIGKILLed mid-trial: its trial is retried elsewhere, its MLflow run ends KILLED, every point is COMPLETE
+exactly once, and `dvc exp pull` in either clone brings all 12 experiments. Bob promotes Alice's experiment
+to `champion`. Needs `make server-deps` (PostgreSQL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from support.cli import run
 from support.paths import BIN
@@ -26,8 +32,9 @@ pytestmark = pytest.mark.server
 DVC = str(BIN / "dvc")
 MNIST_MLP = str(BIN / "mnist-mlp")
 ACTIVATIONS = ["relu", "tanh", "sigmoid"]
-DROPOUTS = ["0.0", "0.2", "0.5"]
-SWEEP_ID = "team-sweep"
+DROPOUTS = ["0.0", "0.5"]
+SEEDS = ["0", "1"]
+STUDY = "team-study"
 EXPERIMENT = "alice-dropout"
 
 
@@ -48,18 +55,40 @@ def experiment_row(repo: Path, name: str) -> dict:
     return rows[0]["data"]
 
 
-def shard(repo: Path, part: str, log: Path) -> subprocess.Popen:
-    """`mnist-mlp sweep --shard part` of the tiny 3x3 grid (1 epoch), in the background; output to `log`."""
-    command = [MNIST_MLP, "sweep", "--shard", part, "--sweep-id", SWEEP_ID, "--activations", *ACTIVATIONS,
-               "--dropouts", *DROPOUTS, "--set", "train.epochs=1", "--jobs", "1", "--poll", "2"]  # fmt: skip
+def sweep(repo: Path, log: Path, *how: str) -> subprocess.Popen:
+    """`mnist-mlp sweep` of the 12-point grid (1 epoch) on two workers, pushing each experiment, in the background."""
+    command = [MNIST_MLP, "sweep", "--study", STUDY, "--jobs", "2", "--push", "origin", *how]
     return subprocess.Popen(command, cwd=repo, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def kill_a_worker_mid_trial(client: mlflow.MlflowClient, experiment_id: str, repo: Path, timeout: float = 300) -> str:
+    """SIGKILL a worker of `repo` whose trial's MLflow run is RUNNING, with everything it started (its `dvc exp
+    run`, the stage): a machine gone. Returns the run's id."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for found in client.search_runs([experiment_id], f"tags.sweep_id = '{STUDY}' and attributes.status = 'RUNNING'"):
+            try:  # the train stage's process, under `mnist-mlp sweep --as-worker` in `repo`
+                stage = psutil.Process(int(found.data.tags["mnist_mlp.pid"]))
+                worker = next((p for p in stage.parents() if "--as-worker" in p.cmdline() and Path(p.cwd()) == repo), None)
+                if worker is None:
+                    continue
+                doomed = [worker, *worker.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for process in doomed:
+                with contextlib.suppress(psutil.Error):
+                    process.send_signal(signal.SIGKILL)
+            return found.info.run_id
+        time.sleep(0.5)
+    raise AssertionError(f"no trial of {repo.name} was running within {timeout} s")
 
 
 @pytest.fixture
 def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> Iterator[tuple[Path, Path]]:
     """(alice, bob): clones of the project pushed to a bare git remote with a committed DVC folder remote;
-    Alice has trained the pipeline and pushed it (git and DVC); Bob's clone is fresh. Afterwards no queue
-    worker of theirs is left running, whatever the test did."""
+    Alice has trained the pipeline and pushed it (git and DVC); Bob's clone is fresh."""
     for key, value in pg_server.env.items():
         monkeypatch.setenv(key, value)
     origin = tmp_path / "origin.git"
@@ -76,11 +105,9 @@ def team(project: Path, tmp_path: Path, pg_server, monkeypatch) -> Iterator[tupl
     dvc(alice, "push")
     bob = clone(origin, tmp_path / "bob")
     yield alice, bob
-    for repo in (alice, bob):
-        run([DVC, "queue", "stop", "--kill"], repo, check=False)
 
 
-def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server, tmp_path: Path):
+def test_two_clones_share_model_experiment_and_one_study_that_survives_a_killed_worker(team, pg_server, tmp_path: Path):
     alice, bob = team
     server = mlflow.MlflowClient(pg_server.uri)
     timings = {}
@@ -108,31 +135,44 @@ def test_two_clones_share_model_experiment_and_one_sharded_sweep(team, pg_server
     assert logged.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     timings["exp run + push + pull"] = time.monotonic() - started
 
-    # one sweep, two machines: each queues and runs its shard on its own DVC queue, at the same time
+    # one study, two machines, four workers; one of Alice's is killed mid-trial
     started = time.monotonic()
-    logs = [tmp_path / "alice-shard.log", tmp_path / "bob-shard.log"]
-    shards = [shard(alice, "1/2", logs[0]), shard(bob, "2/2", logs[1])]
+    logs = [tmp_path / "alice-sweep.log", tmp_path / "bob-sweep.log"]
+    grid = ["--activations", *ACTIVATIONS, "--dropouts", *DROPOUTS, "--seeds", *SEEDS, "--set", "train.epochs=1"]
+    workers = [sweep(alice, logs[0], *grid)]
+    deadline = time.monotonic() + 120
+    while "more machines" not in logs[0].read_text() and time.monotonic() < deadline:  # the study is made
+        time.sleep(0.5)
+    workers.append(sweep(bob, logs[1], "--join"))
+    experiment_id = server.get_experiment_by_name("mnist-mlp").experiment_id
+    killed = kill_a_worker_mid_trial(server, experiment_id, alice)
     try:
-        codes = [process.wait(timeout=1800) for process in shards]
+        codes = [process.wait(timeout=1800) for process in workers]
     finally:
-        for process in shards:
+        for process in workers:
             if process.poll() is None:
                 process.kill()
     outputs = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n\n".join(outputs)
-    timings["sharded sweep"] = time.monotonic() - started
-    experiment_id = server.get_experiment_by_name("mnist-mlp").experiment_id
-    runs = server.search_runs([experiment_id], f"tags.sweep_id = '{SWEEP_ID}'", max_results=100)
-    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 9
-    points = {(r.data.params["activation"], float(r.data.params["dropout"])) for r in runs}
-    assert points == {(a, float(d)) for a in ACTIVATIONS for d in DROPOUTS}
-    assert not server.search_runs([experiment_id], "attributes.status = 'RUNNING'")
-    # each clone ran its own part (its own DVC experiments), and together exactly the grid's runs
-    parts = [set(dvc(repo, "exp", "list", "--name-only").split()) - {EXPERIMENT} for repo in (alice, bob)]
-    assert parts[0] and parts[1] and parts[0].isdisjoint(parts[1])
-    assert parts[0] | parts[1] == {r.data.tags["dvc_exp_name"] for r in runs}
-    compared = run([MNIST_MLP, "compare", "--sweep-id", SWEEP_ID], bob).stdout
-    assert f"(9 runs, sweep {SWEEP_ID})" in compared
+    timings["12-point study, 4 workers, one killed"] = time.monotonic() - started
+    trials = optuna.load_study(study_name=STUDY, storage=pg_server.env["STUDY_STORAGE"]).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    points = [(t.params["train.activation"], t.params["train.dropout"], t.params["train.seed"]) for t in complete]
+    assert sorted(points) == sorted((a, float(d), int(s)) for a in ACTIVATIONS for d in DROPOUTS for s in SEEDS)  # each once
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and any(t.system_attrs.get("retry_history") == [failed[0].number] for t in complete)
+    assert "lost its worker" in "".join(outputs)
+    runs = server.search_runs([experiment_id], f"tags.sweep_id = '{STUDY}'", max_results=100)
+    by_status = {status: sorted(r.info.run_id for r in runs if r.info.status == status) for status in ("FINISHED", "KILLED", "RUNNING")}
+    assert by_status["KILLED"] == [killed] and not by_status["RUNNING"] and len(by_status["FINISHED"]) == 12
+    assert {r.data.tags["sweep_trial"] for r in runs if r.info.status == "FINISHED"} == {str(t.number) for t in complete}
+    names = {t.user_attrs["dvc_exp_name"] for t in complete}
+    for repo in (alice, bob):  # every clone gets every experiment, whoever ran it
+        dvc(repo, "exp", "pull", "origin", *sorted(names))
+        assert names <= set(dvc(repo, "exp", "list", "--name-only").split())
+    compared = run([MNIST_MLP, "compare", "--study", STUDY], bob).stdout
+    assert f"(12 runs, sweep {STUDY})" in compared
+    timings["exp pull + compare"] = time.monotonic() - started - timings["12-point study, 4 workers, one killed"]
 
     # Bob restores Alice's experiment in his workspace and promotes its model
     started = time.monotonic()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnist_mlp.params import Params, load_params, preset_values, validate_params
+from mnist_mlp.params import SWEEP_KEYS, Params, load_params, preset_values, validate_params
 from mnist_mlp.project import repo_root, run_cli
 from mnist_mlp.serving.rest import DEFAULT_PORT as DEFAULT_SERVE_PORT
 
@@ -196,10 +196,10 @@ def study_definition(args: argparse.Namespace, root: Path):
     from mnist_mlp.experiments import space, study, sweep
 
     planned = sweep_plan(args)
-    keys = [*planned.sets, *planned.grid]
-    searched = space.read(args.search, fixed={*keys, *sweep.OWN_KEYS}) if args.search else None
-    if searched and (args.activations or args.dropouts or args.seeds):
+    if args.search and (args.activations or args.dropouts or args.seeds):
         raise sweep.SweepError("--search draws its own params; give fixed ones with --set, not --activations/--dropouts/--seeds")
+    searched = space.read(args.search, fixed={*planned.sets, *SWEEP_KEYS}) if args.search else None
+    keys = [*planned.sets, *([] if searched else planned.grid)]
     if searched and args.trials:
         searched = searched.model_copy(update={"trials": args.trials})
     base = sweep.sweep_base(root, [*keys, *(searched.space if searched else [])], args.from_workspace)

@@ -2,7 +2,6 @@
 
     trials: 12             # trials in the study, over every worker
     startup_trials: 4      # random trials before TPE models the results (Optuna's n_startup_trials)
-    seed: 0                # the sampler's seed (each worker draws from its own generator)
     space:
       train.lr: {float: [0.001, 0.03], log: true}
       train.weight_decay: {float: [0.0, 0.2]}
@@ -62,7 +61,6 @@ class Space(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trials: int = Field(ge=1, le=10_000)
     startup_trials: int = Field(default=10, ge=0)
-    seed: int = Field(default=0, ge=0)
     space: dict[str, Dimension] = Field(min_length=1)
 
     def suggest(self, trial) -> dict[str, Any]:

@@ -90,9 +90,9 @@ class Definition:
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         if self.search:
-            # constant_liar: a worker's TPE counts the others' running trials, so they spread
-            return optuna.samplers.TPESampler(n_startup_trials=self.search.startup_trials, seed=self.search.seed,
-                                              constant_liar=True)  # fmt: skip
+            # no seed: workers seeded alike would draw the same startup trials; constant_liar: a worker's
+            # TPE counts the others' running trials as bad, so they spread instead of piling on one point
+            return optuna.samplers.TPESampler(n_startup_trials=self.search.startup_trials, constant_liar=True)
         return optuna.samplers.GridSampler(self.grid)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -271,8 +271,6 @@ def objective(root: Path, study: optuna.Study, definition: Definition, push: Opt
 
     def run_trial(trial: optuna.Trial) -> float:
         values = definition.suggest(trial)
-        if definition.kind == "grid":
-            _yield_duplicate(study, trial, values)
         name = f"{study.study_name}-{trial.number}"
         trial.set_user_attr("dvc_exp_name", name)
         sets = [override_text(key, value) for key, value in values.items()]
@@ -312,11 +310,22 @@ def _patiently(call, what: str, patience_s: float = DATABASE_PATIENCE_S):
 
 def work(root: Path, name: str, url: str, push: Optional[str] = None, poll_s: float = POLL_S,
          heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> None:  # fmt: skip
-    """One worker: take trials until the study has none left and none running; print each as it ends."""
+    """One worker of this clone: take the study's trials until it has none left and none running."""
     storage = open_storage(url, heartbeat_s, grace_s)
     study, definition = load(name, storage)
     check_joinable(root, name, definition)
-    run_trial, started = objective(root, study, definition, push), time.monotonic()
+    serve(study, definition, objective(root, study, definition, push), poll_s)
+
+
+def serve(study: optuna.Study, definition: Definition, run_trial, poll_s: float = POLL_S) -> None:
+    """The worker loop: fail stale trials (others' dead workers), take a WAITING trial or a search's next one,
+    wait while others run (one may die and come back); print each trial as it ends."""
+    name, started = study.study_name, time.monotonic()
+
+    def guarded(trial: optuna.Trial) -> float:
+        if definition.kind == "grid":
+            _yield_duplicate(study, trial, definition.suggest(trial))
+        return run_trial(trial)
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         ended, size = progress(definition, study.get_trials(deepcopy=False))
@@ -329,7 +338,7 @@ def work(root: Path, name: str, url: str, push: Optional[str] = None, poll_s: fl
     while True:
         trials = _patiently(lambda: (optuna.storages.fail_stale_trials(study), study.get_trials(deepcopy=False))[1], f"study {name}")
         if has_work(definition, trials):
-            _patiently(lambda: study.optimize(run_trial, n_trials=1, catch=(TrialFailed,), callbacks=[report],
+            _patiently(lambda: study.optimize(guarded, n_trials=1, catch=(TrialFailed,), callbacks=[report],
                                               gc_after_trial=False), f"study {name}")  # fmt: skip
         elif any(trial.state == TrialState.RUNNING for trial in trials):
             time.sleep(poll_s)  # another worker's trial may die and come back WAITING

@@ -13,6 +13,7 @@ Requests under another Host (DNS rebinding) and posts from another Origin are re
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -38,6 +39,9 @@ from mnist_mlp.params import Params, validate_params
 DEFAULT_PORT = 8000  # 5000 is the MLflow UI's, 5001 `mnist-mlp serve`'s
 CURRENT = "current"
 LATEST = "latest"
+# a sweep (an Optuna study) still running gains models: a lookup older than this is made again, for
+# predictions too, so an API client sees a finished trial's model without reloading the page first
+SWEEP_REFRESH_S = 10.0
 STATIC = Path(__file__).with_name("app_static")
 MAX_UPLOAD_BYTES = 8 * 2**20  # a phone photo fits; more is refused (413) before it is read
 MAX_PIXELS = 4096 * 4096  # a 12-megapixel photo fits; a small file that inflates to more is refused (413)
@@ -124,7 +128,8 @@ def checkpoint_title(source: str) -> str:
 def arrange(models: Sequence[queries.SweepModel]) -> list[tuple[queries.SweepModel, str]]:
     """Each run with a title of the params that differ across the sweep (`activation relu, dropout 0.2`),
     in grid order: numbers ascending, words in the order the sweep ran them (relu, tanh, sigmoid)."""
-    keys = sorted({key for model in models for key in model.params})
+    # tracking.* (the sweep id, base, trial number) names where a run is logged, not what it learned
+    keys = sorted({key for model in models for key in model.params if not key.startswith("tracking.")})
     varying = [key for key in keys if len({model.params.get(key) for model in models}) > 1]
     first = [key for key in ("activation", "dropout", "seed") if key in varying]
     varying = first + [key for key in varying if key not in first]
@@ -155,11 +160,13 @@ class Models:
         self._current: tuple[Optional[int], Entry] | None = None  # (checkpoint mtime, entry)
         self._uris: dict[str, Entry] = {}  # name -> entry of a URI given on the command line
         self._sweeps: dict[str, Lineup] = {}  # sweep id or `latest` -> its models, or why there are none
+        self._found_at: dict[str, float] = {}  # sweep id or `latest` -> when it was looked up (monotonic)
 
     def lineup(self, sweep: Optional[str] = None, refresh: bool = False) -> Lineup:
         """The current model, then the sweep's models (`sweep`, default as set up) or the URIs' models.
 
-        `refresh` looks the sweep up in the store again (a page load does); predictions use what was found.
+        `refresh` looks the sweep up in the store again (a page load does); predictions use what was found
+        unless it is over SWEEP_REFRESH_S old (models already loaded are kept).
         """
         sweep = sweep or self.default_sweep
         with self._lock:
@@ -169,8 +176,8 @@ class Models:
             sweep = sweep or LATEST
             if sweep != LATEST:
                 validate_params({"tracking": {"sweep_id": sweep}}, source="sweep id")
-            if refresh or sweep not in self._sweeps:
-                self._sweeps[sweep] = self._find_sweep(sweep)
+            if refresh or time.monotonic() - self._found_at.get(sweep, -SWEEP_REFRESH_S) >= SWEEP_REFRESH_S:
+                self._sweeps[sweep], self._found_at[sweep] = self._find_sweep(sweep), time.monotonic()
             found = self._sweeps[sweep]
             return Lineup([current, *found.entries], found.sweep_id, found.notice)
 
@@ -205,7 +212,9 @@ class Models:
         entries = []
         for model, title in arrange(models):
             name = model.name if names.count(model.name) == 1 else f"{model.name}-{model.run_id[:8]}"
-            entries.append(known.get(model.model_uri) or _load(name, title, model.model_uri))
+            # a model loaded before keeps its weights, not its title: the fields that differ change as a sweep grows
+            loaded = known.get(model.model_uri)
+            entries.append(dataclasses.replace(loaded, name=name, title=title) if loaded else _load(name, title, model.model_uri))
         return Lineup(entries, sweep_id)
 
 
