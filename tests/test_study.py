@@ -241,3 +241,29 @@ def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_imp
     report = (project / "reports" / "search.md").read_text()
     assert "## Parameter importances" in report and "| tpe-" in report
     print(f"TPE search, 12 trials on 2 workers: {seconds:.0f} s")
+
+
+def _pop_until_empty(url: str, out) -> None:
+    """A worker's loop (study.serve) with an objective that only notes the trial it was handed."""
+    loaded, definition = study.load("race", study.open_storage(url))
+    got = []
+    study.serve(loaded, definition, lambda trial: got.append(trial.number) or 1.0, poll_s=0.1)
+    out.put(got)
+
+
+def test_workers_racing_on_one_sqlite_file_never_pop_the_same_trial(tmp_path):
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study.create("race", _grid(grid={"train.seed": list(range(40))}), study.open_storage(url))
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    workers = [context.Process(target=_pop_until_empty, args=(url, out)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    got = [number for _ in workers for number in out.get(timeout=120)]
+    for worker in workers:
+        worker.join()
+    assert len(got) == len(set(got)), sorted(got)  # no trial handed to two workers
+    final = study.load("race", study.open_storage(url))[0].get_trials()
+    assert sorted(t.params["train.seed"] for t in final if t.state == TrialState.COMPLETE) == list(range(40))

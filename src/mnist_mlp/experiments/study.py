@@ -147,12 +147,32 @@ def open_storage(url: str, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GR
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}  # several local workers write one file
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=int(heartbeat_s),
-                                          grace_period=int(grace_s), heartbeat_stale_trial_callback=_on_stale)  # fmt: skip
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=int(heartbeat_s),
+                                             grace_period=int(grace_s), heartbeat_stale_trial_callback=_on_stale)  # fmt: skip
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StudyError(f"study storage {shown(url)}: cannot open it ({reason}); set {STORAGE_ENV} to a reachable "
                          "database, or unset it for this repo's own optuna.db") from None  # fmt: skip
+    if url.startswith("sqlite"):
+        _serialize_sqlite(storage.engine)
+    return storage
+
+
+def _serialize_sqlite(engine) -> None:
+    """Every SQLite transaction BEGIN IMMEDIATE: SQLite ignores SELECT ... FOR UPDATE, and Python's sqlite3 runs a
+    SELECT outside any transaction, so two workers popping the same WAITING trial would both win (seen: two
+    workers ran trial 0 and one crashed telling it). PostgreSQL's row locks need none of this."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection, record) -> None:  # noqa: ARG001
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners were attached
 
 
 def definition_of(study: optuna.Study) -> Definition:
