@@ -236,7 +236,7 @@ def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_imp
     best = found.best_trial  # Optuna's own choice: the highest validation accuracy
     assert compared.startswith(f"Chosen on validation: trial {best.number} (tpe-{best.number}: ")
     assert f"best validation accuracy {best.value:.4f}" in compared and "its test accuracy" in compared
-    importances = optuna.importance.get_param_importances(found)
+    importances = optuna.importance.get_param_importances(found, evaluator=study.importance_evaluator())
     assert "importances (Optuna, fANOVA on validation): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()) in compared
     report = (project / "reports" / "search.md").read_text()
     assert "## Parameter importances" in report and "| tpe-" in report
