@@ -160,7 +160,7 @@ def test_the_server_command_holds_no_secret_and_passes_extra_options(monkeypatch
 def test_the_setup_sql_creates_only_what_is_missing():
     sql = server.setup_sql(Settings.from_env({}), "it's")
     assert "ALTER ROLE mlflow LOGIN CREATEDB PASSWORD 'it''s';" in sql  # quoted, and sent on psql's stdin
-    assert sql.count("WHERE NOT EXISTS") == 3 and sql.count("\\gexec") == 3  # role, mlflow, mlflow_auth
+    assert sql.count("WHERE NOT EXISTS") == 4 and sql.count("\\gexec") == 4  # role, mlflow, mlflow_auth, mlflow_studies
 
 
 # --- against a real server on PostgreSQL ----------------------------------------------------------
@@ -175,7 +175,7 @@ def test_server_deps_twice_changes_nothing(pg_server):
     for _ in range(2):
         done = subprocess.run([sys.executable, "-m", "ops.server", "deps"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert "role mlflow, databases mlflow and mlflow_auth ready" in done.stdout and "generated" not in done.stdout
+        assert "role mlflow, databases mlflow, mlflow_auth and mlflow_studies ready" in done.stdout and "generated" not in done.stdout
 
 
 @pytest.mark.server
