@@ -46,6 +46,7 @@ def test_a_grid_study_holds_its_definition_and_one_waiting_trial_per_point(stora
     assert study.has_work(definition, loaded.get_trials()) and study.progress(definition, loaded.get_trials()) == (0, 12)
 
 
+@pytest.mark.bad_input
 def test_a_study_that_exists_or_is_missing_is_one_line(storage):
     study.create("g", _grid(), storage)
     with pytest.raises(study.StudyError, match=r"^study g already exists in sqlite:///.*optuna.db: `--join` works on it; or choose another --study$"):
@@ -57,11 +58,13 @@ def test_a_study_that_exists_or_is_missing_is_one_line(storage):
         study.load("foreign", storage)
 
 
+@pytest.mark.bad_input
 def test_an_unreachable_storage_is_one_line_without_its_password():
     with pytest.raises(study.StudyError, match=r"^study storage postgresql\+psycopg://mlflow:\*\*\*@127.0.0.1:9/studies: cannot open it"):
         study.open_storage("postgresql+psycopg://mlflow:secret@127.0.0.1:9/studies")
 
 
+@pytest.mark.fault
 def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_runs_again(storage, mlflow_store, capsys):
     made = study.create("g", _grid(), storage)
     client = mlflow.MlflowClient()
@@ -117,6 +120,7 @@ def test_a_search_has_work_until_its_trials_are_taken_retries_not_counted():
     assert study.progress(definition, [*trials, retry, third]) == (1, 3)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -146,6 +150,7 @@ def test_the_projects_search_space_file_is_valid_and_draws_lists_as_choices():
         space.read(Path("nope.yaml"))
 
 
+@pytest.mark.bad_input
 def test_a_clone_on_another_commit_or_with_stray_params_cannot_join(project, tmp_path, monkeypatch, capsys):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     storage = study.open_storage(url)
@@ -252,6 +257,7 @@ def _pop_until_empty(url: str, out) -> None:
     out.put(got)
 
 
+@pytest.mark.fault
 def test_workers_racing_on_one_sqlite_file_never_pop_the_same_trial(tmp_path):
     import multiprocessing
 

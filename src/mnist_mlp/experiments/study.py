@@ -139,6 +139,19 @@ def _on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     optuna.storages.RetryHeartbeatStaleTrialCallback()(study, trial)
 
 
+class _Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat outlives a storage that is briefly away: Optuna's heartbeat thread
+    dies at the first failed write, and the trial, still running, would be taken for dead once the storage is back."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        import sqlalchemy.exc
+
+        try:
+            super().record_heartbeat(trial_id)
+        except sqlalchemy.exc.OperationalError:
+            pass  # the next beat tries again; away longer than the grace period, the trial goes back to the study
+
+
 def open_storage(url: str, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage with heartbeats; made (tables and all) on first use."""
     import sqlalchemy.exc
@@ -147,8 +160,8 @@ def open_storage(url: str, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GR
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": 60}  # several local workers write one file
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=int(heartbeat_s),
-                                             grace_period=int(grace_s), heartbeat_stale_trial_callback=_on_stale)  # fmt: skip
+        storage = _Storage(url, engine_kwargs=engine, heartbeat_interval=int(heartbeat_s), grace_period=int(grace_s),
+                           heartbeat_stale_trial_callback=_on_stale)  # fmt: skip
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise StudyError(f"study storage {shown(url)}: cannot open it ({reason}); set {STORAGE_ENV} to a reachable "
@@ -358,8 +371,12 @@ def serve(study: optuna.Study, definition: Definition, run_trial, poll_s: float 
     while True:
         trials = _patiently(lambda: (optuna.storages.fail_stale_trials(study), study.get_trials(deepcopy=False))[1], f"study {name}")
         if has_work(definition, trials):
-            _patiently(lambda: study.optimize(guarded, n_trials=1, catch=(TrialFailed,), callbacks=[report],
-                                              gc_after_trial=False), f"study {name}")  # fmt: skip
+            try:
+                _patiently(lambda: study.optimize(guarded, n_trials=1, catch=(TrialFailed,), callbacks=[report],
+                                                  gc_after_trial=False), f"study {name}")  # fmt: skip
+            except optuna.exceptions.UpdateFinishedTrialError as exc:  # the storage was away past the grace period
+                print(f"note: study {name}: {exc}: another worker took this trial while the storage was away; "
+                      "its result is dropped, the retry's counts", flush=True)  # fmt: skip
         elif any(trial.state == TrialState.RUNNING for trial in trials):
             time.sleep(poll_s)  # another worker's trial may die and come back WAITING
         else:
