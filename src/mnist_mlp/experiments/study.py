@@ -324,16 +324,33 @@ def objective(root: Path, study: optuna.Study, definition: Definition, push: Opt
     return run_trial
 
 
-def _patiently(call, what: str, patience_s: float = DATABASE_PATIENCE_S):
-    """`call()`, waiting out a storage that went away (a restart, a network cut) for up to `patience_s`."""
+def _storage_away(exc: BaseException) -> Optional[BaseException]:
+    """The storage error behind `exc`, if one is: SQLAlchemy's OperationalError (no connection), Optuna's
+    StorageInternalError (a failed commit), and whatever Optuna raised while handling them (its `tell` failing
+    mid-trial leaves an UnboundLocalError whose context is the real error)."""
     import sqlalchemy.exc
 
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _patiently(call, what: str, patience_s: float = DATABASE_PATIENCE_S):
+    """`call()`, waiting out a storage that went away (a restart, a network cut) for up to `patience_s`. A trial
+    whose result could not be told stays RUNNING there without heartbeats: once the storage is back, it is taken
+    for dead after the grace period and runs again, so its point is not lost."""
     deadline = time.monotonic() + patience_s
     while True:
         try:
             return call()
-        except sqlalchemy.exc.OperationalError as exc:
-            reason = str(exc.orig or exc).strip().splitlines()[0]
+        except Exception as exc:  # noqa: BLE001 - only a storage error is waited out; anything else is raised
+            away = _storage_away(exc)
+            if away is None:
+                raise
+            reason = str(getattr(away, "orig", None) or away.__cause__ or away).strip().splitlines()[0][:200]
             if time.monotonic() > deadline:
                 raise StudyError(f"{what}: the study storage did not answer for {patience_s:g} s ({reason}); "
                                  "nothing ended is lost: join again with --join once it is back") from None  # fmt: skip
