@@ -4,7 +4,6 @@ real studies of `dvc exp run --temp` trials (a grid on two workers, a TPE search
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from optuna.trial import TrialState
 from support.cli import cli_in_process, run
 from support.paths import BIN
 from support.sweep import run_sweep, sweep_runs, without_venv_on_path
-from mnist_mlp.experiments import space, study, sweep
+from mnist_mlp.experiments import space, study
 
 GRID = {"train.activation": ["relu", "tanh", "sigmoid"], "train.dropout": [0.0, 0.5], "train.seed": [0, 1]}
 

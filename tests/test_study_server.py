@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.server, pytest.mark.fault]
 
 POINTS = 8
 # the project's worker loop (study.serve) with an objective that sleeps instead of training
-WORKER = f"""
+WORKER = """
 import sys, time
 from mnist_mlp.experiments import study
 loaded, definition = study.load("away", study.open_storage(sys.argv[1]))

@@ -12,7 +12,6 @@ import yaml
 
 from support.cli import cli_in_process, run
 from support.paths import BIN
-from support.sweep import run_sweep, sweep_runs, without_venv_on_path
 from mnist_mlp.experiments import sweep
 from mnist_mlp.params import ParamsError
 

@@ -17,7 +17,6 @@ the password in PGPASSWORD), else `<repo>/optuna.db` (SQLite), made before any w
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -37,7 +36,6 @@ from optuna.trial import TrialState
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # each worker prints its own line per trial
 
-from mnist_mlp.errors import UserError
 from mnist_mlp.experiments import space as search_space
 from mnist_mlp.experiments.sweep import Sweep, SweepError, override_text, threads_per_worker, with_own_scripts
 
