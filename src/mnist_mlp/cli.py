@@ -231,20 +231,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from mnist_mlp.experiments import compare
 
+    experiment = configured_experiment(args.experiment)
     if args.presets:
-        experiment = configured_experiment(args.experiment)
         table = compare.compare_presets(experiment, repo_root())
         print(table.to_string(index=False))
         print(f"wrote {compare.write_presets_report(table, experiment, args.reports)}")
         return
-    if args.study:
+    if args.study:  # a grid is reported as a sweep, in the study's own MLflow experiment
         from mnist_mlp.experiments import study
 
         searched = study.search_report(repo_root(), args.study, args.reports)
         if searched is not None:
             print(searched)
             return
-    result = compare.compare(configured_experiment(args.experiment), compare.ALL if args.all else args.study or args.sweep_id)
+        experiment = args.experiment or study.experiment_of(repo_root(), args.study)
+    result = compare.compare(experiment, compare.ALL if args.all else args.study or args.sweep_id)
     table, picture = compare.write_report(result, args.reports)
     print(compare.settings_table(result).to_string(index=False))
     print("\n".join([compare.headline(result), *compare.notes(result)]))

@@ -528,6 +528,11 @@ def join(root: Path, name: str, jobs: int, push: Optional[str] = None, study=Non
     finish(study, definition, time.monotonic() - started, jobs)
 
 
+def experiment_of(root: Path, name: str) -> str:
+    """The MLflow experiment a study's trials log to."""
+    return load(name, open_storage(storage_url(root)))[1].experiment
+
+
 # --- a search's report -----------------------------------------------------------------------------
 
 SEARCH_REPORT = "search.md"  # reports/search.md
