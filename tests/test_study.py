@@ -66,7 +66,7 @@ def test_an_unreachable_storage_is_one_line_without_its_password():
 @pytest.mark.fault
 def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_runs_again(storage, mlflow_store, capsys):
     made = study.create("g", _grid(), storage)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(mlflow_store)  # the store the project's code opens, whatever another test set globally
     found = client.get_experiment_by_name("mnist-mlp")
     experiment = found.experiment_id if found else client.create_experiment("mnist-mlp")
     alive = client.create_run(experiment, tags={"sweep_id": "g", "sweep_trial": "1"})  # another trial's run: kept
