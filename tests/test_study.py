@@ -58,6 +58,28 @@ def test_a_study_that_exists_or_is_missing_is_one_line(storage):
 
 
 @pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sets": {"dvc.yaml:stages.train.cmd": "touch pwned"}}, r"expected section.key=value"),
+        ({"sets": {"train.epochs": "-1"}}, r"invalid 'train.epochs'"),
+        ({"sets": {"tracking.trial": "3"}}, r"set by the sweep itself"),
+        ({"grid": {"train.lr": [0.1]}}, r"grid keys \['train.lr'\]"),
+        ({"grid": {"train.activation": ["relu", "swish"]}}, r"invalid 'train.activation' \(got 'swish'\)"),
+        ({"base": "not-a-commit"}, r"invalid 'tracking.sweep_base'"),
+        ({"kind": "shell"}, r"kind 'shell': expected grid or search"),
+        ({"kind": "search", "space": {"trials": 2, "space": {"train.seed": {"int": [0, 9]}}}}, r"a search cannot draw train.seed"),
+    ],
+)  # fmt: skip
+def test_a_tampered_definition_in_a_shared_storage_is_refused_before_any_trial_runs(storage, change, message):
+    """Anyone who can write the team's study database can write a study's definition: it is checked on load."""
+    made = study.create("g", _grid(), storage)
+    made.set_user_attr(study.DEFINITION, {**made.user_attrs[study.DEFINITION], **change})
+    with pytest.raises(study.StudyError, match=rf"^study g's definition is refused: .*{message}"):
+        study.load("g", storage)
+
+
+@pytest.mark.bad_input
 def test_an_unreachable_storage_is_one_line_without_its_password():
     with pytest.raises(study.StudyError, match=r"^study storage postgresql\+psycopg://mlflow:\*\*\*@127.0.0.1:9/studies: cannot open it"):
         study.open_storage("postgresql+psycopg://mlflow:secret@127.0.0.1:9/studies")

@@ -37,7 +37,9 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # each worker prints its own line per trial
 
 from mnist_mlp.experiments import space as search_space
-from mnist_mlp.experiments.sweep import Sweep, SweepError, override_text, threads_per_worker, with_own_scripts
+from mnist_mlp.params import SWEEP_KEYS
+from mnist_mlp.experiments.sweep import (GRID, Sweep, SweepError, _parse_set, _validate, override_text,
+                                         threads_per_worker, with_own_scripts)
 
 STORAGE_ENV = "STUDY_STORAGE"
 LOCAL_STORAGE = "optuna.db"  # in the repo, git-ignored
@@ -191,9 +193,37 @@ def definition_of(study: optuna.Study) -> Definition:
     if not isinstance(data, dict):
         raise StudyError(f"study {study.study_name}: no mnist-mlp definition in it; it was not made by `mnist-mlp sweep`")
     try:
-        return Definition(**data)
+        definition = Definition(**data)
     except TypeError as exc:
         raise StudyError(f"study {study.study_name}: its definition does not read ({exc})") from None
+    check_definition(study.study_name, definition)
+    return definition
+
+
+def check_definition(name: str, definition: Definition) -> None:
+    """A definition read from a shared storage is untrusted: every key and value goes through the checks a
+    command line's do (`--set` items as `sweep.plan` parses them, the grid and space against the params schema)
+    before any of it reaches `dvc exp run -S`, where a `file:key=...` item could rewrite another file."""
+    from mnist_mlp.params import ParamsError
+
+    where = f"study {name}'s definition"
+    try:
+        if definition.kind not in ("grid", "search"):
+            raise StudyError(f"kind {definition.kind!r}: expected grid or search")
+        if not isinstance(definition.sets, dict) or not isinstance(definition.grid, dict):
+            raise StudyError("sets and grid must be mappings")
+        if stray := sorted(set(definition.grid) - set(GRID)):
+            raise StudyError(f"grid keys {stray}: expected some of {sorted(GRID)}")
+        _validate({"tracking.sweep_base": definition.base, "tracking.experiment": definition.experiment}, where)
+        for key, values in definition.grid.items():
+            for value in values:
+                _validate({key: value}, where)
+        for key, value in definition.sets.items():
+            _validate(dict([_parse_set(f"{key}={value}")]), where)
+        if definition.kind == "search":
+            search_space.parse(definition.space, where, fixed={*definition.sets, *SWEEP_KEYS})
+    except (SweepError, ParamsError, search_space.SpaceError, TypeError) as exc:
+        raise StudyError(f"{where} is refused: {exc}") from None
 
 
 def create(name: str, definition: Definition, storage) -> optuna.Study:
