@@ -79,6 +79,18 @@ def test_a_tampered_definition_in_a_shared_storage_is_refused_before_any_trial_r
         study.load("g", storage)
 
 
+def test_a_definitions_sets_are_checked_together_as_a_command_lines_are(storage):
+    """One key's range can depend on another's: the best preset's elastic_alpha needs its elastic_sigma."""
+    deformed = {"train.epochs": "2", "train.augment.elastic_alpha": "20", "train.augment.elastic_sigma": "4"}
+    study.create("g", study.Definition("grid", "a" * 40, "mnist-mlp", deformed, grid=GRID), storage)
+    assert study.load("g", storage)[1].sets == deformed
+    unsmoothed = {**deformed, "train.augment.elastic_sigma": "0"}
+    made = study.create("h", study.Definition("grid", "a" * 40, "mnist-mlp", deformed, grid=GRID), storage)
+    made.set_user_attr(study.DEFINITION, {**made.user_attrs[study.DEFINITION], "sets": unsmoothed})
+    with pytest.raises(study.StudyError, match=r"^study h's definition is refused: .*'train.augment.elastic_sigma' \(got 0\)"):
+        study.load("h", storage)
+
+
 @pytest.mark.bad_input
 def test_an_unreachable_storage_is_one_line_without_its_password():
     with pytest.raises(study.StudyError, match=r"^study storage postgresql\+psycopg://mlflow:\*\*\*@127.0.0.1:9/studies: cannot open it"):

@@ -218,8 +218,8 @@ def check_definition(name: str, definition: Definition) -> None:
         for key, values in definition.grid.items():
             for value in values:
                 _validate({key: value}, where)
-        for key, value in definition.sets.items():
-            _validate(dict([_parse_set(f"{key}={value}")]), where)
+        # together, as `plan` checks a command line's: one key's range can depend on another's (elastic_sigma)
+        _validate(dict(_parse_set(f"{key}={value}") for key, value in definition.sets.items()), where)
         if definition.kind == "search":
             search_space.parse(definition.space, where, fixed={*definition.sets, *SWEEP_KEYS})
     except (SweepError, ParamsError, search_space.SpaceError, TypeError) as exc:
