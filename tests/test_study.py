@@ -206,10 +206,14 @@ def test_a_clone_on_another_commit_or_with_stray_params_cannot_join(project, tmp
 
 
 def test_the_overhead_is_wall_time_against_the_training_spread_over_the_workers():
-    table = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "FAIL"], "train_seconds": [60.0, 40.0, None],
+    table = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "FAIL"], "train_seconds": [50.0, 50.0, None],
                           "trial_seconds": [70.0, 50.0, 5.0]})  # fmt: skip
     assert study.overhead_line(table, 75.0, 2) == ("wall 75 s on 2 worker(s) for 100 s of training (120 s of whole trials): "
                                                    "1.50x the packing limit of 50 s")  # fmt: skip
+    # a trial is not split between workers: the longest training is the limit where it is longer
+    table["train_seconds"] = [60.0, 40.0, None]
+    assert study.overhead_line(table.iloc[:1], 75.0, 2) == ("wall 75 s on 2 worker(s) for 60 s of training (70 s of whole "
+                                                            "trials): 1.25x the packing limit of 60 s")  # fmt: skip
 
 
 # --- real studies ----------------------------------------------------------------------------------

@@ -474,10 +474,12 @@ def trials_table(study: optuna.Study):
 
 
 def overhead_line(table, wall_s: float, jobs: int) -> str:
-    """Wall time against the packing limit: the training seconds of the trials that ended, spread over the workers."""
+    """Wall time against the packing limit: the training seconds of the trials that ended spread over the workers,
+    or the longest training where that is longer (one trial is not split between workers)."""
     done = table[table["state"] == "COMPLETE"]
-    training, trials = float(done["train_seconds"].fillna(0).sum()), float(done["trial_seconds"].fillna(0).sum())
-    limit = training / max(jobs, 1)
+    seconds = done["train_seconds"].fillna(0)
+    training, trials = float(seconds.sum()), float(done["trial_seconds"].fillna(0).sum())
+    limit = max(training / max(jobs, 1), float(seconds.max()) if len(seconds) else 0.0)
     ratio = f"{wall_s / limit:.2f}x" if limit else "n/a"
     return (f"wall {wall_s:.0f} s on {jobs} worker(s) for {training:.0f} s of training ({trials:.0f} s of whole trials): "
             f"{ratio} the packing limit of {limit:.0f} s")  # fmt: skip
