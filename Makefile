@@ -16,15 +16,23 @@ SEARCH ?= params/search/default.yaml
 # the store's URI from its one home, without importing MLflow or torch (tracking/location.py)
 STORE = $(shell $(BIN)/python -m mnist_mlp.tracking.location)
 
-.PHONY: help install repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick search compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
+.PHONY: help install lock repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick search compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
 
-$(VENV)/.installed: pyproject.toml
+# The venv holds exactly requirements/lock.txt (--no-deps: nothing outside it), then the project itself.
+$(VENV)/.installed: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "install: the locked packages into $(VENV) (a fresh venv takes about 5 minutes: torch is 5.5 GB)"
+	$(BIN)/pip install --progress-bar on --no-deps -r requirements/lock.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
 
-install: $(VENV)/.installed  ## the venv with the project and its dev tools (pip, on first use of any target)
+install: $(VENV)/.installed  ## the venv with the locked packages, the project and its dev tools (on first use of any target)
+
+lock: install  ## refresh requirements/lock.txt: the newest releases pyproject.toml and requirements/holds.in allow
+	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet --upgrade --extra dev --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements/lock.txt pyproject.toml requirements/holds.in
+	@echo "lock: requirements/lock.txt refreshed; \`make install\` then \`make test\` before you commit it"
 
 help:  ## this list: each target and what it does, from the comment after its name
 	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:.*## / {printf "  %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -1,7 +1,7 @@
 """DVC stage `train`: fit the MLP from params.yaml, keep the best-on-validation weights.
 
 Writes models/model.pt (weights, resolved params, normalization: the same bytes for the same
-inputs), reports/training_run.json (its MLflow run id and seconds), the per-epoch log
+inputs), reports/training_run.json (its MLflow run id, seconds and what made it), the per-epoch log
 reports/training_log.csv and a figure of the (augmented) training digits; the same numbers and
 the figure go to one MLflow run.
 """
@@ -19,6 +19,7 @@ from mnist_mlp.core.model import architecture, count_parameters
 from mnist_mlp.params import check_unchanged, flatten, load_params
 from mnist_mlp.project import run_cli
 from mnist_mlp.core.determinism import thread_count
+from mnist_mlp.core.machine import made_by
 from mnist_mlp.core.train import format_epoch, resolve_device, seeded_model, train_best
 
 
@@ -43,7 +44,9 @@ def main() -> None:
 
     splits = {split: (args.data / f"{split}.pt", md5_of(args.data / f"{split}.pt")) for split in ("train", "val")}
     # the threads it trains on (train.threads, or torch's default when 0): seconds per epoch depend on them
-    tags = {"device": str(device), "torch_threads": str(thread_count(settings.threads)), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()}}
+    maker = made_by(device)  # the CPU kind and versions: what else decides the model's last bits
+    tags = {"torch_threads": str(thread_count(settings.threads)), **{f"data_md5_{split}": md5 for split, (_, md5) in splits.items()},
+            **{f"made_by.{key}": value for key, value in maker.items()}, "device": str(device)}
     sweep = {"id": params.tracking.sweep_id, "base": params.tracking.sweep_base, "trial": params.tracking.trial}
     tags |= {f"sweep_{key}": str(value) for key, value in sweep.items() if value is not None}
     with runs.training_run(params.tracking.experiment, flatten(params), tags) as run:
@@ -58,7 +61,7 @@ def main() -> None:
         # one unit after training: a failed run (a full disk too) leaves every previous output as it was
         with one_unit():
             save_checkpoint(args.model, model, train.normalization, params.model_dump(), info)
-            write_training_record(args.record, run.run_id, result.seconds)
+            write_training_record(args.record, run.run_id, result.seconds, maker)
             write_csv(args.log, result.history)
             save_figure(args.augmented, augmented_figure(train.images, train.labels, settings.augment, settings.seed))
             run.log_files([args.augmented], "figures")

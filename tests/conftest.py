@@ -7,7 +7,9 @@ parser, stage and pipeline path runs for real.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +19,31 @@ from support import browser as browser_support
 from support.faults import stage_in_process
 from support.mnist_files import write_tiny_mnist
 from support.params import tiny_params
+from support.checkout import checkout_changes, snapshot
 from support.project import CLEARED_ENV, build_template, copy_project
+
+# --- the checkout stays as the session found it ----------------------------------------------------
+
+_CHECKOUT_BEFORE: dict = {}
+
+
+def pytest_sessionstart(session) -> None:
+    """Every store a test opens without naming its own (MLflow's, the study storage) goes to a session temp
+    folder, never the project's mlflow.db, mlruns/ or optuna.db; and the checkout's files are noted."""
+    stores = Path(tempfile.mkdtemp(prefix="mnist-mlp-test-stores-"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{stores / 'mlflow.db'}"
+    os.environ["STUDY_STORAGE"] = f"sqlite:///{stores / 'optuna.db'}"
+    _CHECKOUT_BEFORE.update(snapshot())
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the session when the checkout gained, lost or changed a file while it ran."""
+    changes = checkout_changes(_CHECKOUT_BEFORE, snapshot())
+    if changes:
+        shown = "\n  ".join(changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
+        print(f"\nerror: the tests changed the checkout (every store belongs under a test's temp dir):\n  {shown}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 # --- data ------------------------------------------------------------------------------------------
 

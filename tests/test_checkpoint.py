@@ -104,11 +104,14 @@ def test_the_same_model_gives_the_same_bytes_under_any_name(saved, tmp_path):
 @pytest.mark.bad_input
 def test_the_training_record_round_trips_and_refuses_what_is_not_one(tmp_path):
     record = tmp_path / "training_run.json"
-    write_training_record(record, "0123abcd", 12.34567)
-    assert read_training_record(record) == {"mlflow_run_id": "0123abcd", "train_seconds": 12.346}
-    expected = "expected the train stage's record ({mlflow_run_id, train_seconds}); run `dvc repro train`"
-    for text, problem in (('{"mlflow_run_id": 5, "train_seconds": 1}', ""), ("[1]", ""), ("{", "not readable JSON (JSONDecodeError); "),
-                          ('{"mlflow_run_id": "x", "train_seconds": true}', "")):  # fmt: skip
+    maker = {"cpu_kind": "Intel AVX512", "torch": "2.14.1"}
+    write_training_record(record, "0123abcd", 12.34567, maker)
+    assert read_training_record(record) == {"mlflow_run_id": "0123abcd", "train_seconds": 12.346, "made_by": maker}
+    expected = "expected the train stage's record ({mlflow_run_id, train_seconds, made_by}); run `dvc repro train`"
+    for text, problem in (('{"mlflow_run_id": 5, "train_seconds": 1, "made_by": {}}', ""), ("[1]", ""),
+                          ("{", "not readable JSON (JSONDecodeError); "),
+                          ('{"mlflow_run_id": "x", "train_seconds": true, "made_by": {}}', ""),
+                          ('{"mlflow_run_id": "x", "train_seconds": 1}', "")):
         record.write_text(text)
         with pytest.raises(CheckpointError) as refused:
             read_training_record(record)

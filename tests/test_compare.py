@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 from scipy import stats as scipy_stats
 
+from support.stores import new_experiment
 from support.cli import cli_in_process, run
 from support.predictions import log_predictions, right
 from mnist_mlp.experiments import compare, stats
@@ -53,7 +54,7 @@ def planted(mlflow_store):
     relu/0.5 misses 80 (worse); tanh/0.5, last on validation, gets 40 more right (better on the test digits).
     """
     client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = client.create_experiment("mnist-mlp")
+    experiment_id = new_experiment(client, "mnist-mlp")
     cells = {("relu", 0.0): (0.990, right(1_900)), ("tanh", 0.0): (0.985, right(1_900) & ~right(4)),
              ("relu", 0.5): (0.980, right(1_900) & ~right(80)), ("tanh", 0.5): (0.970, right(1_940))}  # fmt: skip
     for (activation, dropout), (best_val, majority) in cells.items():
@@ -130,7 +131,7 @@ def test_predictions_that_do_not_score_the_runs_accuracy_are_refused(planted):
 def store(mlflow_store):
     """An old 1-run sweep A, then sweep B: a 2x3 grid, relu/0.5 with two seeds, plus a failed and an unswept run."""
     client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = client.create_experiment("mnist-mlp")
+    experiment_id = new_experiment(client, "mnist-mlp")
     log_run(client, experiment_id, "old", "A", "relu", 0.0, 0, [0.5], 0.5, lr=0.1)
     accuracy = iter([0.91, 0.92, 0.93, 0.94, 0.95, 0.96])
     for activation in ("relu", "tanh"):
@@ -144,7 +145,7 @@ def store(mlflow_store):
 
 def test_the_best_setting_is_chosen_on_validation_and_its_test_accuracy_only_reported(mlflow_store):
     client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = client.create_experiment("mnist-mlp")
+    experiment_id = new_experiment(client, "mnist-mlp")
     # relu/0 is best on validation, tanh/0 on the test digits: validation must choose
     log_run(client, experiment_id, "V-relu", "V", "relu", 0.0, 0, [0.90, 0.99], 0.95)
     log_run(client, experiment_id, "V-tanh", "V", "tanh", 0.0, 0, [0.90, 0.97], 0.98)
@@ -216,7 +217,7 @@ def test_a_named_sweep_and_all_runs(store):
 
 
 def test_the_default_experiment_is_the_one_in_params_yaml(store, tmp_path, monkeypatch, capsys):
-    log_run(store, store.create_experiment("mine"), "M-1", "M", "gelu", 0.1, 0, [0.9], 0.93)
+    log_run(store, new_experiment(store, "mine"), "M-1", "M", "gelu", 0.1, 0, [0.9], 0.93)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tracking": {"experiment": "mine"}}))
     monkeypatch.chdir(tmp_path)
     code, out, err = cli_in_process(["compare", "--reports", str(tmp_path / "reports")], capsys)
@@ -238,7 +239,7 @@ def test_unknown_sweep_and_experiment_are_one_clear_line(store, tmp_path, monkey
 
 def test_no_sweep_yet_points_to_make_sweep(mlflow_store):
     client = mlflow.MlflowClient(mlflow_store)
-    log_run(client, client.create_experiment("mnist-mlp"), "workspace", "", "relu", 0.2, 0, [0.9], 0.9)
+    log_run(client, new_experiment(client, "mnist-mlp"), "workspace", "", "relu", 0.2, 0, [0.9], 0.9)
     with pytest.raises(NoRunsError, match="make sweep"):
         compare.compare("mnist-mlp")
     assert len(compare.compare("mnist-mlp", compare.ALL).runs) == 1
@@ -264,7 +265,7 @@ def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_lo
     (presets / "short.yaml").write_text("train:\n  epochs: 2\n")
     wide = apply_preset(Params(), presets / "wide.yaml")
     client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = client.create_experiment("mnist-mlp")
+    experiment_id = new_experiment(client, "mnist-mlp")
     log_preset_run(client, experiment_id, Params(), 0, 0.90)
     log_preset_run(client, experiment_id, wide, 0, 0.50)  # an older run of seed 0: replaced by the rerun below
     for seed, accuracy in ((0, 0.990), (1, 0.994), (2, 0.992)):
@@ -291,7 +292,7 @@ def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_lo
 
 def test_presets_without_runs_are_one_clear_line(mlflow_store, tmp_path):
     client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = client.create_experiment("mnist-mlp")
+    experiment_id = new_experiment(client, "mnist-mlp")
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "fast.yaml").write_text("train:\n  epochs: 2\n")  # the presets of the project at tmp_path
     with pytest.raises(compare.CompareError, match="no finished run with a test accuracy in experiment 'mnist-mlp'"):

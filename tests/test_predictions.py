@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from support.stores import new_experiment
 from support.predictions import LABELS, log_predictions, predictions_text, right
 from mnist_mlp.tracking import predictions
 
@@ -46,7 +47,7 @@ def test_an_oversized_or_binary_file_is_refused_before_it_is_parsed(tmp_path):
 
 def test_a_runs_logged_predictions_and_a_run_without_them(mlflow_store):
     client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = client.create_experiment("unit")
+    experiment_id = new_experiment(client, "unit")
     with_file, without = (client.create_run(experiment_id).info.run_id for _ in range(2))
     log_predictions(client, with_file, right(1_900))
     found = predictions.logged(with_file)
@@ -57,7 +58,7 @@ def test_a_runs_logged_predictions_and_a_run_without_them(mlflow_store):
 @pytest.mark.bad_input
 def test_an_oversized_artifact_is_refused_before_it_is_downloaded(mlflow_store, monkeypatch):
     client = mlflow.MlflowClient(mlflow_store)
-    run_id = client.create_run(client.create_experiment("unit")).info.run_id
+    run_id = client.create_run(new_experiment(client, "unit")).info.run_id
     text = predictions_text(np.ones(len(LABELS), bool)) * 160
     assert len(text) > predictions.MAX_BYTES
     log_predictions(client, run_id, text=text)

@@ -145,7 +145,7 @@ def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_
     model = tmp_path / "model.pt"
     info = {"best_val_accuracy": 0.5, "best_epoch": 1, "epochs": 1, "device": "cpu"}
     save_checkpoint(model, MLP([8], "relu", 0.0), Normalization(mean=0.13, std=0.31), params, info)
-    write_training_record(tmp_path / "record.json", "not-in-this-store", 0.1)
+    write_training_record(tmp_path / "record.json", "not-in-this-store", 0.1, {"cpu_kind": "Intel AVX512"})
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "DVC_EXP_NAME": "exp-registry",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     for git in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):

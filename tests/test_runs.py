@@ -10,6 +10,7 @@ import time
 import mlflow
 import pytest
 
+from support.stores import new_experiment
 from support.cli import cli_in_process
 from mnist_mlp.tracking.stale import CLOSED_TAG
 
@@ -23,7 +24,7 @@ def _dead_pid() -> int:
 @pytest.mark.fault
 def test_close_stale_runs_closes_crashed_runs_and_spares_live_ones(mlflow_store, capsys):
     client = mlflow.MlflowClient(mlflow_store)
-    experiment, other = client.create_experiment("mnist-mlp"), client.create_experiment("elsewhere")
+    experiment, other = new_experiment(client, "mnist-mlp"), new_experiment(client, "elsewhere")
     host, hour_ago = socket.gethostname(), int((time.time() - 3600) * 1000)
     runs = {
         "crashed here": client.create_run(experiment, tags={"mnist_mlp.host": host, "mnist_mlp.pid": str(_dead_pid())}),

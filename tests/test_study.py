@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from support.stores import new_experiment
 from support.cli import cli_in_process, run
 from support.paths import BIN
 from support.sweep import run_sweep, sweep_runs, without_venv_on_path
@@ -102,7 +103,7 @@ def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_
     made = study.create("g", _grid(), storage)
     client = mlflow.MlflowClient(mlflow_store)  # the store the project's code opens, whatever another test set globally
     found = client.get_experiment_by_name("mnist-mlp")
-    experiment = found.experiment_id if found else client.create_experiment("mnist-mlp")
+    experiment = found.experiment_id if found else new_experiment(client, "mnist-mlp")
     alive = client.create_run(experiment, tags={"sweep_id": "g", "sweep_trial": "1"})  # another trial's run: kept
     trial = made.ask()  # trial 0, as a worker pops it
     dead = client.create_run(experiment, tags={"sweep_id": "g", "sweep_trial": str(trial.number)})

@@ -152,9 +152,14 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
-    from mnist_mlp.experiments.restore import restore
+    from mnist_mlp.experiments import restore
 
-    restore(repo_root(), args.rev)
+    root = repo_root()
+    missing = [] if args.no_rebuild else restore.fetch_missing(root, args.rev)
+    if missing:
+        print(f"restore: {args.rev}'s {restore.describe(missing)} in no local cache or remote: rebuilding with `dvc repro` "
+              f"from {args.rev}'s params and code (on another CPU kind than the lock's, other bytes: docs/reproducibility.md)", flush=True)
+    restore.restore(root, args.rev, rebuild=not args.no_rebuild)
     print(f"restore: the workspace holds {args.rev}'s params, dvc.lock, model and reports (`git status`, `dvc status` to see)")
 
 
@@ -365,9 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     reproducible.set_defaults(func=cmd_check_reproducible)
 
     back = commands.add_parser(
-        "restore", help="go back to a commit's params, lock file, model and reports (dvc exp apply), only if its cache has them"
+        "restore", help="go back to a commit's params, lock file, model and reports (dvc exp apply); what no cache or remote holds is rebuilt"
     )
     back.add_argument("rev", nargs="?", default="HEAD", help="a commit, branch or tag (default %(default)s)")
+    back.add_argument("--no-rebuild", action="store_true", help="refuse, changing nothing, when an output is in no cache or remote")
     back.set_defaults(func=cmd_restore)
 
     sweep = commands.add_parser(

@@ -57,15 +57,16 @@ def save_checkpoint(path: str | Path, model: MLP, normalization: Normalization, 
 
 
 # reports/training_run.json: what the train stage's run was, for the evaluate stage to log into
-TRAINING_RECORD_KEYS = {"mlflow_run_id": str, "train_seconds": (int, float)}
+# made_by: the device, CPU kind and versions that made the model (core.machine.made_by)
+TRAINING_RECORD_KEYS = {"mlflow_run_id": str, "train_seconds": (int, float), "made_by": dict}
 
 
-def write_training_record(path: str | Path, run_id: str, train_seconds: float) -> None:
-    files.write_json(path, {"mlflow_run_id": run_id, "train_seconds": round(train_seconds, 3)})
+def write_training_record(path: str | Path, run_id: str, train_seconds: float, made_by: dict[str, str]) -> None:
+    files.write_json(path, {"mlflow_run_id": run_id, "train_seconds": round(train_seconds, 3), "made_by": made_by})
 
 
 def read_training_record(path: str | Path) -> dict[str, Any]:
-    """The train stage's record of its run: {mlflow_run_id, train_seconds}; one clear line when it is not one."""
+    """The train stage's record of its run: {mlflow_run_id, train_seconds, made_by}; one clear line when it is not one."""
     path = Path(path)
     expected = "expected the train stage's record ({" + ", ".join(TRAINING_RECORD_KEYS) + "}); run `dvc repro train`"
     try:

@@ -3,8 +3,13 @@
 `dvc exp apply REV` first removes the outputs in the workspace, then checks out the ones that REV's
 dvc.lock names from DVC's cache. An output that is in no cache is then gone: DVC prints "Checkout
 failed for following targets" only afterwards. So `restore` checks first: every cached output of
-REV must be in the local cache (a folder: its manifest and each of its files). Otherwise it names
-what is missing and changes nothing.
+REV must be in the local cache (a folder: its manifest and each of its files), or fetched from the
+default remote. What no cache or remote holds is rebuilt instead: REV's git-tracked files (params,
+code, dvc.lock) into the workspace, the outputs the cache holds checked out, then `dvc repro` runs
+what is left. The model's bytes depend on the CPU kind (core/machine.py), so a lock made on another
+kind is rebuilt to this kind's bytes, and `git status` then shows just the CPU-dependent files.
+(DVC's run-cache cannot shortcut the rebuild: it skips stages with persistent outputs, and every stage
+here persists its outputs so that a failed run keeps the previous ones.)
 """
 
 from __future__ import annotations
@@ -47,6 +52,49 @@ def cached_hashes(root: str | Path, rev: Optional[str] = None) -> dict[str, str]
         return {str(out): out.hash_info.value for out in _cached_outputs(repo, rev)}
 
 
+# The stages whose outputs' bytes depend on the CPU kind (core/machine.py): training's floats. The data stages'
+# outputs are the same bytes on every machine.
+CPU_DEPENDENT_STAGES = ("train",)
+RECORD = "reports/training_run.json"  # the train stage's record: made_by names the CPU kind that made the model
+
+
+def recorded_cpu_kind(root: str | Path, rev: str = "HEAD") -> Optional[str]:
+    """The CPU kind REV's training record names (None where REV has no record, or one without made_by)."""
+    import json
+    import subprocess
+
+    shown = subprocess.run(["git", "show", f"{rev}:{RECORD}"], cwd=root, capture_output=True, text=True)
+    try:
+        return json.loads(shown.stdout)["made_by"]["cpu_kind"] if shown.returncode == 0 else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_committed(root: str | Path, rev: str, here: str) -> tuple[bool, list[str]]:
+    """Whether the workspace's cached outputs are the bytes REV's dvc.lock names, and a line per output.
+
+    A CPU-dependent output (CPU_DEPENDENT_STAGES) is compared only when `here`, this machine's CPU kind
+    (core.machine.cpu_kind), is the kind that made REV's model; on another its other bytes are expected, and said so.
+    """
+    from dvc.repo import Repo
+
+    made_on = recorded_cpu_kind(root, rev)
+    with Repo(str(root)) as repo:
+        stage_of = {str(out): out.stage.name for out in _cached_outputs(repo, None)}
+    committed, built = cached_hashes(root, rev), cached_hashes(root)
+    ok, lines = True, [f"{rev}'s model was made on {made_on or 'an unrecorded CPU kind'}; this machine is {here}"]
+    for path in sorted(committed.keys() | built.keys()):
+        was, now = committed.get(path), built.get(path)
+        if was == now:
+            lines.append(f"{path}: {now}, the committed bytes")
+        elif stage_of.get(path) in CPU_DEPENDENT_STAGES and made_on != here:
+            lines.append(f"{path}: committed {was}, built {now}: CPU-dependent, and this is another CPU kind (not compared)")
+        else:
+            ok = False
+            lines.append(f"{path}: committed {was}, built {now}: other bytes")
+    return ok, lines
+
+
 def missing_outputs(root: str | Path, rev: str) -> list[Missing]:
     """REV's cached outputs (dvc.lock) that the local cache cannot restore."""
     from dvc.repo import Repo
@@ -65,16 +113,59 @@ def missing_outputs(root: str | Path, rev: str) -> list[Missing]:
     return missing
 
 
-def restore(root: str | Path, rev: str = "HEAD") -> None:
-    """`dvc exp apply REV`, only once every output it would check out is in the local cache."""
+def describe(missing: list[Missing]) -> str:
+    """'models/model.pt (md5 ef7f9595)', or for a folder '..., 3 of its files)', comma-separated."""
+    return ", ".join(f"{item.path} (md5 {item.md5[:8]}" + (f", {item.files} of its files)" if item.files else ")") for item in missing)
+
+
+def fetch_missing(root: str | Path, rev: str) -> list[Missing]:
+    """REV's outputs that neither the local cache nor the default remote (fetched from, where one is set) holds."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     missing = missing_outputs(root, rev)
-    if missing:
-        named = ", ".join(f"{item.path} (md5 {item.md5[:8]}" + (f", {item.files} of its files)" if item.files else ")") for item in missing)
+    with Repo(str(root)) as repo:
+        has_remote = bool(repo.config["core"].get("remote"))
+    if missing and has_remote:
+        with Repo(str(root)) as repo:
+            try:
+                repo.fetch(revs=[rev], workspace=False)
+            except DvcException:  # unreachable, or missing there too: what stays missing is rebuilt
+                pass
+        missing = missing_outputs(root, rev)
+    return missing
+
+
+def restore(root: str | Path, rev: str = "HEAD", rebuild: bool = True) -> list[Missing]:
+    """`dvc exp apply REV` once every output it would check out is in the local cache (fetched from the default
+    remote where needed); returns [] then. Otherwise, with `rebuild`, the outputs no cache holds are rebuilt
+    (`rebuild_missing`) and returned; without, nothing changes and RestoreError names them."""
+    from dvc.repo import Repo
+
+    missing = fetch_missing(root, rev)
+    if missing and not rebuild:
         raise RestoreError(
-            f"{rev}: {named} in no local cache, so going back would delete what the workspace holds without "
+            f"{rev}: {describe(missing)} in no local cache, so going back would delete what the workspace holds without "
             f"restoring it; nothing was changed: `dvc pull` it from a remote, or `dvc repro` to rebuild it"
         )
+    if missing:
+        rebuild_missing(root, rev)
+        return missing
     with Repo(str(root)) as repo:
         repo.experiments.apply(rev)
+    return []
+
+
+def rebuild_missing(root: str | Path, rev: str) -> None:
+    """REV's git-tracked files into the workspace (HEAD and the index stay), the outputs the cache holds
+    checked out, then `dvc repro`: the stages whose outputs no cache holds run again."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    done = subprocess.run(["git", "restore", f"--source={rev}", "--worktree", "--", "."], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RestoreError(f"{rev}: git could not restore its files ({(done.stderr.strip().splitlines() or ['?'])[-1]})")
+    with Repo(str(root)) as repo:
+        repo.checkout(force=True, allow_missing=True)
+        repo.reproduce()

@@ -1,7 +1,7 @@
 """Where the project's MLflow store is, decided in one place (and without importing MLflow, for `make`).
 
-The store is `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlflow.db` with
-artifacts in `<repo>/mlartifacts`, both absolute. `<repo>` is `DVC_ROOT` when DVC sets
+The store is `MLFLOW_TRACKING_URI` when set, else `sqlite:///<repo>/mlflow.db`; a SQLite store's
+artifacts are in `mlartifacts` beside its file, both absolute. `<repo>` is `DVC_ROOT` when DVC sets
 it: queued and temp experiments run in a throwaway copy under `.dvc/tmp/exps/`, and a
 store relative to that copy would be deleted with it.
 """
@@ -22,7 +22,10 @@ def tracking_uri(root: Optional[Path] = None) -> str:
 
 
 def artifact_root(root: Optional[Path] = None) -> str:
-    return ((root or repo_root()) / "mlartifacts").as_uri()
+    """Where a local store's artifacts go: `mlartifacts` beside its SQLite file (the repo's, or
+    MLFLOW_TRACKING_URI's), never a folder relative to the current directory."""
+    db = local_sqlite_path(tracking_uri(root))
+    return ((db.parent if db else (root or repo_root())) / "mlartifacts").as_uri()
 
 
 def local_sqlite_path(uri: str) -> Optional[Path]:
