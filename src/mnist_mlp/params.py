@@ -112,9 +112,9 @@ class TrainParams(_Section):
     epochs: int = Field(default=20, gt=0)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: Device = "auto"
-    # CPU threads; part of what a run is: another count sums floats in another order (other weights, other
-    # bytes). 0 = torch's default (every core): faster, but the result then depends on the machine
-    threads: int = Field(default=1, ge=0, le=MAX_THREADS)
+    # CPU threads; 0 = torch's default (every core). Any count gives the same weights, bit for bit, under MKL's
+    # strict mode (mnist_mlp.MKL_CBWR, tests/test_determinism.py): only the seconds differ
+    threads: int = Field(default=0, ge=0, le=MAX_THREADS)
     augment: AugmentParams = AugmentParams()
 
     @field_validator("augment")

@@ -1,4 +1,8 @@
-"""What fixes a run's floats besides params and seed: deterministic kernels and the CPU thread count."""
+"""What fixes a run's floats besides params and seed: deterministic kernels, on a pinned CPU thread count.
+
+With MKL's strict mode (mnist_mlp.MKL_CBWR) the count no longer changes the weights; it is pinned all the same,
+so that a run's seconds are those of the count it records.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ def deterministic(device: torch.device, threads: int = 0) -> Iterator[None]:
     """Deterministic kernels on the CPU and `threads` CPU threads (0: torch's default, every core) while
     inside, so that params + seed fix the weights bit for bit; restored after.
 
-    The thread count is part of what fixes them: another count sums floats in another order.
+    Under MKL's strict mode another count gives the same weights; without it, MKL's matrix multiplies sum in
+    another order on another count (docs/reproducibility.md).
     """
     default_threads = torch.get_num_threads()
     if threads:
