@@ -13,8 +13,8 @@ from scipy import stats as scipy_stats
 
 from support.stores import new_experiment
 from support.cli import cli_in_process, run
-from support.predictions import log_predictions, right
-from mnist_mlp.experiments import compare, stats
+from support.predictions import LABELS, log_predictions, right
+from mnist_mlp.experiments import compare
 from mnist_mlp.params import Params, apply_preset, flatten
 from mnist_mlp.tracking.queries import NoRunsError
 
@@ -50,17 +50,18 @@ def planted(mlflow_store):
     """A 2x2 grid, 3 seeds each, with per-digit predictions whose paired answers are known.
 
     relu/0 is best on validation and gets the first 1,900 of 2,000 digits right (each seed one more digit,
-    a different one, so its majority vote is the 1,900); tanh/0 misses 4 of those (level: exact p = 0.125);
+    a different one, the same in every setting, so the pairs differ only where planted); tanh/0 misses 4 of
+    those (level: exact p = 0.125);
     relu/0.5 misses 80 (worse); tanh/0.5, last on validation, gets 40 more right (better on the test digits).
     """
     client = mlflow.MlflowClient(mlflow_store)
     experiment_id = new_experiment(client, "mnist-mlp")
     cells = {("relu", 0.0): (0.990, right(1_900)), ("tanh", 0.0): (0.985, right(1_900) & ~right(4)),
              ("relu", 0.5): (0.980, right(1_900) & ~right(80)), ("tanh", 0.5): (0.970, right(1_940))}  # fmt: skip
-    for (activation, dropout), (best_val, majority) in cells.items():
+    for (activation, dropout), (best_val, planted_right) in cells.items():
         for seed in (0, 1, 2):
-            correct = majority.copy()
-            correct[1_960 + seed] = True  # right in one seed of three: not in the vote
+            correct = planted_right.copy()
+            correct[1_960 + seed] = True  # right in one seed of three, alike in every setting: no pair differs there
             log_run(client, experiment_id, f"P-{activation}-{dropout:g}-{seed}", "P", activation, dropout, seed,
                     [0.9, best_val + seed / 1000], None, correct=correct, **{"preprocess.val_size": 5000})  # fmt: skip
     return client
@@ -99,34 +100,41 @@ def test_the_headline_names_the_level_group_and_the_worse_and_better_settings(pl
     table, picture = compare.write_report(result, tmp_path / "reports")
     text = table.read_text()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
-    assert ["relu/0.5", "80", "0", "+80", f"+4.00 {worse.paired.difference.points()}", "p < 0.001", "p < 0.001", "worse"] in rows
-    assert ["tanh/0", "4", "0", "+4", f"+0.20 {level.paired.difference.points()}", "0.125", "0.125", "level"] in rows
+    assert ["relu/0.5", "0 1 2", "80", "0", "+80", f"+4.00 {worse.paired.difference.points()}", "p < 0.001", "p < 0.001", "worse"] in rows
+    assert ["tanh/0", "0 1 2", "4", "0", "+4", f"+0.20 {level.paired.difference.points()}", "0.125", "0.125", "level"] in rows
     assert "## Main effect of activation (averaged over dropout, per seed first)" in text
     assert "cannot separate settings" not in text
     with Image.open(picture) as image:
         assert image.size[0] > 1000 and image.size[1] > 600
 
 
-def test_an_untrusted_predictions_file_stops_only_the_paired_tests(planted, tmp_path, monkeypatch, capsys):
+@pytest.mark.bad_input
+def test_an_untrusted_predictions_file_leaves_out_that_run_only(planted, tmp_path, monkeypatch, capsys):
     experiment_id = planted.get_experiment_by_name("mnist-mlp").experiment_id
     forged = log_run(planted, experiment_id, "P-forged", "P", "relu", 0.0, 3, [0.9, 0.99], 0.95)
     log_predictions(planted, forged, text="import os\nos.system('id')\n")
     monkeypatch.chdir(tmp_path)
     code, out, err = cli_in_process(["compare", "--reports", "reports"], capsys)
     assert code == 0, err
-    assert f"No paired test: run {forged}: evaluation/predictions.csv: not a predictions file; expected 'actual,predicted'" in out
-    assert "## Paired tests" not in (tmp_path / "reports" / "compare.md").read_text()
+    report = (tmp_path / "reports" / "compare.md").read_text()
+    assert "## Paired tests" in report and "over 3 run(s)" in out  # the other runs are still paired
+    row = next(line for line in report.splitlines() if forged in line)
+    assert "| P-forged" in row and "evaluation/predictions.csv: not a predictions file; expected 'actual,predicted'" in row
 
 
-def test_predictions_that_do_not_score_the_runs_accuracy_are_refused(planted):
+@pytest.mark.bad_input
+def test_predictions_that_do_not_score_the_runs_accuracy_or_carry_other_labels_are_left_out(planted):
     experiment_id = planted.get_experiment_by_name("mnist-mlp").experiment_id
     other = log_run(planted, experiment_id, "P-other", "P", "relu", 0.0, 3, [0.9, 0.99], 0.95)
     log_predictions(planted, other, right(1_000))  # another model's file: 0.5000
     result = compare.compare("mnist-mlp")
-    assert not result.verdicts
-    assert result.untested == f"run {other}: evaluation/predictions.csv scores 0.5000, not the run's test accuracy 0.9500"
-
-
+    assert len(result.verdicts) == 3 and other not in set(result.runs["run_id"])
+    reasons = result.left_out.set_index("run_id")["reason"]
+    assert reasons[other] == f"run {other}: evaluation/predictions.csv scores 0.5000, not the run's test accuracy 0.9500"
+    # labels other than the local test split's: every run is left out, and says why
+    with pytest.raises(compare.CompareError, match="evaluation/predictions.csv's labels are not the local test split's"):
+        compare.compare("mnist-mlp", test_labels=(LABELS + 1) % 10)
+    assert len(compare.compare("mnist-mlp", test_labels=LABELS).runs) == 12
 @pytest.fixture
 def store(mlflow_store):
     """An old 1-run sweep A, then sweep B: a 2x3 grid, relu/0.5 with two seeds, plus a failed and an unswept run."""
@@ -185,7 +193,8 @@ def test_latest_sweep_by_default_with_intervals_over_seeds(store, tmp_path):
     text = table.read_text()
     # every setting of B reached 0.9 on validation: the tie goes to the first, whatever the test digits say
     assert "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy 0.9000 over 1 run(s)" in text
-    assert "`B-crashed` (FAILED)" in text and "cannot separate settings" not in text  # relu/0.5 has two seeds
+    crashed = result.left_out.set_index("name").loc["B-crashed", "run_id"]
+    assert ["B-crashed", crashed, "FAILED", "status FAILED"] in rows and "cannot separate settings" not in text  # relu/0.5: two seeds
     assert "Settings all 7 runs shared: epochs=2, lr=0.002, tracking.sweep_id=B" in text and "WARNING" not in text
     assert "dvc plots diff B-relu-0.0 B-relu-0.2" in text
     assert "workspace" not in text and "| old " not in text
@@ -211,8 +220,11 @@ def test_runs_that_differ_beyond_the_grid_are_named_in_a_warning(store, tmp_path
 def test_a_named_sweep_and_all_runs(store):
     assert list(compare.compare("mnist-mlp", "A").runs["name"]) == ["old"]
     everything = compare.compare("mnist-mlp", compare.ALL)
-    assert len(everything.runs) == 9  # every finished run, the unswept workspace run included
-    assert everything.summary.set_index(["activation", "dropout"]).loc[("relu", 0.2), "runs"] == 2
+    assert len(everything.runs) == 8  # every finished run but one: the unswept workspace run repeats B-relu-0.2's params
+    assert everything.summary.set_index(["activation", "dropout"]).loc[("relu", 0.2), "runs"] == 1
+    duplicate = everything.left_out.set_index("name").loc["workspace", "reason"]
+    b_relu = everything.runs.set_index("name").loc["B-relu-0.2", "run_id"]
+    assert duplicate == f"a second run of the same params (relu/0.2 seed 0): counted once, as {b_relu}"
     assert everything.mixed == {"epochs": ["1", "2"], "lr": ["0.002", "0.1"]}  # a sweep id alone would not count
 
 
@@ -324,13 +336,15 @@ def test_a_real_three_seed_sweep_is_reported_with_paired_tests_on_its_logged_pre
     others = {compare.setting_name(s) for s in zip(result.summary["activation"], result.summary["dropout"])} - \
         {compare.setting_name((choice["activation"], choice["dropout"]))}  # fmt: skip
     assert {compare.setting_name(v.setting) for v in result.verdicts} == others
-    # every paired count is what the runs' own logged predictions give, majority over the three seeds
-    votes = {setting: stats.majority([predictions.logged(run_id).correct for run_id in group["run_id"]])
-             for setting, group in result.runs.groupby(compare.SETTING)}  # fmt: skip
-    best = votes[(choice["activation"], choice["dropout"])]
+    # every paired count is what the runs' own logged predictions give: each digit's share right over the 3 seeds
+    shares = {setting: np.mean([predictions.logged(run_id).correct for run_id in group["run_id"]], axis=0)
+              for setting, group in result.runs.groupby(compare.SETTING)}  # fmt: skip
+    best = shares[(choice["activation"], choice["dropout"])]
     for verdict in result.verdicts:
-        assert verdict.paired.only_first == int((best & ~votes[verdict.setting]).sum())
-        assert verdict.paired.only_second == int((~best & votes[verdict.setting]).sum())
+        assert verdict.paired.seeds == (0, 1, 2)
+        assert verdict.paired.only_first == int((best > shares[verdict.setting]).sum())
+        assert verdict.paired.only_second == int((best < shares[verdict.setting]).sum())
+        assert verdict.paired.accuracy_difference == pytest.approx(float(np.mean(best - shares[verdict.setting])))
         assert verdict.p_holm >= verdict.paired.p_value
     # three seeds: a t-interval around every mean
     for estimate in [*result.summary["val"], *result.summary["test"]]:
@@ -338,3 +352,36 @@ def test_a_real_three_seed_sweep_is_reported_with_paired_tests_on_its_logged_pre
     report = (project / "reports" / "compare.md").read_text()
     assert "## Paired tests on the test digits" in report and "## Main effect of dropout" in report
     assert (project / "reports" / "figures" / "compare.png").stat().st_size > 20_000
+
+
+def test_killed_duplicate_and_nan_runs_are_left_out_named_and_bias_nothing(mlflow_store, capsys):
+    """Known answers: two settings with the same predictions seed by seed stay level when one of them lost a seed
+    (KILLED), a second FINISHED run of a point counts once, and a NaN validation accuracy is left out, not ranked."""
+    client = mlflow.MlflowClient(mlflow_store)
+    experiment_id = new_experiment(client, "mnist-mlp")
+    rng = np.random.default_rng(0)
+    per_seed = {seed: right(1_900) ^ (rng.random(len(LABELS)) < 0.02) for seed in (0, 1, 2)}  # other errors per seed
+    logged = {}
+    for dropout, best_val in ((0.2, 0.99), (0.200000001, 0.98)):
+        for seed in (0, 1, 2):
+            status = "KILLED" if (dropout, seed) == (0.200000001, 2) else "FINISHED"
+            logged[dropout, seed] = log_run(client, experiment_id, f"K-{dropout}-{seed}", "K", "relu", dropout, seed,
+                                            [0.9, best_val], None, status=status, correct=per_seed[seed])
+    again = log_run(client, experiment_id, "K-again", "K", "relu", 0.2, 1, [0.9, 0.99], None, correct=per_seed[1])
+    for seed in (0, 1, 2):  # tanh/0.2: its seed 2 logged a NaN validation accuracy
+        logged["tanh", seed] = log_run(client, experiment_id, f"K-tanh-{seed}", "K", "tanh", 0.2, seed,
+                                       [float("nan")] if seed == 2 else [0.9, 0.97], None, correct=per_seed[seed])
+    result = compare.compare("mnist-mlp")
+    reasons = result.left_out.set_index("run_id")["reason"]
+    assert reasons[logged[0.200000001, 2]] == "status KILLED"
+    assert reasons[again] == f"a second run of the same params (relu/0.2 seed 1): counted once, as {logged[0.2, 1]}"
+    assert reasons[logged["tanh", 2]] == "no finite best_val_accuracy (not logged, NaN or infinite)"
+    assert len(result.runs) == 7 and len(result.left_out) == 3
+    summary = result.summary.set_index(["activation", "dropout"])
+    assert list(summary["runs"]) == [3, 2, 2] and np.isfinite([value.mean for value in summary["val"]]).all()
+    assert tuple(compare.chosen(result)[compare.SETTING]) == ("relu", 0.2)
+    verdicts = {compare.setting_name(v.setting): v for v in result.verdicts}
+    twin = verdicts["relu/0.2"] if "relu/0.2" in verdicts else verdicts[compare.setting_name(("relu", 0.200000001))]
+    assert twin.paired.seeds == (0, 1) and (twin.paired.only_first, twin.paired.only_second, twin.paired.p_value) == (0, 0, 1.0)
+    assert twin.outcome == "level" and verdicts["tanh/0.2"].outcome == "level"
+    assert "Left out: 3 run(s), each with its reason in the report's last table" in compare.notes(result)

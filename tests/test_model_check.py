@@ -91,8 +91,11 @@ def craft(genuine: Path, dest: Path, kind: str, marker: Path) -> Path:
 
 @pytest.mark.parametrize("loader", ["pytorch", "pyfunc"])
 def test_the_crafted_models_would_run_code_through_mlflow_itself(genuine, tmp_path, loader, monkeypatch):
-    """The premise: MLflow 3.17 runs the attacker's module even with unpickling disallowed."""
+    """The premise: MLflow 3.17 runs the attacker's module even with unpickling disallowed. (3.18 no longer runs the
+    pytorch flavour's: the project's own check refuses both whatever MLflow does.)"""
     import mlflow
+
+    assert mlflow.__version__.startswith("3.17."), "this premise describes MLflow 3.17, requirements/lock.txt's: re-check it"
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     marker = tmp_path / "pwned"

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
-from mnist_mlp.experiments.stats import Interval, accuracy_interval, holm, majority, mean_interval, p_text, paired
+from mnist_mlp.experiments.stats import Interval, accuracy_interval, holm, mean_interval, p_text, paired, share_right
 
 DIGITS = 10_000
 
@@ -94,10 +95,65 @@ def test_wilson_interval_of_a_test_accuracy_is_about_a_quarter_point_wide():
     assert 0.004 < interval.high - interval.low < 0.005  # +-1.96 sqrt(p(1-p)/n) = +-0.22 points
 
 
-def test_a_majority_of_seeds_decides_each_digit_and_a_tie_is_wrong():
-    votes = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 1, 1]], dtype=bool)
-    assert majority(votes).tolist() == [True, False, True, False]
-    assert majority(votes[:2]).tolist() == [True, False, False, False]
+def seeds_of(rng: np.random.Generator, base: np.ndarray, seeds=(0, 1, 2), flips: int = 100) -> dict[int, np.ndarray]:
+    """One model per seed: `base` with `flips` random digits flipped, other digits per seed."""
+    runs = {}
+    for seed in seeds:
+        vector = base.copy()
+        vector[rng.choice(len(base), flips, replace=False)] ^= True
+        runs[seed] = vector
+    return runs
+
+
+def test_the_share_right_over_seeds_is_each_digits_mean_correctness():
+    runs = {0: np.array([1, 1, 0, 0], bool), 1: np.array([1, 0, 1, 0], bool), 2: np.array([0, 0, 1, 1], bool)}
+    assert share_right(runs, [0, 1, 2]).tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3, 1 / 3])
+    assert share_right(runs, [0, 1]).tolist() == [1.0, 0.5, 0.5, 0.0]  # an even count: a half, never a tie broken one way
+
+
+def test_settings_identical_seed_by_seed_are_level_whatever_their_run_counts():
+    """The known answer behind a killed run: 3 runs against the same setting's 2 (seed 2 killed). Paired on the
+    seeds both ran, nothing differs (p = 1); the old majority vote of 3 against 2 (a tie wrong) calls one better."""
+    runs = seeds_of(np.random.default_rng(1), correct(9_860))
+    two = {seed: runs[seed] for seed in (0, 1)}
+    common = sorted(runs.keys() & two.keys())
+    result = paired(share_right(runs, common), share_right(two, common), tuple(common))
+    assert (result.only_first, result.only_second, result.p_value, result.seeds) == (0, 0, 1.0, (0, 1))
+    # the premise: the old per-digit majority vote (a tie counts as wrong) over unequal counts sees a difference
+    majority_three = 2 * np.stack(list(runs.values())).sum(axis=0) > 3
+    majority_two = 2 * np.stack(list(two.values())).sum(axis=0) > 2
+    assert paired(majority_three, majority_two).first_is() == "better"
+
+
+def test_one_seed_against_three_is_paired_on_the_one_seed_they_share():
+    rng = np.random.default_rng(2)
+    base = correct(9_800)
+    three = seeds_of(rng, base)
+    better = {0: three[0] | correct(9_900)}  # seed 0 of a setting that gets 100 more digits right
+    result = paired(share_right(better, [0]), share_right(three, [0]), (0,))
+    assert result.seeds == (0,) and result.only_second == 0 and result.first_is() == "better"
+    assert result == paired(better[0], three[0], (0,))  # one seed each: McNemar on the two models
+
+
+def test_a_known_effect_over_three_seeds_is_found_and_its_size_is_the_mean_accuracy_difference():
+    rng = np.random.default_rng(3)
+    first, second = seeds_of(rng, correct(9_900)), seeds_of(rng, correct(9_850))
+    result = paired(share_right(first, [0, 1, 2]), share_right(second, [0, 1, 2]), (0, 1, 2))
+    mean_first = np.mean([vector.mean() for vector in first.values()])
+    mean_second = np.mean([vector.mean() for vector in second.values()])
+    assert result.accuracy_difference == pytest.approx(mean_first - mean_second)
+    assert result.p_value < 0.001 and result.first_is() == "better"
+    assert result.p_value == pytest.approx(scipy_stats.ttest_1samp(share_right(first, [0, 1, 2]) - share_right(second, [0, 1, 2]), 0).pvalue)
+    assert result.difference.low < result.accuracy_difference < result.difference.high
+    # the sign test on the same digits (how many digits each got right more often) loses the effect
+    assert scipy_stats.binomtest(result.only_first, result.only_first + result.only_second).pvalue > 0.05
+
+
+def test_a_share_outside_zero_to_one_or_nan_is_refused():
+    with pytest.raises(ValueError, match="shares of right answers"):
+        paired(np.array([0.5, np.nan]), np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="shares of right answers"):
+        paired(np.array([1.5, 0.0]), np.array([0.5, 0.5]))
 
 
 def test_p_values_are_printed_with_a_floor():

@@ -233,6 +233,14 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"next: mnist-mlp compare --study {name}")
 
 
+def local_test_labels(path: Path = Path("data/processed/test.pt")):
+    """The local test split's labels (numpy), which every logged predictions file must carry; None before `dvc repro`."""
+    from mnist_mlp.data.mnist import load_split
+
+    path = repo_root() / path
+    return load_split(path).labels.numpy() if path.is_file() else None
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from mnist_mlp.experiments import compare
 
@@ -250,7 +258,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             print(searched)
             return
         experiment = args.experiment or study.experiment_of(repo_root(), args.study)
-    result = compare.compare(experiment, compare.ALL if args.all else args.study or args.sweep_id)
+    result = compare.compare(experiment, compare.ALL if args.all else args.study or args.sweep_id, local_test_labels())
     table, picture = compare.write_report(result, args.reports)
     print(compare.settings_table(result).to_string(index=False))
     print("\n".join([compare.headline(result), *compare.notes(result)]))

@@ -1,9 +1,11 @@
 """Compare the runs of a sweep, read from MLflow (the source of truth): a markdown report and a figure.
 
 Validation chooses, the test digits report: the setting (activation x dropout) with the highest mean best
-validation accuracy is the choice, and every other setting is tested against it on the same test digits
-(exact McNemar on per-digit majority votes over seeds, Holm-corrected); the headline is the group level
-with the choice and the settings worse (or better) beyond noise. Every accuracy carries a 95 % interval:
+validation accuracy is the choice, and every other setting is tested against it on the same test digits,
+paired seed by seed (each digit's share of right answers over the seeds both ran, an exact sign test,
+Holm-corrected: experiments/stats.py); the headline is the group level with the choice and the settings
+worse (or better) beyond noise. Which runs count is explicit (`select_runs`): one FINISHED run with finite
+metrics and a usable predictions file per setting and seed; every other run is listed with its reason. Every accuracy carries a 95 % interval:
 a t-interval over seeds, or Wilson's from the digits for a single run (experiments/stats.py). Main
 effects average activation over dropout and dropout over activation. The report names the settings every
 run shared and warns when runs differ in more than the grid axes: such a table mixes settings.
@@ -68,7 +70,7 @@ class Verdict:
     """One setting tested against the validation choice on the test digits (choice first)."""
 
     setting: tuple[str, float]
-    paired: stats.Paired  # choice's majority votes against this setting's
+    paired: stats.Paired  # the choice against this setting, over the seeds both ran
     p_holm: float  # Holm-adjusted over every setting tested against the choice
 
     @property
@@ -80,8 +82,8 @@ class Verdict:
 @dataclass
 class Comparison:
     sweep_id: str  # a sweep id, or "all"
-    runs: pd.DataFrame  # one row per finished run: run_id, name, the axes, the metrics, digit counts, params.*
-    left_out: pd.DataFrame  # runs without a test accuracy (failed, killed, still running)
+    runs: pd.DataFrame  # one row per counted run: run_id, name, the axes, the metrics, digit counts, params.*
+    left_out: pd.DataFrame  # every other run: run_id, name, status, reason (select_runs, unusable predictions)
     summary: pd.DataFrame  # one row per setting: runs, val and test Estimates, seconds
     shared: dict[str, str]  # param -> the value every run logged
     mixed: dict[str, list[str]]  # param other than the axes -> the values the runs differ in
@@ -96,20 +98,26 @@ def setting_name(setting) -> str:
     return f"{activation}/{float(dropout):g}"
 
 
-def _read_predictions(runs: pd.DataFrame) -> tuple[dict[str, predictions.Predictions], list[str]]:
-    """run_id -> the per-digit test predictions it logged, and a line per run whose file is unusable."""
-    found, problems = {}, []
+def _read_predictions(runs: pd.DataFrame, test_labels: Optional[np.ndarray] = None
+                      ) -> tuple[dict[str, predictions.Predictions], dict[str, str]]:  # fmt: skip
+    """run_id -> the per-digit test predictions it logged, and run_id -> why its file is unusable: not a predictions
+    file, labels other than the local test split's (`test_labels`, where known), or another accuracy than the run's."""
+    found, problems = {}, {}
     for run in runs.itertuples():
         try:
             logged = predictions.logged(run.run_id)
         except predictions.PredictionsError as exc:
-            problems.append(str(exc))
+            problems[run.run_id] = str(exc)
             continue
         if logged is None:
             continue
+        if test_labels is not None and (len(logged.actual) != len(test_labels) or (logged.actual != test_labels).any()):
+            problems[run.run_id] = (f"run {run.run_id}: {predictions.ARTIFACT}'s labels are not the local test split's "
+                                    "(data/processed/test.pt)")  # fmt: skip
+            continue
         if not np.isclose(logged.correct.mean(), run.test_accuracy, atol=1e-4):  # another model's file
-            problems.append(f"run {run.run_id}: {predictions.ARTIFACT} scores {logged.correct.mean():.4f}, "
-                            f"not the run's test accuracy {run.test_accuracy:.4f}")  # fmt: skip
+            problems[run.run_id] = (f"run {run.run_id}: {predictions.ARTIFACT} scores {logged.correct.mean():.4f}, "
+                                    f"not the run's test accuracy {run.test_accuracy:.4f}")  # fmt: skip
             continue
         found[run.run_id] = logged
     return found, problems
@@ -128,11 +136,11 @@ def _with_digits(runs: pd.DataFrame, logged: dict[str, predictions.Predictions])
     return runs
 
 
-def _paired_tests(runs: pd.DataFrame, logged: dict[str, predictions.Predictions], problems: list[str],
-                  choice: tuple[str, float]) -> tuple[list[Verdict], str]:  # fmt: skip
-    """Every other setting against the choice: McNemar on per-digit majority votes over seeds, Holm over the family."""
-    if problems:
-        return [], "; ".join(problems)
+def _paired_tests(runs: pd.DataFrame, logged: dict[str, predictions.Predictions], choice: tuple[str, float]
+                  ) -> tuple[list[Verdict], str]:  # fmt: skip
+    """Every other setting against the choice, seed by seed: each digit's share of right answers over the seeds both
+    settings ran, an exact sign test (stats.paired), Holm over the family. A setting with no seed in common with
+    the choice is not tested, and said so."""
     missing = sorted(runs.loc[~runs["run_id"].isin(logged), "name"].fillna("?"))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -141,14 +149,22 @@ def _paired_tests(runs: pd.DataFrame, logged: dict[str, predictions.Predictions]
     first = next(iter(logged.values())).actual
     if any(len(found.actual) != len(first) or (found.actual != first).any() for found in logged.values()):
         return [], "the runs were tested on different digits (another test split), so no test pairs them"
-    votes = {setting: stats.majority(np.stack([logged[run_id].correct for run_id in group["run_id"]]))
-             for setting, group in runs.groupby(SETTING, sort=True)}  # fmt: skip
-    others = [setting for setting in votes if setting != choice]
+    # setting -> seed -> each digit's share right over that seed's runs (several only where settings mix other params)
+    by_seed = {setting: {int(seed): np.mean([logged[run_id].correct for run_id in runs_of_seed["run_id"]], axis=0)
+                         for seed, runs_of_seed in group.groupby("seed")}
+               for setting, group in runs.groupby(SETTING, sort=True)}  # fmt: skip
+    others = [setting for setting in by_seed if setting != choice]
     if not others:
         return [], "one setting, nothing to test it against"
-    tests = [stats.paired(votes[choice], votes[setting]) for setting in others]
+    common = {setting: sorted(by_seed[choice].keys() & by_seed[setting].keys()) for setting in others}
+    unpaired = [setting for setting in others if not common[setting]]
+    tested = [setting for setting in others if common[setting]]
+    tests = [stats.paired(stats.share_right(by_seed[choice], common[setting]), stats.share_right(by_seed[setting], common[setting]),
+                          tuple(common[setting])) for setting in tested]  # fmt: skip
     adjusted = stats.holm([test.p_value for test in tests])
-    return [Verdict(setting, test, p) for setting, test, p in zip(others, tests, adjusted)], ""
+    why = (f"no seed in common with {setting_name(choice)}, so no paired test: {', '.join(map(setting_name, unpaired))}"
+           if unpaired else "")  # fmt: skip
+    return [Verdict(setting, test, p) for setting, test, p in zip(tested, tests, adjusted)], why
 
 
 def _curves(group: pd.DataFrame) -> pd.DataFrame:
@@ -172,27 +188,54 @@ def _effects(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
             for axis in SETTING}
 
 
-def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
-    """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run), their histories and predictions."""
+def select_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs that count, every other run with its reason). A run counts when it FINISHED with a finite best
+    validation and test accuracy; of several such runs with the same params (but tracking.*: a retried trial whose
+    first worker died, a rerun), the first started counts: the same deterministic point, not another sample."""
+    reasons = pd.Series("", index=runs.index, dtype=object)
+    reasons[runs["status"] != "FINISHED"] = "status " + runs["status"].astype(str)
+    reasons[(reasons == "") & runs["activation"].isna()] = "no activation param: not a training run of this project"
+    for metric in SPLITS.values():  # MLflow hands back a NaN it holds as it hands back a metric never logged
+        finite = np.isfinite(pd.to_numeric(runs[metric], errors="coerce").astype(float))
+        reasons[(reasons == "") & ~finite] = f"no finite {metric} (not logged, NaN or infinite)"
+    candidates = runs[reasons == ""].sort_values("start_time", kind="stable")
+    point = [column for column in runs if column.startswith("params.") and not column.startswith("params.tracking.")]
+    points = candidates[point].fillna("(none)").astype(str).apply(tuple, axis=1)
+    for index, duplicate_of in points[points.duplicated(keep="first")].items():
+        kept = candidates.loc[points[points == duplicate_of].index[0]]
+        reasons[index] = (f"a second run of the same params ({setting_name((kept['activation'], kept['dropout']))} seed "
+                          f"{kept['seed']:g}): counted once, as {kept['run_id']}")
+    first = candidates[~points.duplicated(keep="first")]
+    left_out = runs[reasons != ""].assign(reason=reasons[reasons != ""])
+    return runs.loc[first.index], left_out
+
+
+def compare(experiment: str, sweep_id: str = LATEST, test_labels: Optional[np.ndarray] = None) -> Comparison:
+    """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run), their histories and predictions.
+    `test_labels`: the local test split's labels, which every logged predictions file must carry."""
     if sweep_id != ALL:
         sweep_id, _ = queries.sweep_models(experiment, sweep_id)
     found = queries.search_runs(experiment, "" if sweep_id == ALL else f"tags.sweep_id = {store.literal(sweep_id, 'sweep id')}")
     column = lambda name: found[name] if name in found else pd.Series(float("nan"), found.index)  # noqa: E731
     runs = pd.DataFrame({"run_id": found["run_id"], "name": column("tags.dvc_exp_name").fillna(column("tags.mlflow.runName")),
-                         "status": found["status"], "activation": column("params.activation"),
+                         "status": found["status"], "start_time": column("start_time"), "activation": column("params.activation"),
                          "dropout": pd.to_numeric(column("params.dropout")), "seed": pd.to_numeric(column("params.seed")),
                          **{name: column(f"metrics.{name}") for name in (*SPLITS.values(), "train_seconds")},
                          **found.filter(regex=r"^params\.")})  # fmt: skip
-    finished = (runs["status"] == "FINISHED") & runs["test_accuracy"].notna() & runs["activation"].notna()
-    kept, left_out = runs[finished], runs[~finished]
+    kept, left_out = select_runs(runs)
+    logged, problems = _read_predictions(kept, test_labels)
+    if problems:  # a run whose file is unusable is left out, named; the other runs are still paired
+        unusable = kept["run_id"].isin(problems)
+        left_out = pd.concat([left_out, kept[unusable].assign(reason=kept.loc[unusable, "run_id"].map(problems))])
+        kept = kept[~unusable]
     if kept.empty:
-        raise CompareError(f"none of the {len(runs)} run(s) of sweep '{sweep_id}' finished with a test accuracy")
+        raise CompareError(f"none of the {len(runs)} run(s) of sweep '{sweep_id}' counts: "
+                           + "; ".join(f"{run.name or run.run_id}: {run.reason}" for run in left_out.itertuples()))
     params = kept.filter(regex=r"^params\.").rename(columns=lambda name: name.removeprefix("params.")).dropna(axis=1, how="all")
     distinct = params.nunique(dropna=False)
     shared = {key: params[key].iloc[0] for key in sorted(distinct.index[distinct == 1])}
     mixed = {key: sorted(params[key].fillna("(none)").unique()) for key in sorted(distinct.index[distinct > 1])
              if key not in (*AXES, "tracking.sweep_id", "tracking.trial")}  # fmt: skip
-    logged, problems = _read_predictions(kept)
     kept = _with_digits(kept, logged)
     rows, curves = [], {}
     for setting, group in kept.groupby(SETTING, sort=True):
@@ -204,7 +247,7 @@ def compare(experiment: str, sweep_id: str = LATEST) -> Comparison:
     # validation ranks (ties: activation, dropout order); the test digits never choose
     summary = summary.sort_values(["val_mean", *SETTING], ascending=[False, True, True], kind="stable").reset_index(drop=True)
     choice = (summary.loc[0, "activation"], summary.loc[0, "dropout"])
-    verdicts, untested = _paired_tests(kept, logged, problems, choice)
+    verdicts, untested = _paired_tests(kept, logged, choice)
     return Comparison(sweep_id, kept, left_out, summary, shared, mixed, curves, _effects(kept), verdicts, untested)
 
 
@@ -221,7 +264,7 @@ def _p_bound(verdicts: list[Verdict], at_least: bool) -> str:
     return "Holm-adjusted p < 0.001" if max(values) < 0.001 else f"Holm-adjusted p ≤ {max(values):.3f}"
 
 
-def _points(verdicts: list[Verdict]) -> str:
+def _points(verdicts: list[Verdict]) -> str:  # accuracy differences over the seeds each pair shares
     points = sorted(abs(100 * verdict.paired.accuracy_difference) for verdict in verdicts)
     return f"{points[0]:.2f} points" if len(points) == 1 or points[0] == points[-1] else f"{points[0]:.2f}–{points[-1]:.2f} points"
 
@@ -249,6 +292,8 @@ def headline(result: Comparison) -> str:
             better = by_outcome["better"]
             line += (f" Better on the test digits than the validation choice by {_points(better)} "
                      f"({_p_bound(better, at_least=False)}): {names(better)}.")  # fmt: skip
+        if result.untested:
+            line += f" Not tested: {result.untested}."
     if (result.summary["runs"] == 1).all():
         line += (" Each setting has one run (one seed, one sample): the seed-to-seed spread is in no interval or test, "
                  "so this cannot separate settings; `make sweep` runs three seeds per setting.")  # fmt: skip
@@ -263,6 +308,8 @@ def notes(result: Comparison) -> list[str]:
         lines.append(f"WARNING: these runs differ in more than {', '.join(AXES)}: {differing}; the comparison mixes settings")
     number_order = lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]  # noqa: E731
     names = " ".join(dict.fromkeys(sorted(result.runs["name"].dropna(), key=number_order)))  # sweep-2 before sweep-10
+    if len(result.left_out):
+        lines.append(f"Left out: {len(result.left_out)} run(s), each with its reason in the report's last table")
     return [*lines, f"Training curves of these runs (DVC experiments of the same names): dvc plots diff {names} --open"]
 
 
@@ -287,7 +334,8 @@ def settings_table(result: Comparison) -> pd.DataFrame:
 def verdicts_table(result: Comparison) -> pd.DataFrame:
     best = chosen(result)
     choice = setting_name((best["activation"], best["dropout"]))
-    return pd.DataFrame([{"setting": setting_name(v.setting), f"right only in {choice}": v.paired.only_first,
+    return pd.DataFrame([{"setting": setting_name(v.setting), "seeds paired": " ".join(f"{seed:g}" for seed in v.paired.seeds),
+                          f"right only in {choice}": v.paired.only_first,
                           "right only in it": v.paired.only_second, "difference (digits)": f"{v.paired.digits:+d}",
                           "points [95 % bootstrap]": f"{100 * v.paired.accuracy_difference:+.2f} {v.paired.difference.points()}",
                           "p (exact McNemar)": stats.p_text(v.paired.p_value).removeprefix("p = "),
@@ -309,12 +357,13 @@ def markdown(result: Comparison) -> str:
     ]
     if result.verdicts:
         parts += ["## Paired tests on the test digits",
-                  "Each setting against the validation choice on the same 10,000 test digits: exact McNemar test on the "
-                  "per-digit majority vote of each setting's runs (a tie counts as wrong), the difference's 95 % interval "
+                  "Each setting against the validation choice on the same test digits, paired seed by seed: each digit's "
+                  "share of right answers over the seeds both settings ran, an exact test on the digits whose shares differ "
+                  "(McNemar's for one seed each; the columns count those digits), the difference's 95 % interval "
                   f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
                   f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more.",
                   _table(verdicts_table(result))]  # fmt: skip
-    elif result.untested:
+    if result.untested:
         parts.append(f"No paired test: {result.untested}.")
     for axis, table in result.effects.items():
         other = next(name for name in SETTING if name != axis)
@@ -324,8 +373,7 @@ def markdown(result: Comparison) -> str:
               _table(result.runs.sort_values(AXES)[["name", *AXES, "best_val_accuracy", "test_accuracy", "test_interval",
                                                     "train_seconds", "run_id"]], left=2)]  # fmt: skip
     if len(result.left_out):
-        parts.append(f"Left out ({len(result.left_out)}, no test accuracy): "
-                     + ", ".join(f"`{run['name']}` ({run['status']})" for _, run in result.left_out.iterrows()))  # fmt: skip
+        parts += [f"## Runs left out ({len(result.left_out)})", _table(result.left_out[["name", "run_id", "status", "reason"]], left=4)]
     return "\n\n".join(parts) + "\n"
 
 
