@@ -69,6 +69,10 @@ def test_a_study_that_exists_or_is_missing_is_one_line(storage):
         ({"grid": {"train.activation": ["relu", "swish"]}}, r"invalid 'train.activation' \(got 'swish'\)"),
         ({"base": "not-a-commit"}, r"invalid 'tracking.sweep_base'"),
         ({"kind": "shell"}, r"kind 'shell': expected grid or search"),
+        # an expression DVC's OmegaConf would expand with a joining worker's environment: a secret into a name
+        ({"sets": {"tracking.experiment": "leak-${oc.env:SECRET}"}}, r"'\$\{\.\.\.\}' is interpolation syntax"),
+        ({"sets": {"download.mirror": "http://host/${oc.env:SECRET}/"}}, r"'\$\{\.\.\.\}' is interpolation syntax"),
+        ({"experiment": "leak-${oc.env:SECRET}"}, r"'\$\{\.\.\.\}' is interpolation syntax"),
         ({"kind": "search", "space": {"trials": 2, "space": {"train.seed": {"int": [0, 9]}}}}, r"a search cannot draw train.seed"),
     ],
 )  # fmt: skip

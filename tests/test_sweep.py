@@ -124,3 +124,17 @@ def test_a_preset_sweep_sets_every_key_of_the_preset_and_set_keys_win(project, m
     assert definition.sets["train.epochs"] == "2" and definition.sets["train.augment.last_clean_epochs"] == "1"
     with pytest.raises(ParamsError, match="no such preset; available: best, fast, tutorial"):
         cli.sweep_plan(cli.build_parser().parse_args(["sweep", "--preset", "nope"]))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("item", ["tracking.experiment=leak-${oc.env:SECRET}", "download.mirror=http://host/${oc.env:SECRET}/",
+                                  "train.lr=${oc.env:LR}"])  # fmt: skip
+def test_an_interpolation_in_a_set_value_is_refused_before_anything_runs(item, tmp_path, monkeypatch, capsys):
+    """DVC's OmegaConf would expand `${oc.env:...}` with the environment of whoever runs the trial."""
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SECRET", "s3cr3t")
+    code, out, err = cli_in_process(["sweep", "--activations", "relu", "--dropouts", "0.2", "--set", item], capsys)
+    assert (code, out) == (1, "") and len(err.splitlines()) == 1
+    assert err.startswith(f"mnist-mlp sweep: error: --set {item!r}: '${{...}}' is interpolation syntax") and "s3cr3t" not in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".dvc"]  # no study storage, no run

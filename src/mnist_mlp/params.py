@@ -34,6 +34,17 @@ class ParamsError(UserError, ValueError):
     """A parameter file that cannot be used; the message names the key."""
 
 
+# DVC resolves `-S` overrides through OmegaConf, which expands `${...}` (`${oc.env:SECRET}` reads the environment of
+# whoever runs it): a value is data, never an expression, so no text value may hold the syntax.
+INTERPOLATION = "${"
+
+
+def no_interpolation(value: Optional[str]) -> Optional[str]:
+    if value is not None and INTERPOLATION in value:
+        raise ValueError(f"'{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; a value here is plain text")
+    return value
+
+
 class _Section(BaseModel):
     # allow_inf_nan: `weight_decay: .inf` would train to NaN and the hint would blame lr
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
@@ -44,6 +55,11 @@ class DownloadParams(_Section):
         default=None,
         description="folder or URL holding the four MNIST files; MNIST_MIRROR overrides it",
     )
+
+    @field_validator("mirror")
+    @classmethod
+    def _no_interpolation(cls, mirror: Optional[str]) -> Optional[str]:
+        return no_interpolation(mirror)
 
     @field_validator("mirror")
     @classmethod
@@ -158,6 +174,11 @@ class TrackingParams(_Section):
     trial: Optional[int] = Field(default=None, ge=0)
     # the evaluate stage registers each model as a version of it; `mnist-mlp promote` moves its `champion` alias
     registered_model: str = Field(default="mnist-mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+    @field_validator("experiment")
+    @classmethod
+    def _no_interpolation(cls, experiment: str) -> str:
+        return no_interpolation(experiment)
 
 
 class Params(_Section):

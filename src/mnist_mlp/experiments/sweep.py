@@ -53,9 +53,16 @@ def _validate(values: dict[str, object], source: str) -> None:
 
 
 def _parse_set(item: str):
-    """One --set item as DVC reads `-S` (Hydra's grammar): (key, value)."""
+    """One --set item as DVC reads `-S` (Hydra's grammar): (key, value). Interpolation (`${...}`) is refused before
+    Hydra sees it: DVC's OmegaConf would expand it with the environment of whoever runs the trial."""
     from dvc.utils.hydra import to_hydra_overrides
     from hydra.errors import HydraException
+
+    from mnist_mlp.params import INTERPOLATION
+
+    if INTERPOLATION in item:
+        raise SweepError(f"--set {item!r}: '{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; "
+                         "a value here is plain text")
 
     try:
         (override,) = to_hydra_overrides([item])
