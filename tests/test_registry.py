@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from support.answering import AnswerSheet, answering_classifier
 from support.cli import cli_in_process
 from support.params import TINY_PARAMS, default_params, merge
 from support.predictions import log_predictions, right
@@ -27,7 +28,7 @@ from mnist_mlp.tracking import registry
 from mnist_mlp.tracking import runs
 from mnist_mlp.core.checkpoint import save_checkpoint, write_training_record
 from mnist_mlp.data.mnist import Normalization
-from mnist_mlp.core.model import MLP, PixelClassifier
+from mnist_mlp.core.model import MLP
 from mnist_mlp.params import ParamsError, validate_params
 
 RULES = {"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.002, "floor": 0.5},
@@ -55,15 +56,20 @@ def test_registered_model_name_is_a_validated_param():
         validate_params({"tracking": {"registered_model": "it's"}})  # a quote would break registry searches
 
 
+SHEET = AnswerSheet()  # the planted answers of this test's models; promote runs them on SHEET's test split
+
+
+@pytest.fixture(autouse=True)
+def _new_sheet():
+    SHEET.answers.clear()
+
+
 def register(name: str, test: dict, seed: int, correct: np.ndarray | None = None) -> registry.ModelVersion:
-    """A FINISHED run with test metrics and a logged model, registered as a version of `name`; with the
-    per-digit predictions that score its accuracy on 2,000 digits unless `correct` says which digits it got right."""
-    torch.manual_seed(seed)
-    classifier = PixelClassifier(MLP([8], "relu", 0.0), 0.13, 0.31).eval()
+    """A FINISHED run with test metrics and a logged model, registered as a version of `name`. The model really gets
+    `correct`'s digits right on SHEET's test split (default: the first of 2,000 digits, as many as its accuracy)."""
+    classifier = SHEET.model(right(round(test["accuracy"] * 2_000)) if correct is None else correct)
     with runs.training_run("unit", {"seed": seed}, {}) as run:
         run.log_metrics(registry.logged_metrics(test))
-        if correct is not False:
-            log_predictions(mlflow.MlflowClient(), run.run_id, right(round(test["accuracy"] * 2_000)) if correct is None else correct)
         uri = run.log_model(classifier, np.zeros((2, 784), np.float32))
         return registry.register_run_model(run.run_id, uri, name, {"test_accuracy": str(test["accuracy"])})
 
@@ -76,7 +82,9 @@ def rules(tmp_path: Path) -> Path:
 
 
 def promote_cli(capsys, rules: Path, *args: str) -> tuple[int, str, str]:
-    return cli_in_process(["promote", "--model", "digits", "--rules", str(rules), *args], capsys)
+    """`mnist-mlp promote`, the models run on the test split that makes SHEET's answers come true."""
+    split = SHEET.split(rules.parent / "test.pt")
+    return cli_in_process(["promote", "--model", "digits", "--rules", str(rules), "--test", str(split), *args], capsys)
 
 
 def test_promote_moves_champion_only_past_the_gate(mlflow_store, rules, tmp_path, monkeypatch, capsys):
@@ -109,8 +117,7 @@ def test_promote_moves_champion_only_past_the_gate(mlflow_store, rules, tmp_path
 
     # models:/<name>@champion loads the promoted version's weights
     champion = loading.load_pixel_classifier("models:/digits@champion")
-    torch.manual_seed(1)
-    expected = PixelClassifier(MLP([8], "relu", 0.0), 0.13, 0.31).eval()
+    expected = answering_classifier(1)
     probe = torch.rand(3, 784)
     assert torch.allclose(champion(probe), expected(probe))
 
@@ -217,11 +224,54 @@ def test_a_candidate_better_beyond_noise_moves_the_alias(champion, rules, capsys
     assert registry.alias_version("digits", registry.CHAMPION).version == "2"
 
 
-def test_without_predictions_to_pair_only_allow_level_promotes(champion, rules, capsys):
-    candidate = register("digits", report_test(0.96), 1, correct=False)  # a run from before predictions were logged
+@pytest.mark.bad_input
+def test_a_forged_predictions_file_moves_nothing_the_models_themselves_are_run(champion, rules, capsys):
+    """The store's predictions file claims every digit right; the candidate's model, run here, is level."""
+    reseeded = right(1_900, *range(1_900, 1_912)) & ~right(10)
+    candidate = register("digits", report_test(0.951), 1, reseeded)
+    log_predictions(mlflow.MlflowClient(), candidate.run_id, right(2_000))  # overwritten by anyone who can log a run
     capsys.readouterr()  # MLflow\'s own lines about the registration
     code, _, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
-    assert code == 1 and (f"no paired test (run {candidate.run_id} logged no per-digit predictions (evaluation/predictions.csv)); "
-                          "--allow-level promotes on the gate alone") in err  # fmt: skip
-    code, out, _ = promote_cli(capsys, rules, "--run-id", candidate.run_id, "--allow-level")
-    assert code == 0 and out.strip().endswith("no paired test (--allow-level)")
+    assert code == 1 and "is level within noise: keeping version 1 (12 digits right only in the candidate, 10 only" in err
+    assert registry.alias_version("digits", registry.CHAMPION).version == "1"
+
+
+@pytest.mark.bad_input
+def test_a_model_that_does_not_score_its_runs_logged_accuracy_is_refused(champion, rules, capsys):
+    """Metrics logged for another model (0.97) beside a model that gets 0.95 of the digits right here."""
+    candidate = register("digits", report_test(0.97), 1, right(1_900))
+    capsys.readouterr()
+    code, out, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
+    assert (code, out) == (1, "") and len(err.splitlines()) == 1
+    assert (f"refused: digits version 2 (run {candidate.run_id})'s model scores 0.9500 on " in err
+            and "not its run's logged test accuracy 0.9700: those metrics are not this model's on this test split" in err)
+    assert registry.alias_version("digits", registry.CHAMPION).version == "1"
+
+
+def test_a_champion_that_moved_while_a_promote_judged_is_not_overwritten(champion, rules, capsys, monkeypatch):
+    """Two promotes at once: the one that judged against the old champion is refused, never kept for being later."""
+    from mnist_mlp.experiments import promote
+
+    better, best = register("digits", report_test(0.97), 1, right(1_940)), register("digits", report_test(0.98), 2, right(1_960))
+    judged = promote._judged
+
+    def meanwhile(*args, **kwargs):  # another promote moves the alias to `best` while this one judges `better`
+        registry.set_alias("digits", registry.CHAMPION, best.version)
+        return judged(*args, **kwargs)
+
+    monkeypatch.setattr(promote, "_judged", meanwhile)
+    capsys.readouterr()
+    code, _, err = promote_cli(capsys, rules, "--run-id", better.run_id)
+    assert code == 1 and (f"refused: digits@champion moved to version 3 while digits version 2 (run {better.run_id}) was "
+                          "judged against digits@champion = version 1; run promote again") in err  # fmt: skip
+    assert registry.alias_version("digits", registry.CHAMPION).version == "3"
+
+
+@pytest.mark.bad_input
+def test_without_a_local_test_split_a_champion_is_not_challenged(champion, rules, tmp_path, capsys):
+    candidate = register("digits", report_test(0.97), 1, right(1_940))
+    capsys.readouterr()
+    code, _, err = cli_in_process(["promote", "--model", "digits", "--rules", str(rules), "--test", str(tmp_path / "none.pt"),
+                                   "--run-id", candidate.run_id], capsys)  # fmt: skip
+    assert code == 1 and "no local test split to run both models on (data/processed/test.pt" in err
+    assert registry.alias_version("digits", registry.CHAMPION).version == "1"

@@ -148,7 +148,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     name = validate_params({"tracking": {"registered_model": args.model}}, source="--model").tracking.registered_model \
         if args.model else configured_params().tracking.registered_model  # fmt: skip
     run_id = None if args.version else (args.run_id or registry.evaluated_run_id(args.metrics, "--run-id or --version"))
-    print(promote.promote(name, args.rules, run_id, args.version, allow_level=args.allow_level).line())
+    print(promote.promote(name, args.rules, run_id, args.version, allow_level=args.allow_level, test=local_test(args.test)).line())
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
@@ -233,12 +233,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"next: mnist-mlp compare --study {name}")
 
 
-def local_test_labels(path: Path = Path("data/processed/test.pt")):
-    """The local test split's labels (numpy), which every logged predictions file must carry; None before `dvc repro`."""
+def local_test(path: Path = Path("data/processed/test.pt")):
+    """The local test split as tracking.predictions.LocalTest (pixels in [0, 1], labels); None before `dvc repro`."""
     from mnist_mlp.data.mnist import load_split
+    from mnist_mlp.tracking.predictions import LocalTest
 
-    path = repo_root() / path
-    return load_split(path).labels.numpy() if path.is_file() else None
+    path = path if path.is_absolute() else repo_root() / path
+    if not path.is_file():
+        return None
+    split = load_split(path)
+    pixels = split.images.reshape(len(split.images), -1).numpy().astype("float32") / 255.0  # (N, 784) in [0, 1]
+    return LocalTest(pixels, split.labels.numpy(), str(path))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -258,7 +263,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
             print(searched)
             return
         experiment = args.experiment or study.experiment_of(repo_root(), args.study)
-    result = compare.compare(experiment, compare.ALL if args.all else args.study or args.sweep_id, local_test_labels())
+    test = local_test()
+    result = compare.compare(experiment, compare.ALL if args.all else args.study or args.sweep_id, test.labels if test else None)
     table, picture = compare.write_report(result, args.reports)
     print(compare.settings_table(result).to_string(index=False))
     print("\n".join([compare.headline(result), *compare.notes(result)]))
@@ -360,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--rules", type=Path, default=Path("metrics_rules.yaml"), help="default %(default)s")
     promote.add_argument("--allow-level", action="store_true",
                          help="also promote a candidate level with the champion within noise (not better beyond it on the "
-                              "same test digits), or one without per-digit predictions to pair")  # fmt: skip
+                              "same test digits)")  # fmt: skip
+    promote.add_argument("--test", type=Path, default=Path("data/processed/test.pt"),
+                         help="the test split both models run on (default %(default)s)")
     promote.set_defaults(func=cmd_promote)
 
     reproducible = commands.add_parser(

@@ -3,11 +3,16 @@ and, on the same test digits, is better than the champion beyond noise.
 
 The candidate is the version registered from one run (by default the run in reports/metrics.json, the
 model the workspace evaluated last). Its run's metrics are judged against the current champion's run's
-metrics under the gate's rules (metrics_rules.yaml), as `mnist-mlp check-metrics` does. Then the two runs'
-per-digit predictions (evaluation/predictions.csv) are paired: exact McNemar on the digits one got right
-and the other wrong. A candidate worse beyond noise is refused; one level with the champion within noise
-(the same model with another seed, say) is refused too unless `allow_level`, so that the alias does not
-flip back and forth on noise. With no champion yet only floors and ceilings apply.
+metrics under the gate's rules (metrics_rules.yaml), as `mnist-mlp check-metrics` does. Then both models,
+verified file by file (tracking/model_check.py), are run on the local test split (data/processed/test.pt):
+never a predictions file from the store, which anyone who can log a run could have written. A model that
+does not score its run's logged test accuracy there is refused: the run's metrics are not that model's.
+The two models' answers are paired: exact McNemar on the digits one got right and the other wrong. A
+candidate worse beyond noise is refused; one level with the champion within noise (the same model with
+another seed, say) is refused too unless `allow_level`, so that the alias does not flip back and forth on
+noise. With no champion yet only floors and ceilings apply. Judging and moving happen under a lock, and
+the alias is read again just before it moves: a promote that raced another is refused, never the later
+one kept for being later.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from typing import Optional
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.experiments import gate, stats
-from mnist_mlp.tracking import predictions, registry
+from mnist_mlp.tracking import loading, registry
+from mnist_mlp.tracking.predictions import LocalTest
+
+ACCURACY_TOLERANCE = 1e-4  # a model's accuracy on the test split against its run's logged one (float rounding only)
 
 
 
@@ -44,12 +52,9 @@ class Promotion:
             against = f"the first {self.alias}: floors and ceilings held"
         else:
             against = f"passed the gate against version {self.previous.version} (run {self.previous.run_id})"
-            if self.paired is None:
-                against += "; no paired test (--allow-level)"
-            else:
-                # one test, candidate against champion: no multiplicity to correct
-                verdict = "better beyond noise" if self.paired.first_is() == "better" else "level within noise, promoted by --allow-level"
-                against += f", {verdict}: {paired_text(self.paired, self.previous.version)}"
+            # one test, candidate against champion: no multiplicity to correct
+            verdict = "better beyond noise" if self.paired.first_is() == "better" else "level within noise, promoted by --allow-level"
+            against += f", {verdict}: {paired_text(self.paired, self.previous.version)}"
         return f"promote: {target} -> version {self.candidate.version} (run {self.candidate.run_id}{accuracy}); {against}"
 
 
@@ -65,43 +70,60 @@ def paired_text(result: stats.Paired, other: str) -> str:
             f"exact McNemar {stats.p_text(result.p_value)}")  # fmt: skip
 
 
-def paired_with(candidate_run: str, champion_run: str) -> tuple[Optional[stats.Paired], str]:
-    """The candidate's per-digit predictions against the champion's, or None and why there is no test."""
-    mine, theirs = predictions.logged(candidate_run), predictions.logged(champion_run)
-    missing = [run_id for run_id, found in ((candidate_run, mine), (champion_run, theirs)) if found is None]
-    if missing:
-        return None, f"run {' and run '.join(missing)} logged no per-digit predictions ({predictions.ARTIFACT})"
-    if len(mine.actual) != len(theirs.actual) or (mine.actual != theirs.actual).any():
-        return None, "the two runs were tested on different digits"
-    return stats.paired(mine.correct, theirs.correct), ""
+def right_digits(name: str, version: registry.ModelVersion, test: LocalTest):
+    """Which local test digits the version's verified model gets right; refused when it does not score its run's
+    logged test accuracy there (another model's metrics, or another test split)."""
+    import numpy as np
+
+    correct = loading.predicted_digits(f"models:/{name}/{version.version}", test.pixels) == test.labels
+    logged = registry.run_metrics(version.run_id).get("test_accuracy")
+    if logged is None or not np.isclose(correct.mean(), logged, rtol=0, atol=ACCURACY_TOLERANCE):
+        raise PromotionRefused(f"refused: {version.label}'s model scores {correct.mean():.4f} on {test.source}, not its run's "
+                               f"logged test accuracy {'(none)' if logged is None else f'{logged:.4f}'}: those metrics are not "
+                               "this model's on this test split")  # fmt: skip
+    return correct
 
 
 def promote(name: str, rules_path: str | Path, run_id: Optional[str] = None, version: Optional[str] = None,
-            alias: str = registry.CHAMPION, allow_level: bool = False) -> Promotion:  # fmt: skip
-    """Judge the candidate against `name@alias` and move the alias to it when no rule breaks and it is
-    better beyond noise on the same test digits (or level, with `allow_level`)."""
+            alias: str = registry.CHAMPION, allow_level: bool = False, test: Optional[LocalTest] = None) -> Promotion:  # fmt: skip
+    """Judge the candidate against `name@alias` and move the alias to it when no rule breaks and, run on the local
+    `test` digits, it is better beyond noise (or level, with `allow_level`)."""
     rules = gate.load_rules(rules_path)
     candidate = registry.model_version(name, version) if version else registry.version_of_run(name, run_id or "")
-    champion = registry.alias_version(name, alias)
-    metrics = registry.metrics_tree(registry.run_metrics(candidate.run_id))
-    if champion is not None and champion.version == candidate.version:
-        return Promotion(candidate, champion, gate.compare(rules, metrics, None, candidate.label), alias, moved=False)
-    baseline = registry.metrics_tree(registry.run_metrics(champion.run_id)) if champion else None
-    rows = gate.compare(rules, metrics, baseline, candidate.label)
-    failures = [failure for row in rows for failure in row.failures]
-    against = f"against {name}@{alias} = version {champion.version}" if champion else "with no champion yet"
-    if failures:
-        raise PromotionRefused(f"refused: {candidate.label} stays out, {against}: {'; '.join(failures)}")
-    result = None
-    if champion is not None:
-        result, why = paired_with(candidate.run_id, champion.run_id)
-        if result is not None and result.first_is() == "worse":
-            raise PromotionRefused(f"refused: {candidate.label} is worse beyond noise {against}: {paired_text(result, champion.version)}")
-        if not allow_level and result is None:
-            raise PromotionRefused(f"refused: {candidate.label} stays out, {against}: no paired test ({why}); "
-                                   "--allow-level promotes on the gate alone")  # fmt: skip
-        if not allow_level and result.first_is() == "level":
-            raise PromotionRefused(f"refused: {candidate.label} is level within noise: keeping version {champion.version} "
-                                   f"({paired_text(result, champion.version)}); --allow-level promotes a level candidate")  # fmt: skip
-    registry.set_alias(name, alias, candidate.version)
+    with registry.alias_lock(name, alias):
+        champion = registry.alias_version(name, alias)
+        metrics = registry.metrics_tree(registry.run_metrics(candidate.run_id))
+        if champion is not None and champion.version == candidate.version:
+            return Promotion(candidate, champion, gate.compare(rules, metrics, None, candidate.label), alias, moved=False)
+        baseline = registry.metrics_tree(registry.run_metrics(champion.run_id)) if champion else None
+        rows = gate.compare(rules, metrics, baseline, candidate.label)
+        failures = [failure for row in rows for failure in row.failures]
+        against = f"against {name}@{alias} = version {champion.version}" if champion else "with no champion yet"
+        if failures:
+            raise PromotionRefused(f"refused: {candidate.label} stays out, {against}: {'; '.join(failures)}")
+        result = _judged(name, candidate, champion, against, test, allow_level)
+        now = registry.alias_version(name, alias)
+        if (now and now.version) != (champion and champion.version):
+            raise PromotionRefused(f"refused: {name}@{alias} moved to version {now.version if now else '(none)'} while "
+                                   f"{candidate.label} was judged {against}; run promote again")  # fmt: skip
+        registry.set_alias(name, alias, candidate.version)
     return Promotion(candidate, champion, rows, alias, moved=True, paired=result)
+
+
+def _judged(name: str, candidate: registry.ModelVersion, champion: Optional[registry.ModelVersion], against: str,
+            test: Optional[LocalTest], allow_level: bool) -> Optional[stats.Paired]:  # fmt: skip
+    """The candidate's and the champion's models run on the test digits and paired; refused unless better (or level,
+    with `allow_level`). None where there is no champion."""
+    mine = right_digits(name, candidate, test) if test is not None else None
+    if champion is None:
+        return None
+    if test is None or mine is None:
+        raise PromotionRefused(f"refused: {candidate.label} stays out, {against}: no local test split to run both models "
+                               "on (data/processed/test.pt: `dvc repro preprocess` makes it)")  # fmt: skip
+    result = stats.paired(mine, right_digits(name, champion, test))
+    if result.first_is() == "worse":
+        raise PromotionRefused(f"refused: {candidate.label} is worse beyond noise {against}: {paired_text(result, champion.version)}")
+    if not allow_level and result.first_is() == "level":
+        raise PromotionRefused(f"refused: {candidate.label} is level within noise: keeping version {champion.version} "
+                               f"({paired_text(result, champion.version)}); --allow-level promotes a level candidate")  # fmt: skip
+    return result

@@ -75,3 +75,14 @@ def load_pixel_classifier(model_uri: str):
                 return mlflow.pytorch.load_model(str(local))
         except (MlflowException, OSError, RuntimeError, ValueError) as exc:
             raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({failure_line(exc)})") from None
+
+
+def predicted_digits(model_uri: str, pixels):
+    """The verified model's answer (its most probable digit) for each row of `pixels`, (N, 784) in [0, 1]:
+    what a verdict rests on, instead of a predictions file anyone who can log a run could have written."""
+    import numpy as np
+    import torch
+
+    classifier = load_pixel_classifier(model_uri)
+    with torch.inference_mode():
+        return classifier(torch.as_tensor(np.asarray(pixels, dtype=np.float32))).argmax(dim=1).numpy()

@@ -27,6 +27,14 @@ class PredictionsError(UserError, ValueError):
     """A predictions file that is not one the evaluate stage wrote; the message names it and what was expected."""
 
 
+class LocalTest(NamedTuple):
+    """The local test split (data/processed/test.pt, whose hash dvc.lock names): what a model is run on to judge it."""
+
+    pixels: np.ndarray  # (digits, 784) float32 in [0, 1]
+    labels: np.ndarray  # (digits,)
+    source: str  # the file it came from
+
+
 class Predictions(NamedTuple):
     actual: np.ndarray  # (digits,) the true labels, in the test set's order
     predicted: np.ndarray  # (digits,)

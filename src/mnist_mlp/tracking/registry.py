@@ -8,10 +8,11 @@ metrics.json's shape, so the gate's rules (metrics_rules.yaml: `test.accuracy`,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -115,6 +116,21 @@ def alias_version(name: str, alias: str) -> Optional[ModelVersion]:
 
 def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
+
+
+@contextlib.contextmanager
+def alias_lock(name: str, alias: str) -> Iterator[None]:
+    """Held while a promote judges against `name@alias` and moves it: two promotes on this machine take turns, so
+    the second is judged against the first's result. (MLflow's API has no compare-and-set; across machines the
+    promote re-reads the alias just before moving it, which leaves a window of one request.)"""
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    key = hashlib.sha256(f"{tracking_uri()}|{name}|{alias}".encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"mnist-mlp-alias-{key}.lock")):
+        yield
 
 
 def run_metrics(run_id: str) -> dict[str, float]:
