@@ -323,3 +323,26 @@ def test_a_forged_baseline_predictions_file_is_one_line(repo, capsys, monkeypatc
     code, out, err = cli_in_process(["check-metrics"], capsys)
     assert code == 1 and len(err.splitlines()) == 1
     assert "main:reports/predictions.csv:2: \"7,__import__('os')\" is not two digits" in err
+
+
+@pytest.mark.bad_input
+def test_predictions_that_do_not_score_their_metrics_are_one_line(repo, capsys, monkeypatch):
+    """reports/predictions.csv beside a metrics.json of another run (or a file with the errors moved to 'right')."""
+    from support.predictions import predictions_text, right
+
+    with_predictions(repo, 0.95, right(1_900))
+    commit(repo, "baseline")
+    write(repo / "reports" / "metrics.json", metrics(accuracy=0.95))
+    (repo / "reports" / "predictions.csv").write_text(predictions_text(right(2_000)))
+    monkeypatch.chdir(repo)
+    code, out, err = cli_in_process(["check-metrics"], capsys)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert ("reports/predictions.csv scores 1.0000, not reports/metrics.json's test accuracy 0.95: the predictions and the "
+            "metrics are not of one run") in err
+    # the committed baseline's pair is checked the same way
+    with_predictions(repo, 0.95, right(1_900))
+    write(repo / "reports" / "metrics.json", metrics(accuracy=0.90))
+    commit(repo, "a baseline whose predictions are not its metrics'")
+    with_predictions(repo, 0.95, right(1_900))
+    code, out, err = cli_in_process(["check-metrics"], capsys)
+    assert code == 1 and "main:reports/predictions.csv scores 0.9500, not main:reports/metrics.json's test accuracy 0.9" in err

@@ -324,33 +324,43 @@ def run_gate(
     else:
         baseline, baseline_source = read_baseline_from_git(baseline_rev, metrics_path)
     rows = compare(rules, metrics, baseline, str(metrics_path))
-    paired, paired_source = _paired(metrics_path, baseline_path, baseline_rev, baseline is not None)
+    paired, paired_source = _paired(metrics_path, baseline_path, baseline_rev, metrics, baseline)
     return GateReport(str(metrics_path), baseline_source, baseline is not None, rows, paired, paired_source)
 
 
+def _scored(found: predictions.Predictions, source: str, metrics: dict, metrics_source: str) -> predictions.Predictions:
+    """`found`, once it scores the test accuracy of the metrics beside it: two files of one run agree to the digit."""
+    accuracy = metrics.get("test", {}).get("accuracy")
+    if not isinstance(accuracy, (int, float)) or abs(float(found.correct.mean()) - accuracy) > 1e-6 + 0.5 / len(found.actual):
+        raise GateError(f"{source} scores {found.correct.mean():.4f}, not {metrics_source}'s test accuracy {accuracy}: "
+                        "the predictions and the metrics are not of one run")  # fmt: skip
+    return found
+
+
 def _paired(metrics_path: str | Path, baseline_path: Optional[str | Path], baseline_rev: str,
-            has_baseline: bool) -> tuple[Optional[stats.Paired], str]:  # fmt: skip
-    """The new predictions against the baseline's (beside each metrics file), or None and why not."""
+            metrics: dict, baseline: Optional[dict]) -> tuple[Optional[stats.Paired], str]:  # fmt: skip
+    """The new predictions against the baseline's (beside each metrics file, each checked to score its metrics'
+    test accuracy), or None and why not."""
     new_path = Path(metrics_path).parent / PREDICTIONS
-    if not has_baseline:
+    if baseline is None:
         return None, "no baseline"
     if not new_path.is_file():
         return None, f"{new_path} not found"
-    new = predictions.read(new_path)
+    new = _scored(predictions.read(new_path), str(new_path), metrics, str(metrics_path))
     if baseline_path is not None:
         old_path = Path(baseline_path).parent / PREDICTIONS
         if not old_path.is_file():
             return None, f"no {old_path} beside the baseline"
         if old_path.resolve() == new_path.resolve():  # both files in one folder: one predictions file for both
             return None, f"the baseline and the new metrics share one folder, so {new_path} cannot stand for both"
-        old, source = predictions.read(old_path), str(old_path)
+        old, source = _scored(predictions.read(old_path), str(old_path), baseline, str(baseline_path)), str(old_path)
     else:
         text, source = _committed(baseline_rev, new_path)
         if text is None:
             return None, f"{source} is not committed"
         if len(text) > predictions.MAX_BYTES:
             raise predictions.PredictionsError(f"{source}: {len(text):,} characters, more than a predictions file")
-        old = predictions.parse(text, source)
+        old = _scored(predictions.parse(text, source), source, baseline, f"{baseline_rev}:{Path(metrics_path).as_posix()}")
     if len(new.actual) != len(old.actual) or (new.actual != old.actual).any():
         return None, f"{new_path} and {source} hold different test digits"
     return stats.paired(new.correct, old.correct), source
