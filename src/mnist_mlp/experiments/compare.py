@@ -93,9 +93,15 @@ class Comparison:
     untested: str = ""  # why there are no paired tests, when there are none
 
 
+def number_text(value) -> str:
+    """A value as short as `:g` prints it, unless that loses digits: 0.2, but 0.200000001 (distinct settings, distinct names)."""
+    short = f"{float(value):g}"
+    return short if float(short) == float(value) else repr(float(value))
+
+
 def setting_name(setting) -> str:
     activation, dropout = setting
-    return f"{activation}/{float(dropout):g}"
+    return f"{activation}/{number_text(dropout)}"
 
 
 def _read_predictions(runs: pd.DataFrame, test_labels: Optional[np.ndarray] = None
@@ -407,7 +413,7 @@ def figure(result: Comparison):
                 if (cell["activation"], cell["dropout"]) == (best["activation"], best["dropout"]):
                     panel.plot(position, cell[split].mean, marker="*", markersize=16, color="black", zorder=3,
                                label="validation choice")  # fmt: skip
-        panel.set(xticks=range(len(dropouts)), xticklabels=[f"{d:g}" for d in dropouts], xlabel="dropout",
+        panel.set(xticks=range(len(dropouts)), xticklabels=[number_text(d) for d in dropouts], xlabel="dropout",
                   ylabel="accuracy", title=f"{title}, 95 % intervals")  # fmt: skip
         panel.grid(alpha=0.3)
         panel.legend(fontsize="small", loc="lower left")
@@ -421,7 +427,7 @@ def figure(result: Comparison):
         for (curve_activation, dropout), curve in result.curves.items():
             if curve_activation != activation or curve.empty:
                 continue
-            (line,) = panel.plot(curve["epoch"], curve["mean"], marker="o" if len(curve) < 6 else None, label=f"dropout {dropout:g}")
+            (line,) = panel.plot(curve["epoch"], curve["mean"], marker="o" if len(curve) < 6 else None, label=f"dropout {number_text(dropout)}")
             panel.fill_between(curve["epoch"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         if limits is not None:
