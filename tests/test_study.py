@@ -316,3 +316,27 @@ def test_workers_racing_on_one_sqlite_file_never_pop_the_same_trial(tmp_path):
     assert len(got) == len(set(got)), sorted(got)  # no trial handed to two workers
     final = study.load("race", study.open_storage(url))[0].get_trials()
     assert sorted(t.params["train.seed"] for t in final if t.state == TrialState.COMPLETE) == list(range(40))
+
+
+@pytest.mark.bad_input
+def test_the_search_report_ranks_on_mlflows_values_and_names_a_trial_the_storage_disagrees_on(storage, mlflow_store, tmp_path,
+                                                                                               monkeypatch):
+    """A trial value edited in the shared storage (0.999 where MLflow holds 0.1218) is left out, named, never chosen."""
+    space_file = {"trials": 3, "startup_trials": 3, "space": {"train.lr": {"float": [0.001, 0.1], "log": True}}}
+    definition = study.Definition("search", "a" * 40, "mnist-mlp", {"train.epochs": "1"}, space=space_file)
+    made = study.create("s", definition, storage)
+    client = mlflow.MlflowClient(mlflow_store)
+    experiment = new_experiment(client, "mnist-mlp")
+    lr = optuna.distributions.FloatDistribution(0.001, 0.1, log=True)
+    for number, (value, stored) in enumerate([(0.97, 0.97), (0.1218, 0.999), (0.95, 0.95)]):
+        run_id = client.create_run(experiment, tags={"sweep_id": "s", "sweep_trial": str(number)}).info.run_id
+        client.log_metric(run_id, "best_val_accuracy", value)
+        client.set_terminated(run_id, "FINISHED")
+        made.add_trial(optuna.trial.create_trial(params={"train.lr": 0.01 * (number + 1)}, distributions={"train.lr": lr},
+                                                 value=stored, user_attrs={"mlflow_run_id": run_id, "dvc_exp_name": f"s-{number}"}))
+    monkeypatch.setenv("STUDY_STORAGE", storage.url)
+    headline = study.search_report(tmp_path, "s", tmp_path / "reports")
+    assert headline.startswith("Chosen on validation: trial 0 (s-0: ") and "best validation accuracy 0.9700" in headline
+    report = (tmp_path / "reports" / "search.md").read_text()
+    assert "## Trials left out" in report and "- trial 1: the storage says 0.9990, its MLflow run " in report
+    assert "2 of 3 trials completed (1 more left out: see the report)" in headline

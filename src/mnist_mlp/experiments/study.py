@@ -588,6 +588,38 @@ def _wilson(accuracy: float, digits: Optional[float]) -> str:
     return f"{accuracy:.4f} {interval}" if interval else f"{accuracy:.4f}"
 
 
+def verified_values(done, runs):
+    """The completed trials whose value is their MLflow run's best_val_accuracy (MLflow's value kept), and
+    {trial: why} for the others: a study storage is shared and untrusted, MLflow's metrics decide."""
+    import math
+
+    kept, unverified = [], {}
+    for trial, row in done.iterrows():
+        run_id = row["mlflow_run_id"]
+        found = runs.loc[run_id] if run_id in runs.index else None
+        logged = found.get("metrics.best_val_accuracy") if found is not None else None
+        if found is None or found.get("status") != "FINISHED":
+            unverified[trial] = f"no FINISHED MLflow run {run_id} of this study"
+        elif logged is None or not math.isfinite(logged):
+            unverified[trial] = f"MLflow run {run_id} holds no finite best_val_accuracy"
+        elif not math.isclose(row["best_val_accuracy"], logged, rel_tol=0, abs_tol=1e-9):
+            unverified[trial] = (f"the storage says {row['best_val_accuracy']:.4f}, its MLflow run {run_id} "
+                                 f"{logged:.4f}")  # fmt: skip
+        else:
+            kept.append(trial)
+    return done.loc[kept], unverified
+
+
+def _with_values(study: optuna.Study, done) -> optuna.Study:
+    """An in-memory copy of the study holding only the trials in `done`, with their values: what importances read."""
+    copy = optuna.create_study(direction="maximize")
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.number in done.index:
+            copy.add_trial(optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
+                                                     value=float(done.loc[trial.number, "best_val_accuracy"])))
+    return copy
+
+
 def search_report(root: Path, name: str, reports: Path) -> Optional[str]:
     """reports/search.md for a TPE search: the trials ranked on validation, the validation-best trial with
     its test accuracy beside it (reported, never choosing), and Optuna's parameter importances; the headline
@@ -600,11 +632,16 @@ def search_report(root: Path, name: str, reports: Path) -> Optional[str]:
     if definition.kind != "search":
         return None
     table = trials_table(study)
-    done = table[table["state"] == "COMPLETE"].sort_values("best_val_accuracy", ascending=False, kind="stable")
+    done = table[table["state"] == "COMPLETE"]
     if done.empty:
         raise StudyError(f"study {name}: no trial has completed yet")
     runs = queries.search_runs(definition.experiment, f"tags.sweep_id = {store.literal(name, 'study')}")
     by_id = runs.set_index("run_id") if not runs.empty else pd.DataFrame()
+    done, unverified = verified_values(done, by_id)
+    if done.empty:
+        raise StudyError(f"study {name}: no completed trial has a finished MLflow run with its value: "
+                         + "; ".join(f"trial {trial}: {why}" for trial, why in unverified.items()))
+    done = done.sort_values("best_val_accuracy", ascending=False, kind="stable")
     test = {run_id: by_id.loc[run_id].get("metrics.test_accuracy") for run_id in done["mlflow_run_id"] if run_id in by_id.index}
     val_digits = {run_id: pd.to_numeric(by_id.loc[run_id].get("params.preprocess.val_size"), errors="coerce")
                   for run_id in test}  # fmt: skip
@@ -614,7 +651,8 @@ def search_report(root: Path, name: str, reports: Path) -> Optional[str]:
     test_text = _wilson(best_test, len(logged.actual) if logged else None) if best_test == best_test and best_test is not None else "not logged"
     # Optuna's fANOVA over the completed trials' validation accuracies (two or more); its forest seeded, so the
     # report and a reader's own call agree
-    importances = optuna.importance.get_param_importances(study, evaluator=importance_evaluator()) if len(done) >= 2 else {}
+    importances = optuna.importance.get_param_importances(_with_values(study, done), evaluator=importance_evaluator()) \
+        if len(done) >= 2 else {}  # fmt: skip
     best_low = _interval(best["best_val_accuracy"], val_digits.get(best["mlflow_run_id"]))
     overlapping = [trial for trial, row in done.iloc[1:].iterrows()
                    if best_low is not None and (_interval(row["best_val_accuracy"], val_digits.get(row["mlflow_run_id"])) or best_low).high >= best_low.low]  # fmt: skip
@@ -622,7 +660,8 @@ def search_report(root: Path, name: str, reports: Path) -> Optional[str]:
     headline = (f"Chosen on validation: trial {best.name} ({best['experiment']}: {describe({k: best[k] for k in space_keys})}), "
                 f"best validation accuracy {_wilson(best['best_val_accuracy'], val_digits.get(best['mlflow_run_id']))}; "
                 f"its test accuracy {test_text} (reported once, not used to choose). "
-                f"{len(done)} of {definition.size} trials completed; {len(overlapping)} other(s) have a validation interval "
+                f"{len(done)} of {definition.size} trials completed"
+                f"{f' ({len(unverified)} more left out: see the report)' if unverified else ''}; {len(overlapping)} other(s) have a validation interval "
                 f"overlapping the chosen one's, so validation does not separate them from it.")  # fmt: skip
     ranked = done[["experiment", *space_keys, "best_val_accuracy", "train_seconds"]].copy()
     ranked["test_accuracy"] = [test.get(run_id) for run_id in done["mlflow_run_id"]]
@@ -637,6 +676,10 @@ def search_report(root: Path, name: str, reports: Path) -> Optional[str]:
              "where to search next, not a finding.", "",
              importance_rows.to_markdown(index=False) if importances else "(fewer than two completed trials)", "",
              "## Trials, ranked on validation", "", ranked.to_markdown(floatfmt=".4g"), ""]  # fmt: skip
+    if unverified:
+        lines += ["## Trials left out", "", "Completed in the study storage, but their value is not their MLflow run's "
+                  "(the storage is a shared, untrusted database; MLflow's metrics rank):", "",
+                  *[f"- trial {trial}: {why}" for trial, why in unverified.items()], ""]  # fmt: skip
     reports.mkdir(parents=True, exist_ok=True)
     (reports / SEARCH_REPORT).write_text("\n".join(lines))
     described = ", ".join(f"{key} {value:.2f}" for key, value in importances.items())
