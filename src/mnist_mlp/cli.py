@@ -159,8 +159,12 @@ def cmd_restore(args: argparse.Namespace) -> None:
     if missing:
         print(f"restore: {args.rev}'s {restore.describe(missing)} in no local cache or remote: rebuilding with `dvc repro` "
               f"from {args.rev}'s params and code (on another CPU kind than the lock's, other bytes: docs/reproducibility.md)", flush=True)
-    restore.restore(root, args.rev, rebuild=not args.no_rebuild)
-    print(f"restore: the workspace holds {args.rev}'s params, dvc.lock, model and reports (`git status`, `dvc status` to see)")
+    same = restore.restore(root, args.rev, rebuild=not args.no_rebuild)
+    if same is False:
+        print(f"restore: the workspace holds {args.rev}'s params and code, and the model rebuilt from them: other bytes than "
+              f"{args.rev}'s dvc.lock names, as on another CPU kind (`git status` shows dvc.lock and the reports)")
+    else:
+        print(f"restore: the workspace holds {args.rev}'s params, dvc.lock, model and reports (`git status`, `dvc status` to see)")
 
 
 def _sizes(text: str) -> list[int]:

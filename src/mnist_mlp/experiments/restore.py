@@ -136,10 +136,10 @@ def fetch_missing(root: str | Path, rev: str) -> list[Missing]:
     return missing
 
 
-def restore(root: str | Path, rev: str = "HEAD", rebuild: bool = True) -> list[Missing]:
+def restore(root: str | Path, rev: str = "HEAD", rebuild: bool = True) -> Optional[bool]:
     """`dvc exp apply REV` once every output it would check out is in the local cache (fetched from the default
-    remote where needed); returns [] then. Otherwise, with `rebuild`, the outputs no cache holds are rebuilt
-    (`rebuild_missing`) and returned; without, nothing changes and RestoreError names them."""
+    remote where needed); returns None then. Otherwise, with `rebuild`, the outputs no cache holds are rebuilt
+    (`rebuild_missing`: True when they came out as REV's bytes); without, nothing changes and RestoreError names them."""
     from dvc.repo import Repo
 
     missing = fetch_missing(root, rev)
@@ -149,23 +149,34 @@ def restore(root: str | Path, rev: str = "HEAD", rebuild: bool = True) -> list[M
             f"restoring it; nothing was changed: `dvc pull` it from a remote, or `dvc repro` to rebuild it"
         )
     if missing:
-        rebuild_missing(root, rev)
-        return missing
+        return rebuild_missing(root, rev)
     with Repo(str(root)) as repo:
         repo.experiments.apply(rev)
-    return []
+    return None
 
 
-def rebuild_missing(root: str | Path, rev: str) -> None:
-    """REV's git-tracked files into the workspace (HEAD and the index stay), the outputs the cache holds
-    checked out, then `dvc repro`: the stages whose outputs no cache holds run again."""
-    import subprocess
-
+def rebuild_missing(root: str | Path, rev: str) -> bool:
+    """REV's git-tracked files into the workspace (HEAD and the index stay), the outputs the cache holds checked
+    out, then `dvc repro`: the stages whose outputs no cache holds run again. When every cached output came out
+    as REV's bytes (a machine of the lock's CPU kind), REV's git-tracked files are put back too, so that only
+    the run id and seconds of the new run (in the reports DVC does not cache) do not show as changes; returns
+    whether they did. On another kind the new lock and reports stay: they describe the model really built."""
     from dvc.repo import Repo
+
+    _git_restore(root, rev)
+    with Repo(str(root)) as repo:
+        repo.checkout(force=True, allow_missing=True)
+        repo.reproduce()
+    same = cached_hashes(root) == cached_hashes(root, rev)
+    if same:
+        _git_restore(root, rev)
+    return same
+
+
+def _git_restore(root: str | Path, rev: str) -> None:
+    """Every file git tracks, as REV has it, into the workspace; HEAD and the index stay."""
+    import subprocess
 
     done = subprocess.run(["git", "restore", f"--source={rev}", "--worktree", "--", "."], cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
         raise RestoreError(f"{rev}: git could not restore its files ({(done.stderr.strip().splitlines() or ['?'])[-1]})")
-    with Repo(str(root)) as repo:
-        repo.checkout(force=True, allow_missing=True)
-        repo.reproduce()
