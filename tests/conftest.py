@@ -28,11 +28,11 @@ _CHECKOUT_BEFORE: dict = {}
 
 
 def pytest_sessionstart(session) -> None:
-    """Every store a test opens without naming its own (MLflow's, the study storage) goes to a session temp
-    folder, never the project's mlflow.db, mlruns/ or optuna.db; and the checkout's files are noted."""
+    """Every MLflow store a test opens without naming its own goes to a session temp folder, never the project's
+    mlflow.db or mlruns/; a study storage is each throwaway project's own optuna.db (STUDY_STORAGE is cleared for
+    them, support.project); and the checkout's files are noted."""
     stores = Path(tempfile.mkdtemp(prefix="mnist-mlp-test-stores-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{stores / 'mlflow.db'}"
-    os.environ["STUDY_STORAGE"] = f"sqlite:///{stores / 'optuna.db'}"
     _CHECKOUT_BEFORE.update(snapshot())
 
 

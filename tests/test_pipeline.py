@@ -98,10 +98,10 @@ def test_a_temp_experiment_lands_in_the_same_store(project, store):
     assert tanh_run.info.run_name == "tanh-do0.2-s0" and tanh_run.data.tags["dvc_exp_name"] != "workspace"
     assert "test_accuracy" in tanh_run.data.metrics
 
-    # artifacts went to the real project's folder, not the deleted temp copy's
+    # artifacts went beside the store's SQLite file (MLFLOW_TRACKING_URI's), not into the deleted temp copy
     artifacts = Path(tanh_run.info.artifact_uri.removeprefix("file://"))
-    assert artifacts.is_dir() and artifacts.is_relative_to(project / "mlartifacts")
+    assert artifacts.is_dir() and artifacts.is_relative_to(project.parent / "store" / "mlartifacts")
     assert (artifacts / "figures" / "confusion_matrix.png").is_file()
-    assert model_artifacts_of(store, tanh_run).is_relative_to(project / "mlartifacts")
+    assert model_artifacts_of(store, tanh_run).is_relative_to(project.parent / "store" / "mlartifacts")
     # the workspace is untouched: a temp experiment ran elsewhere
     assert not (project / "models" / "model.pt").exists()

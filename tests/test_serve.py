@@ -30,7 +30,8 @@ def post(port: int, body: dict) -> dict:
 def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
     run([str(BIN / "dvc"), "repro", "-q"], project)
     # logged as a torch.export program: serving never unpickles code
-    assert list(project.glob("mlartifacts/**/data/model.pt2")) and not list(project.glob("mlartifacts/**/model.pth"))
+    artifacts = project.parent / "store"  # beside the store's SQLite file
+    assert list(artifacts.glob("mlartifacts/**/data/model.pt2")) and not list(artifacts.glob("mlartifacts/**/model.pth"))
 
     images = list(write_styled_digits(tmp_path / "digits"))[::5]  # ten: every digit, every style
     local = run([str(BIN / "mnist-mlp"), "predict", "--json", "--top-k", "10", *map(str, images)], project)

@@ -247,8 +247,8 @@ def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_p
         # the objective is validation, never test
         assert trial.value == pytest.approx(logged.data.metrics["best_val_accuracy"])
         assert trial.user_attrs["mlflow_run_id"] == logged.info.run_id
-        artifacts = Path(logged.info.artifact_uri.removeprefix("file://"))  # in the workspace, not the deleted copy
-        assert artifacts.is_dir() and project / "mlartifacts" in artifacts.parents
+        artifacts = Path(logged.info.artifact_uri.removeprefix("file://"))  # beside the store, not in the deleted copy
+        assert artifacts.is_dir() and project.parent / "store" / "mlartifacts" in artifacts.parents
     listed = run([str(BIN / "dvc"), "exp", "list", "--name-only"], project).stdout.split()
     assert sorted(listed) == ["t1-0", "t1-1"]
 

@@ -52,7 +52,7 @@ def save_model(path: Path, activation: str = "relu", dropout: float = 0.0) -> Pa
 def log_sweep(root: Path, sweep_id: str, settings: list[tuple[str, float]], experiment: str = "mnist-mlp") -> list[str]:
     """One FINISHED run per (activation, dropout), tagged `sweep_id`, named and logged as a sweep's are; run names.
 
-    Artifacts go to `root`/mlartifacts (the experiment is created with that location if it is new).
+    Artifacts go to mlartifacts beside the store's SQLite file (the experiment is created with that location if it is new).
     """
     store.ensure_experiment(experiment, root=root)
     names = []

@@ -28,7 +28,8 @@ from support.paths import BIN, ROOT
 
 COPIED_FILES = ("dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore")
 COPIED_FOLDERS = ("stages", "src", "params")
-CLEARED_ENV = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")  # set when pytest itself runs under dvc
+# set when pytest itself runs under dvc; STUDY_STORAGE: a test never reaches the user's own study database
+CLEARED_ENV = ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "STUDY_STORAGE")
 
 
 def project_env(folder: Path) -> dict[str, str]:
