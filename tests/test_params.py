@@ -92,6 +92,16 @@ def test_wrong_types_name_the_key(key, value, expected):
     assert expected in message
 
 
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("train", "message"), [
+    ({"epochs": 1_000_000_000}, "invalid 'train.epochs' (got 1000000000): Input should be less than or equal to 1000"),
+    ({"hidden_sizes": [16_384] * 16}, "4,039,802,890 weights and biases; at most 300,000,000 (4.8 GB with AdamW's state)"),
+])  # fmt: skip
+def test_a_run_too_long_or_too_big_for_any_machine_here_is_refused(train, message):
+    assert message in error_of({"train": train})
+    validate_params({"train": {"hidden_sizes": [16_384, 16_384], "epochs": 1000}})  # the largest the caps allow
+
+
 @pytest.mark.parametrize("sizes", [[], [0], [512, -1]])
 def test_empty_or_non_positive_hidden_sizes_fail(sizes):
     message = error_of({"train": {"hidden_sizes": sizes}})

@@ -73,6 +73,12 @@ def test_a_study_that_exists_or_is_missing_is_one_line(storage):
         ({"sets": {"tracking.experiment": "leak-${oc.env:SECRET}"}}, r"'\$\{\.\.\.\}' is interpolation syntax"),
         ({"sets": {"download.mirror": "http://host/${oc.env:SECRET}/"}}, r"'\$\{\.\.\.\}' is interpolation syntax"),
         ({"experiment": "leak-${oc.env:SECRET}"}, r"'\$\{\.\.\.\}' is interpolation syntax"),
+        # sizes: no traceback, no storage or machine filled
+        ({"grid": {**GRID, "train.seed": list(range(200))}}, r"a grid of 1,200 points; at most 1,000"),
+        ({"sets": {"train.epochs": "1" * 200_000}}, r"200,013 characters; at most 1,000"),
+        ({"sets": {"train.epochs": "1000000000"}}, r"invalid 'train.epochs'"),
+        ({"grid": ["relu"]}, r"sets, grid and space must be mappings"),
+        ({"grid": {"train.activation": "relu"}}, r"each grid key must hold a list of values"),
         ({"kind": "search", "space": {"trials": 2, "space": {"train.seed": {"int": [0, 9]}}}}, r"a search cannot draw train.seed"),
     ],
 )  # fmt: skip

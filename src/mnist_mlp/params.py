@@ -27,6 +27,10 @@ Device = Literal["auto", "cpu", "cuda"]
 MAX_SEED = 2**63 - 1  # torch's and numpy's generators take any int64
 MAX_WIDTH = 16384  # 784-16384-16384-10 is 1.1 GB of fp32 weights and optimizer state: big, not absurd
 MAX_LAYERS = 16  # the logged param stays far below MLflow's 6000-character limit
+# weights and biases of the whole net: 300 M is 4.8 GB with AdamW's gradients and two moments (784-16384-16384-10 fits,
+# 16 layers of 16,384 would ask 64 GB and meet the OOM killer without a word)
+MAX_PARAMETERS = 300_000_000
+MAX_EPOCHS = 1000  # the best preset trains 100; a billion would run for centuries, not fail
 MAX_THREADS = 1024  # torch.set_num_threads takes any positive count; more than the cores only slows down
 
 
@@ -125,7 +129,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(default=0.1, ge=0.0)
     schedule: Schedule = "onecycle"
     batch_size: int = Field(default=128, gt=0)
-    epochs: int = Field(default=20, gt=0)
+    epochs: int = Field(default=20, gt=0, le=MAX_EPOCHS)
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: Device = "auto"
     # CPU threads; 0 = torch's default (every core). Any count gives the same weights, bit for bit, under MKL's
@@ -147,6 +151,11 @@ class TrainParams(_Section):
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
         if any(not 0 < size <= MAX_WIDTH for size in sizes):
             raise ValueError(f"every hidden size must be a positive integer, at most {MAX_WIDTH}")
+        widths = [784, *sizes, 10]
+        count = sum((inputs + 1) * outputs for inputs, outputs in zip(widths, widths[1:]))
+        if count > MAX_PARAMETERS:
+            raise ValueError(f"{count:,} weights and biases; at most {MAX_PARAMETERS:,} ({16 * MAX_PARAMETERS / 1e9:.1f} GB "
+                             "with AdamW's state)")
         return sizes
 
     @field_validator("dropout", "label_smoothing", "lr", "momentum", "weight_decay", mode="before")

@@ -38,7 +38,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # each worker prints its o
 
 from mnist_mlp.experiments import space as search_space
 from mnist_mlp.params import SWEEP_KEYS
-from mnist_mlp.experiments.sweep import (GRID, Sweep, SweepError, _parse_set, _validate, override_text,
+from mnist_mlp.experiments.sweep import (GRID, Sweep, SweepError, _parse_set, _validate, check_size, override_text,
                                          threads_per_worker, with_own_scripts)
 
 STORAGE_ENV = "STUDY_STORAGE"
@@ -210,10 +210,13 @@ def check_definition(name: str, definition: Definition) -> None:
     try:
         if definition.kind not in ("grid", "search"):
             raise StudyError(f"kind {definition.kind!r}: expected grid or search")
-        if not isinstance(definition.sets, dict) or not isinstance(definition.grid, dict):
-            raise StudyError("sets and grid must be mappings")
+        if not isinstance(definition.sets, dict) or not isinstance(definition.grid, dict) or not isinstance(definition.space, dict):
+            raise StudyError("sets, grid and space must be mappings")
         if stray := sorted(set(definition.grid) - set(GRID)):
             raise StudyError(f"grid keys {stray}: expected some of {sorted(GRID)}")
+        if not all(isinstance(values, list) for values in definition.grid.values()):
+            raise StudyError("each grid key must hold a list of values")
+        check_size(definition.grid)
         _validate({"tracking.sweep_base": definition.base, "tracking.experiment": definition.experiment}, where)
         for key, values in definition.grid.items():
             for value in values:

@@ -22,6 +22,8 @@ from mnist_mlp.params import SWEEP_KEYS, validate_params
 
 GRID = {"train.activation": "--activations", "train.dropout": "--dropouts", "train.seed": "--seeds"}
 OWN_KEYS = {*GRID, *SWEEP_KEYS}
+MAX_SET_LENGTH = 1000  # characters of one --set item: a path or a list of widths, never a payload
+MAX_GRID_POINTS = 1000  # a 3 x 3 x 3 grid is 27; a million points would fill the storage, not the CPU
 DEFAULT_AXES = {"train.activation": ["relu", "tanh", "sigmoid"], "train.dropout": [0.0, 0.2, 0.5]}
 
 
@@ -60,6 +62,8 @@ def _parse_set(item: str):
 
     from mnist_mlp.params import INTERPOLATION
 
+    if len(item) > MAX_SET_LENGTH:
+        raise SweepError(f"--set {item[:40]!r}...: {len(item):,} characters; at most {MAX_SET_LENGTH:,}")
     if INTERPOLATION in item:
         raise SweepError(f"--set {item!r}: '{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; "
                          "a value here is plain text")
@@ -110,6 +114,7 @@ def plan(activations: Sequence[str] = (), dropouts: Sequence[float] = (), seeds:
     sweep_id = sweep_id or f"{datetime.now():%Y%m%d-%H%M%S}"
     axes = zip(GRID, (activations, [float(dropout) for dropout in dropouts], seeds))
     grid = {key: list(dict.fromkeys(values)) for key, values in axes if values}
+    check_size(grid)
     for key, values in {**grid, "tracking.sweep_id": [sweep_id]}.items():
         for value in values:
             _validate({key: value}, GRID.get(key, "--study"))
@@ -117,6 +122,13 @@ def plan(activations: Sequence[str] = (), dropouts: Sequence[float] = (), seeds:
     _validate(parsed, "--set")
     raw = dict(item.split("=", 1) for item in sets)
     return Sweep(sweep_id, grid, raw, parsed.get("tracking.experiment"))
+
+
+def check_size(grid: dict[str, list]) -> None:
+    """A grid of at most MAX_GRID_POINTS points."""
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_GRID_POINTS:
+        raise SweepError(f"a grid of {points:,} points; at most {MAX_GRID_POINTS:,}")
 
 
 def threads_per_worker(jobs: int, cores: Optional[int] = None) -> int:
