@@ -346,3 +346,25 @@ def test_the_search_report_ranks_on_mlflows_values_and_names_a_trial_the_storage
     report = (tmp_path / "reports" / "search.md").read_text()
     assert "## Trials left out" in report and "- trial 1: the storage says 0.9990, its MLflow run " in report
     assert "2 of 3 trials completed (1 more left out: see the report)" in headline
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kind", ["grid", "search"])
+def test_a_trial_whose_params_are_not_a_point_of_the_definition_fails_before_anything_runs(storage, kind, capsys):
+    """A trial enqueued in the shared storage with its own params (dropout 0.95) is no point of the study: it is
+    pruned naming why, nothing of it runs, and the valid points (a search's every trial) still run."""
+    if kind == "grid":
+        definition = _grid(grid={"train.activation": ["relu"], "train.dropout": [0.0, 0.5]})
+    else:
+        definition = study.Definition("search", "a" * 40, "mnist-mlp", {"train.epochs": "1"},
+                                      space={"trials": 2, "startup_trials": 2, "space": {"train.dropout": {"float": [0.0, 0.5]}}})
+    made = study.create("q", definition, storage)
+    made.enqueue_trial({"train.activation": "relu", "train.dropout": 0.95} if kind == "grid" else {"train.dropout": 0.95},
+                       skip_if_exists=False)
+    loaded, stored = study.load("q", storage)
+    ran = []
+    study.serve(loaded, stored, lambda trial: ran.append(stored.suggest(trial)) or 0.5, poll_s=0.1)
+    pruned = [trial for trial in loaded.get_trials() if trial.state == TrialState.PRUNED]
+    assert len(pruned) == 1 and len(ran) == 2 and all(values["train.dropout"] != 0.95 for values in ran)
+    assert pruned[0].user_attrs["refused"].startswith(f"not a point of study q's {kind}: ")
+    assert f"PRUNED (not a point of study q's {kind}: " in capsys.readouterr().out

@@ -96,9 +96,29 @@ class Definition:
         return optuna.samplers.GridSampler(self.grid)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        if self.search:
-            return self.search.suggest(trial)
-        return {key: trial.suggest_categorical(key, values) for key, values in self.grid.items()}
+        """The trial's values. A trial enqueued or edited in the shared storage carries its own params: one that is
+        not a point of the definition's grid or space is pruned before anything runs, the reason in its `refused`
+        attribute (pruned: it takes no place of the search's trials, and the grid's points still run)."""
+        try:
+            values = self.search.suggest(trial) if self.search else \
+                {key: trial.suggest_categorical(key, choices) for key, choices in self.grid.items()}  # fmt: skip
+            stray = next((f"{key}={value!r}" for key, value in values.items() if not self._holds(key, value)), None)
+        except ValueError as exc:  # Optuna's own refusal of a fixed value outside a categorical's choices
+            stray = str(exc).splitlines()[0][:200]
+        if stray is not None:
+            refused = f"not a point of study {trial.study.study_name}'s {self.kind}: {stray}; nothing ran"
+            trial.set_user_attr("refused", refused)
+            raise optuna.TrialPruned(refused)
+        return values
+
+    def _holds(self, key: str, value: Any) -> bool:
+        if not self.search:
+            return any(value == choice and type(value) is type(choice) for choice in self.grid[key])
+        dimension = self.search.space[key]
+        if dimension.choice is not None:
+            return value in dimension.choice
+        low, high = dimension.float or dimension.int
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
 
 
 def grid_definition(sweep: Sweep, base: str, experiment: str, taken: dict[str, Any]) -> Definition:
@@ -432,7 +452,7 @@ def serve(study: optuna.Study, definition: Definition, run_trial, poll_s: float 
 
 
 def trial_line(trial: optuna.trial.FrozenTrial) -> str:
-    failed = trial.system_attrs.get("fail_reason")
+    failed = trial.system_attrs.get("fail_reason") or trial.user_attrs.get("refused")
     return f" ({failed})" if failed else ""
 
 
