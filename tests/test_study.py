@@ -368,3 +368,34 @@ def test_a_trial_whose_params_are_not_a_point_of_the_definition_fails_before_any
     assert len(pruned) == 1 and len(ran) == 2 and all(values["train.dropout"] != 0.95 for values in ran)
     assert pruned[0].user_attrs["refused"].startswith(f"not a point of study q's {kind}: ")
     assert f"PRUNED (not a point of study q's {kind}: " in capsys.readouterr().out
+
+
+@pytest.mark.fault
+def test_a_killed_worker_leaves_no_command_of_its_trial_running(tmp_path):
+    """`kill -9` of a worker: its `dvc exp run`, and what that started, end with it (no orphan finishes the trial
+    while the trial is retried elsewhere). Here the command is two sleeps, one in the background as a stage would be."""
+    import psutil
+    import signal
+    import subprocess
+    import sys
+
+    marker = f"{tmp_path}/sleep-marker"
+    sleeper = f"{sys.executable} -c 'import time; time.sleep(300)' {marker}"
+    code = ("from pathlib import Path; from mnist_mlp.experiments.study import run_ending_with_worker; "
+            f"run_ending_with_worker(['sh', '-c', {f'{sleeper} & {sleeper}'!r}], Path({str(tmp_path)!r}), "
+            f"Path({str(tmp_path / 'log')!r}))")  # fmt: skip
+    worker = subprocess.Popen([sys.executable, "-c", code])
+
+    def sleeps():
+        return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[-1] == marker]  # the two sleepers
+
+    deadline = time.monotonic() + 30
+    while len(sleeps()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(sleeps()) == 2, "the worker's command did not start"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while sleeps() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sleeps() == [], "a command of the killed worker's trial outlived it"

@@ -333,10 +333,31 @@ def describe(values: dict) -> str:
                      for key, value in values.items())  # fmt: skip
 
 
-def _dvc(root: Path, args: list[str], log: Path) -> int:
+# A shell between the worker and its command: in a process group of its own with the command and everything the
+# command starts (DVC's stages), told by the kernel when the worker dies (PR_SET_PDEATHSIG), it then ends the group.
+# So a killed worker leaves no `dvc exp run` to finish its trial while the trial is retried elsewhere.
+_GROUP_ENDS_WITH_WORKER = 'trap "trap - TERM; kill -TERM 0" TERM; "$@" & wait $!'
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent() -> None:
+    """In the child, before it runs anything: SIGTERM when the process that started it dies (Linux)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_ending_with_worker(command: list[str], cwd: Path, log: Path) -> int:
+    """`command`'s exit code, its output in `log`; it and every process it starts end if this process dies."""
     with log.open("w") as out:
-        return subprocess.run(["dvc", *args], cwd=root, env=with_own_scripts(), stdin=subprocess.DEVNULL,
-                              stdout=out, stderr=subprocess.STDOUT).returncode  # fmt: skip
+        return subprocess.run(["sh", "-c", _GROUP_ENDS_WITH_WORKER, "sh", *command], cwd=cwd, env=with_own_scripts(),
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                              preexec_fn=_end_with_parent if sys.platform == "linux" else None).returncode  # fmt: skip
+
+
+def _dvc(root: Path, args: list[str], log: Path) -> int:
+    return run_ending_with_worker(["dvc", *args], root, log)
 
 
 def experiment_row(root: Path, name: str) -> dict:
