@@ -131,10 +131,6 @@ def test_predictions_that_do_not_score_the_runs_accuracy_or_carry_other_labels_a
     assert len(result.verdicts) == 3 and other not in set(result.runs["run_id"])
     reasons = result.left_out.set_index("run_id")["reason"]
     assert reasons[other] == f"run {other}: evaluation/predictions.csv scores 0.5000, not the run's test accuracy 0.9500"
-    # labels other than the local test split's: every run is left out, and says why
-    with pytest.raises(compare.CompareError, match="evaluation/predictions.csv's labels are not the local test split's"):
-        compare.compare("mnist-mlp", test_labels=(LABELS + 1) % 10)
-    assert len(compare.compare("mnist-mlp", test_labels=LABELS).runs) == 12
 @pytest.fixture
 def store(mlflow_store):
     """An old 1-run sweep A, then sweep B: a 2x3 grid, relu/0.5 with two seeds, plus a failed and an unswept run."""
@@ -385,3 +381,42 @@ def test_killed_duplicate_and_nan_runs_are_left_out_named_and_bias_nothing(mlflo
     assert twin.paired.seeds == (0, 1) and (twin.paired.only_first, twin.paired.only_second, twin.paired.p_value) == (0, 0, 1.0)
     assert twin.outcome == "level" and verdicts["tanh/0.2"].outcome == "level"
     assert "Left out: 3 run(s), each with its reason in the report's last table" in compare.notes(result)
+
+
+def test_with_the_local_test_split_each_runs_own_model_answers_and_a_forged_file_changes_nothing(mlflow_store, tmp_path):
+    """The verdict rests on the models themselves run here: tanh's files (errors moved onto relu's wrong digits,
+    the count kept) are never read, and a run whose model does not score its logged accuracy is left out."""
+    from mnist_mlp.cli import local_test
+    from mnist_mlp.tracking import runs
+    from support.answering import AnswerSheet
+
+    sheet, client = AnswerSheet(), mlflow.MlflowClient(mlflow_store)
+    experiment_id = new_experiment(client, "mnist-mlp")
+
+    def with_model(run_id: str, correct: np.ndarray) -> str:
+        with mlflow.start_run(run_id=run_id):
+            runs.Run(run_id).log_model(sheet.model(correct), np.zeros((2, 784), np.float32))
+        return run_id
+
+    for activation, best_val, correct in (("relu", 0.99, right(1_900)), ("tanh", 0.98, right(1_870))):
+        for seed in (0, 1, 2):
+            run_id = log_run(client, experiment_id, f"M-{activation}-{seed}", "M", activation, 0.0, seed, [0.9, best_val], None,
+                             status="RUNNING", correct=correct)
+            with_model(run_id, correct)
+            if activation == "tanh":  # forged: 1,870 right as logged, but right where relu is wrong
+                log_predictions(client, run_id, right(1_770) | (np.arange(len(LABELS)) >= 1_900))
+            client.set_terminated(run_id, "FINISHED")
+    liar = log_run(client, experiment_id, "M-relu-3", "M", "relu", 0.0, 3, [0.9, 0.99], None, status="RUNNING", correct=right(1_900))
+    with_model(liar, right(1_800))  # its model gets 0.9000 right; its metrics (and file) say 0.9500
+    client.set_terminated(liar, "FINISHED")
+
+    test = local_test(sheet.split(tmp_path / "test.pt"))
+    result = compare.compare("mnist-mlp", test=test)
+    (verdict,) = result.verdicts
+    assert (verdict.paired.only_first, verdict.paired.only_second, verdict.outcome) == (30, 0, "worse")  # the models'
+    assert result.left_out.set_index("run_id").loc[liar, "reason"] == (
+        f"run {liar}: its model scores 0.9000 on {tmp_path / 'test.pt'}, not the run's test accuracy 0.9500")
+    assert f"each run's own model, verified file by file, run on {tmp_path / 'test.pt'}" in compare.markdown(result)
+    # the premise: the same comparison from the logged files sees the forged answers
+    forged = compare.compare("mnist-mlp").verdicts[0]
+    assert (forged.paired.only_first, forged.paired.only_second) != (30, 0)

@@ -267,8 +267,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             print(searched)
             return
         experiment = args.experiment or study.experiment_of(repo_root(), args.study)
-    test = local_test()
-    result = compare.compare(experiment, compare.ALL if args.all else args.study or args.sweep_id, test.labels if test else None)
+    result = compare.compare(experiment, compare.ALL if args.all else args.study or args.sweep_id, local_test())
     table, picture = compare.write_report(result, args.reports)
     print(compare.settings_table(result).to_string(index=False))
     print("\n".join([compare.headline(result), *compare.notes(result)]))

@@ -91,6 +91,7 @@ class Comparison:
     effects: dict[str, pd.DataFrame] = field(default_factory=dict)  # axis -> one row per value, averaged over the other
     verdicts: list[Verdict] = field(default_factory=list)  # every other setting against the choice
     untested: str = ""  # why there are no paired tests, when there are none
+    answers_from: str = ""  # where the per-digit answers came from: the models on a local test split, or logged files
 
 
 def number_text(value) -> str:
@@ -104,28 +105,33 @@ def setting_name(setting) -> str:
     return f"{activation}/{number_text(dropout)}"
 
 
-def _read_predictions(runs: pd.DataFrame, test_labels: Optional[np.ndarray] = None
+def _read_predictions(runs: pd.DataFrame, test: Optional[predictions.LocalTest] = None
                       ) -> tuple[dict[str, predictions.Predictions], dict[str, str]]:  # fmt: skip
-    """run_id -> the per-digit test predictions it logged, and run_id -> why its file is unusable: not a predictions
-    file, labels other than the local test split's (`test_labels`, where known), or another accuracy than the run's."""
+    """run_id -> its per-digit test answers, and run_id -> why it has none usable. With the local test split (`test`),
+    each run's own model, verified file by file, answers it: a predictions file in the store is never read, since
+    anyone who can log a run could have written one. Without it, the run's logged file, as untrusted input. Either
+    way the answers must score the run's logged test accuracy: otherwise its metrics are not this model's."""
+    from mnist_mlp.errors import UserError
+    from mnist_mlp.tracking import loading
+
     found, problems = {}, {}
     for run in runs.itertuples():
         try:
-            logged = predictions.logged(run.run_id)
-        except predictions.PredictionsError as exc:
-            problems[run.run_id] = str(exc)
+            if test is not None:
+                answers = predictions.Predictions(test.labels, loading.predicted_digits(f"runs:/{run.run_id}/model", test.pixels))
+            else:
+                answers = predictions.logged(run.run_id)
+        except UserError as exc:  # a crafted or missing model, an unreadable file
+            problems[run.run_id] = str(exc) if test is None else f"run {run.run_id}: its model: {exc}"
             continue
-        if logged is None:
+        if answers is None:
             continue
-        if test_labels is not None and (len(logged.actual) != len(test_labels) or (logged.actual != test_labels).any()):
-            problems[run.run_id] = (f"run {run.run_id}: {predictions.ARTIFACT}'s labels are not the local test split's "
-                                    "(data/processed/test.pt)")  # fmt: skip
+        if not np.isclose(answers.correct.mean(), run.test_accuracy, atol=1e-4):  # another model's metrics or file
+            what = f"its model scores {answers.correct.mean():.4f} on {test.source}" if test is not None else \
+                f"{predictions.ARTIFACT} scores {answers.correct.mean():.4f}"  # fmt: skip
+            problems[run.run_id] = f"run {run.run_id}: {what}, not the run's test accuracy {run.test_accuracy:.4f}"
             continue
-        if not np.isclose(logged.correct.mean(), run.test_accuracy, atol=1e-4):  # another model's file
-            problems[run.run_id] = (f"run {run.run_id}: {predictions.ARTIFACT} scores {logged.correct.mean():.4f}, "
-                                    f"not the run's test accuracy {run.test_accuracy:.4f}")  # fmt: skip
-            continue
-        found[run.run_id] = logged
+        found[run.run_id] = answers
     return found, problems
 
 
@@ -216,9 +222,9 @@ def select_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return runs.loc[first.index], left_out
 
 
-def compare(experiment: str, sweep_id: str = LATEST, test_labels: Optional[np.ndarray] = None) -> Comparison:
-    """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run), their histories and predictions.
-    `test_labels`: the local test split's labels, which every logged predictions file must carry."""
+def compare(experiment: str, sweep_id: str = LATEST, test: Optional[predictions.LocalTest] = None) -> Comparison:
+    """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run), their histories and per-digit
+    answers: each run's verified model run on the local test split `test`, or without it their logged files."""
     if sweep_id != ALL:
         sweep_id, _ = queries.sweep_models(experiment, sweep_id)
     found = queries.search_runs(experiment, "" if sweep_id == ALL else f"tags.sweep_id = {store.literal(sweep_id, 'sweep id')}")
@@ -229,7 +235,7 @@ def compare(experiment: str, sweep_id: str = LATEST, test_labels: Optional[np.nd
                          **{name: column(f"metrics.{name}") for name in (*SPLITS.values(), "train_seconds")},
                          **found.filter(regex=r"^params\.")})  # fmt: skip
     kept, left_out = select_runs(runs)
-    logged, problems = _read_predictions(kept, test_labels)
+    logged, problems = _read_predictions(kept, test)
     if problems:  # a run whose file is unusable is left out, named; the other runs are still paired
         unusable = kept["run_id"].isin(problems)
         left_out = pd.concat([left_out, kept[unusable].assign(reason=kept.loc[unusable, "run_id"].map(problems))])
@@ -254,7 +260,10 @@ def compare(experiment: str, sweep_id: str = LATEST, test_labels: Optional[np.nd
     summary = summary.sort_values(["val_mean", *SETTING], ascending=[False, True, True], kind="stable").reset_index(drop=True)
     choice = (summary.loc[0, "activation"], summary.loc[0, "dropout"])
     verdicts, untested = _paired_tests(kept, logged, choice)
-    return Comparison(sweep_id, kept, left_out, summary, shared, mixed, curves, _effects(kept), verdicts, untested)
+    answers_from = (f"each run's own model, verified file by file, run on {test.source}" if test is not None else
+                    f"each run's logged {predictions.ARTIFACT} (no local test split to run the models on: checked against "
+                    "the run's accuracy only)")  # fmt: skip
+    return Comparison(sweep_id, kept, left_out, summary, shared, mixed, curves, _effects(kept), verdicts, untested, answers_from)
 
 
 def chosen(result: Comparison) -> pd.Series:
@@ -367,7 +376,8 @@ def markdown(result: Comparison) -> str:
                   "share of right answers over the seeds both settings ran, an exact test on the digits whose shares differ "
                   "(McNemar's for one seed each; the columns count those digits), the difference's 95 % interval "
                   f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
-                  f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more.",
+                  f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more. "
+                  f"The per-digit answers: {result.answers_from}.",
                   _table(verdicts_table(result))]  # fmt: skip
     if result.untested:
         parts.append(f"No paired test: {result.untested}.")
