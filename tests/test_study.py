@@ -399,3 +399,20 @@ def test_a_killed_worker_leaves_no_command_of_its_trial_running(tmp_path):
     while sleeps() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sleeps() == [], "a command of the killed worker's trial outlived it"
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("cause", "fix"), [
+    ("database or disk is full", "the disk that holds the study storage is full: free space there"),
+    ("database is locked", "another process holds the SQLite study storage locked: let it finish or stop it"),
+])  # fmt: skip
+def test_a_full_or_locked_study_storage_says_so_and_names_the_fix(cause, fix):
+    import sqlalchemy.exc
+
+    def tell():
+        raise sqlalchemy.exc.OperationalError("UPDATE trials ...", {}, Exception(cause))
+
+    with pytest.raises(study.StudyError) as refused:
+        study._patiently(tell, "study g", patience_s=0)
+    assert str(refused.value) == (f"study g: the study storage did not answer for 0 s ({cause}); {fix}; nothing ended is "
+                                  "lost: join again with --join")

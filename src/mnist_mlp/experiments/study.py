@@ -410,6 +410,15 @@ def _storage_away(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
+def storage_fix(reason: str) -> str:
+    """What to do about a storage error, from its database's own words."""
+    if "database or disk is full" in reason or "No space left" in reason:
+        return "the disk that holds the study storage is full: free space there"
+    if "database is locked" in reason:
+        return "another process holds the SQLite study storage locked: let it finish or stop it"
+    return "once it answers again"
+
+
 def _patiently(call, what: str, patience_s: float = DATABASE_PATIENCE_S):
     """`call()`, waiting out a storage that went away (a restart, a network cut) for up to `patience_s`. A trial
     whose result could not be told stays RUNNING there without heartbeats: once the storage is back, it is taken
@@ -425,7 +434,7 @@ def _patiently(call, what: str, patience_s: float = DATABASE_PATIENCE_S):
             reason = str(getattr(away, "orig", None) or away.__cause__ or away).strip().splitlines()[0][:200]
             if time.monotonic() > deadline:
                 raise StudyError(f"{what}: the study storage did not answer for {patience_s:g} s ({reason}); "
-                                 "nothing ended is lost: join again with --join once it is back") from None  # fmt: skip
+                                 f"{storage_fix(reason)}; nothing ended is lost: join again with --join") from None  # fmt: skip
             print(f"note: {what}: the study storage does not answer ({reason}); waiting", flush=True)
             time.sleep(5)
 
