@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -402,3 +403,31 @@ def app_latency(arguments: list[str]) -> tuple[int, str, str]:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "app_latency.py"
     result = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True)
     return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.bad_input
+def test_a_silent_connection_is_closed_and_connections_past_the_cap_are_refused(checkpoint, store_env):
+    """A client that sends its request a byte at a time, or opens many connections, holds no thread for long."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    with listener:
+        server = app.bounded_server(port, app.create_app(app.Models(str(checkpoint)), port), listener.fileno(),
+                                    timeout_s=1, connections=2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        slow, other = (socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2))
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1")  # never finishes its header
+        other.sendall(b"GET /")
+        time.sleep(0.3)
+        third = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert third.recv(100) == b""  # the cap: closed unanswered
+        started = time.monotonic()
+        assert slow.recv(100) == b"" and time.monotonic() - started < 3  # closed after its second of silence
+        fine = socket.create_connection(("127.0.0.1", port), timeout=5)  # the slots are free again
+        fine.sendall(f"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        assert fine.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        server.shutdown()
+        server.server_close()

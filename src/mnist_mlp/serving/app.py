@@ -364,9 +364,40 @@ def summary(lineup: Lineup) -> list[str]:
     return lines
 
 
+REQUEST_TIMEOUT_S = 10  # a connection silent this long while sending its request (header or body) is closed
+MAX_CONNECTIONS = 32  # served at once; a drawing page needs one or two, more are closed unanswered
+
+
+def bounded_server(port: int, wsgi_app, fd: int, timeout_s: float = REQUEST_TIMEOUT_S, connections: int = MAX_CONNECTIONS):
+    """werkzeug's threaded server with bounds: `timeout_s` of silence per connection (a client that sends its header
+    or body a byte a minute holds no thread for long), and at most `connections` at once (more are closed)."""
+    import threading
+
+    from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+    class Handler(WSGIRequestHandler):
+        timeout = timeout_s  # socketserver sets it on the connection: every read waits at most this long
+
+    class Server(ThreadedWSGIServer):
+        slots = threading.BoundedSemaphore(connections)
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    return Server("127.0.0.1", port, wsgi_app, handler=Handler, fd=fd)
+
+
 def serve(models: Models, port: int) -> None:
     """Load the models (the first visitor must not wait for them), then serve until Ctrl-C."""
-    from werkzeug.serving import make_server
 
     for line in summary(models.lineup(refresh=True)):
         print(f"mnist-mlp app: {line}", file=sys.stderr)
@@ -376,7 +407,7 @@ def serve(models: Models, port: int) -> None:
     except OSError as exc:
         raise AppError(f"127.0.0.1:{port}: cannot listen ({exc.strerror}); choose another port: --port N (make app APP_PORT=N)") from None
     with listener:
-        server = make_server("127.0.0.1", port, create_app(models, port), threaded=True, fd=listener.fileno())
+        server = bounded_server(port, create_app(models, port), listener.fileno())
     print(f"mnist-mlp app: open http://127.0.0.1:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
