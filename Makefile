@@ -16,6 +16,7 @@ SEARCH ?= params/search/default.yaml
 # the store's URI from its one home, without importing MLflow or torch (tracking/location.py)
 STORE = $(shell $(BIN)/python -m mnist_mlp.tracking.location)
 
+.DEFAULT_GOAL := help
 .PHONY: help install lock repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick search compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
 
 # The venv holds exactly requirements/lock.txt (--no-deps: nothing outside it), then the project itself.
@@ -34,8 +35,13 @@ lock: install  ## refresh requirements/lock.txt: the newest releases pyproject.t
 		--no-emit-index-url --no-emit-find-links -o requirements/lock.txt pyproject.toml requirements/holds.in
 	@echo "lock: requirements/lock.txt refreshed; \`make install\` then \`make test\` before you commit it"
 
-help:  ## this list: each target and what it does, from the comment after its name
-	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:.*## / {printf "  %-19s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+# the variables a target's comment names, shown with their values
+HELP_VARS = ACTIVATIONS DROPOUTS SEEDS JOBS SEARCH BASELINE_REV SAMPLES SERVER_PORT UI_PORT
+help:  ## this list: each target and what it does, from the comment after its name (`make` alone prints it too)
+	@awk -v vars='$(foreach name,$(HELP_VARS),$(name)=$($(name))|)' 'BEGIN { FS = ":[^#]*## "; \
+		n = split(vars, pairs, "|"); for (i = 1; i < n; i++) { split(pairs[i], kv, "="); sub(/^ +/, "", kv[1]); value[kv[1]] = kv[2] } } \
+		/^[a-z][a-z-]*:.*## / { text = $$2; for (name in value) gsub("\\$$\\(" name "\\)", value[name], text); \
+		printf "  %-19s %s\n", $$1, text }' $(MAKEFILE_LIST)
 
 repro: install  ## rebuild data, model and reports (MNIST_MIRROR=folder-or-URL to read MNIST offline)
 	$(BIN)/dvc repro
