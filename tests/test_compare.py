@@ -100,8 +100,8 @@ def test_the_headline_names_the_level_group_and_the_worse_and_better_settings(pl
     table, picture = compare.write_report(result, tmp_path / "reports")
     text = table.read_text()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
-    assert ["relu/0.5", "0 1 2", "80", "0", "+80", f"+4.00 {worse.paired.difference.points()}", "p < 0.001", "p < 0.001", "worse"] in rows
-    assert ["tanh/0", "0 1 2", "4", "0", "+4", f"+0.20 {level.paired.difference.points()}", "0.125", "0.125", "level"] in rows
+    assert ["relu/0.5", "0 1 2", "80", "0", f"+4.00 {worse.paired.difference.points()}", "p < 0.001", "p < 0.001", "worse"] in rows
+    assert ["tanh/0", "0 1 2", "4", "0", f"+0.20 {level.paired.difference.points()}", "0.125", "0.125", "level"] in rows
     assert "## Main effect of activation (averaged over dropout, per seed first)" in text
     assert "cannot separate settings" not in text
     with Image.open(picture) as image:

@@ -350,10 +350,10 @@ def verdicts_table(result: Comparison) -> pd.DataFrame:
     best = chosen(result)
     choice = setting_name((best["activation"], best["dropout"]))
     return pd.DataFrame([{"setting": setting_name(v.setting), "seeds paired": " ".join(f"{seed:g}" for seed in v.paired.seeds),
-                          f"right only in {choice}": v.paired.only_first,
-                          "right only in it": v.paired.only_second, "difference (digits)": f"{v.paired.digits:+d}",
-                          "points [95 % bootstrap]": f"{100 * v.paired.accuracy_difference:+.2f} {v.paired.difference.points()}",
-                          "p (exact McNemar)": stats.p_text(v.paired.p_value).removeprefix("p = "),
+                          f"digits {choice} got right more often": v.paired.only_first,
+                          "digits it got right more often": v.paired.only_second,
+                          f"{choice} minus it, points [95 %]": f"{100 * v.paired.accuracy_difference:+.2f} {v.paired.difference.points()}",
+                          "p": stats.p_text(v.paired.p_value).removeprefix("p = "),
                           "Holm-adjusted p": stats.p_text(v.p_holm).removeprefix("p = "), "outcome": v.outcome}
                          for v in sorted(result.verdicts, key=lambda v: v.p_holm, reverse=True)])  # fmt: skip
 
@@ -373,8 +373,10 @@ def markdown(result: Comparison) -> str:
     if result.verdicts:
         parts += ["## Paired tests on the test digits",
                   "Each setting against the validation choice on the same test digits, paired seed by seed: each digit's "
-                  "share of right answers over the seeds both settings ran, an exact test on the digits whose shares differ "
-                  "(McNemar's for one seed each; the columns count those digits), the difference's 95 % interval "
+                  "share of right answers over the seeds both settings ran; the counts are the digits one setting got right "
+                  "on more of those seeds than the other; `p` is a paired t-test of the per-digit differences (the exact "
+                  "McNemar test where every digit is simply right or wrong in both, as with one seed each); a positive "
+                  "difference means the choice is ahead; its 95 % interval "
                   f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
                   f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more. "
                   f"The per-digit answers: {result.answers_from}.",
