@@ -17,7 +17,7 @@ SEARCH ?= params/search/default.yaml
 STORE = $(shell $(BIN)/python -m mnist_mlp.tracking.location)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick search compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
+.PHONY: help install lock lint repro test ui clean demo serve check-metrics check-reproducible bench plots sweep sweep-quick search compare test-browser browser-deps close-stale-runs app server-deps server server-start server-stop test-server
 
 # The venv holds exactly requirements/lock.txt (--no-deps: nothing outside it), then the project itself.
 $(VENV)/.installed: requirements/lock.txt pyproject.toml
@@ -45,6 +45,10 @@ help:  ## this list: each target and what it does, from the comment after its na
 
 repro: install  ## rebuild data, model and reports (MNIST_MIRROR=folder-or-URL to read MNIST offline)
 	$(BIN)/dvc repro
+
+lint: install  ## ruff's linter and formatter check (`ruff format .` and `ruff check --fix .` mend most of it)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install  ## the test suite in its tiers: fast, then integration, docs and slow (no network, no real MNIST)
 	$(BIN)/pytest

@@ -16,9 +16,10 @@ import argparse
 import io
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from mnist_mlp.project import run_cli
 
@@ -62,11 +63,16 @@ class Measurement:
             ("current model: preprocessing + forward", current),
             (f"all {len(self.models)} models: preprocessing + forwards", everyone),
             ("POST /api/predict, all models, JSON out", self.requests),
-        ]  # fmt: skip
+        ]
         width = max(len(label) for label, _ in rows)
-        lines = [f"{self.image}: {len(self.requests)} passes on the CPU, {self.threads} torch thread(s); "
-                 f"milliseconds, median and 90th percentile"]  # fmt: skip
-        lines += [f"  {label:<{width}}  {'%.2f' % _quantiles(samples)[0]:>7}  {'%.2f' % _quantiles(samples)[1]:>7}" for label, samples in rows]
+        lines = [
+            f"{self.image}: {len(self.requests)} passes on the CPU, {self.threads} torch thread(s); "
+            f"milliseconds, median and 90th percentile"
+        ]
+        lines += [
+            f"  {label:<{width}}  {f'{_quantiles(samples)[0]:.2f}':>7}  {f'{_quantiles(samples)[1]:.2f}':>7}"
+            for label, samples in rows
+        ]
         return "\n".join(lines)
 
 
@@ -87,12 +93,16 @@ def measure(models: Models, image: str | Path, repeats: int = REPEATS, warmup: i
     if missing or lineup.notice:
         raise AppError("\n".join([*missing, *([lineup.notice] if lineup.notice else [])]))
     batch = torch.from_numpy(upload_pixels(data, path.name).reshape(1, INPUT_SIZE))
-    result = Measurement(str(path), torch.get_num_threads(), titles={entry.name: entry.title for entry in lineup.entries})
+    result = Measurement(
+        str(path), torch.get_num_threads(), titles={entry.name: entry.title for entry in lineup.entries}
+    )
     result.models = {entry.name: [] for entry in lineup.entries}
     with torch.no_grad():
         for repeat in range(warmup + repeats):
             preprocessing = _milliseconds(lambda: upload_pixels(data, path.name))
-            forwards = {entry.name: _milliseconds(lambda entry=entry: entry.classifier(batch)) for entry in lineup.entries}
+            forwards = {
+                entry.name: _milliseconds(lambda entry=entry: entry.classifier(batch)) for entry in lineup.entries
+            }
             if repeat >= warmup:
                 result.preprocessing.append(preprocessing)
                 for name, milliseconds in forwards.items():
@@ -117,18 +127,32 @@ def _at_least(least: int) -> Callable[[str], int]:
     return count
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="benchmarks/app_latency.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("image", type=Path, metavar="IMAGE", help="a PNG or JPEG of a digit, e.g. build/samples/0-black-on-white.png")
-    parser.add_argument("uris", nargs="*", default=[], metavar="MODEL_URI",
-                        help="runs:/<run id>/model or models:/<name>@<alias> to measure beside the current model "
-                             "(default: the models of the latest sweep)")  # fmt: skip
-    parser.add_argument("--model", default="models/model.pt", help="the current model: checkpoint or MLflow URI (default %(default)s)")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/app_latency.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "image", type=Path, metavar="IMAGE", help="a PNG or JPEG of a digit, e.g. build/samples/0-black-on-white.png"
+    )
+    parser.add_argument(
+        "uris",
+        nargs="*",
+        default=[],
+        metavar="MODEL_URI",
+        help="runs:/<run id>/model or models:/<name>@<alias> to measure beside the current model "
+        "(default: the models of the latest sweep)",
+    )
+    parser.add_argument(
+        "--model", default="models/model.pt", help="the current model: checkpoint or MLflow URI (default %(default)s)"
+    )
     parser.add_argument("--sweep", metavar="ID", help="the sweep whose models are measured (default: the latest)")
-    parser.add_argument("--experiment", help="MLflow experiment of the sweeps (default: tracking.experiment in params.yaml)")
+    parser.add_argument(
+        "--experiment", help="MLflow experiment of the sweeps (default: tracking.experiment in params.yaml)"
+    )
     parser.add_argument("--repeats", type=_at_least(2), default=REPEATS, help="passes measured (default %(default)s)")
-    parser.add_argument("--warmup", type=_at_least(0), default=WARMUP, help="passes before them, not measured (default %(default)s)")
+    parser.add_argument(
+        "--warmup", type=_at_least(0), default=WARMUP, help="passes before them, not measured (default %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     def measured() -> None:

@@ -15,10 +15,10 @@ import platform
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -26,13 +26,13 @@ from torch.utils.benchmark import Timer
 
 from mnist_mlp import files
 from mnist_mlp.core.augment import describe
+from mnist_mlp.core.determinism import deterministic
+from mnist_mlp.core.model import INPUT_SIZE, MLP, NUM_CLASSES, architecture
+from mnist_mlp.core.train import fit, resolve_device, seeded_model
 from mnist_mlp.data.mnist import Split, load_split, normalize
 from mnist_mlp.errors import UserError
-from mnist_mlp.core.model import INPUT_SIZE, MLP, NUM_CLASSES, architecture
 from mnist_mlp.params import Params, TrainParams, apply_preset, flatten, preset_path
 from mnist_mlp.project import run_cli
-from mnist_mlp.core.determinism import deterministic
-from mnist_mlp.core.train import fit, resolve_device, seeded_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_ACCURACY = 0.98
@@ -47,10 +47,10 @@ class Repeat:
     lecture_epoch_s: float
     project_epoch_s: float  # median of this repeat's `fit` epochs (training pass + validation)
     matmul_flop_per_s: float  # one training step's matmuls: torch.utils.benchmark's median
-    fast_to_target_s: Optional[float]  # `fit` seconds until the test accuracy first reached the target
+    fast_to_target_s: float | None  # `fit` seconds until the test accuracy first reached the target
     fast_train_s: float
     fast_test_accuracy: float  # of the best-on-validation weights, which the train stage keeps
-    augmented_epoch_s: Optional[float] = None  # `project_epoch_s` with the `best` preset's train.augment on
+    augmented_epoch_s: float | None = None  # `project_epoch_s` with the `best` preset's train.augment on
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Result:
     augment: str = ""  # the `best` preset's train.augment, as augment.describe writes it
     remeasured: int = 0
     problems: list[str] = field(default_factory=list)  # empty: valid
-    mlflow_s: Optional[float] = None  # the train stage's MLflow calls
+    mlflow_s: float | None = None  # the train stage's MLflow calls
     peak_rss_mib: float = 0.0
     load_average: tuple[float, float] = (0.0, 0.0)  # 1 min, before and after
 
@@ -100,7 +100,10 @@ class Result:
         pairs = [(r.augmented_epoch_s, r.project_epoch_s) for r in self.repeats if r.augmented_epoch_s is not None]
         if not pairs:
             return {"augment_cost_s": None, "augment_cost_share": None}
-        return {"augment_cost_s": median(a - p for a, p in pairs), "augment_cost_share": median(a / p - 1 for a, p in pairs)}
+        return {
+            "augment_cost_s": median(a - p for a, p in pairs),
+            "augment_cost_share": median(a / p - 1 for a, p in pairs),
+        }
 
 
 def problems(result: Result) -> list[tuple[int, str]]:
@@ -109,18 +112,33 @@ def problems(result: Result) -> list[tuple[int, str]]:
     best = max(r.matmul_flop_per_s for r in result.repeats)
     for i, r in enumerate(result.repeats):
         if r.matmul_flop_per_s < MIN_RATE_SHARE * best:
-            found.append((i, f"repeat {i + 1}: matmuls at {r.matmul_flop_per_s / 1e9:.1f} GFLOP/s, under "
-                             f"{MIN_RATE_SHARE:.0%} of this run's best ({best / 1e9:.1f})"))
+            found.append(
+                (
+                    i,
+                    f"repeat {i + 1}: matmuls at {r.matmul_flop_per_s / 1e9:.1f} GFLOP/s, under "
+                    f"{MIN_RATE_SHARE:.0%} of this run's best ({best / 1e9:.1f})",
+                )
+            )
         bound = result.epoch_flops / r.matmul_flop_per_s  # the lecture's epoch has more matmuls than this, not fewer
         for loop, seconds in (("project's", r.project_epoch_s), ("lecture's", r.lecture_epoch_s)):
             if seconds < bound:
-                found.append((i, f"repeat {i + 1}: the {loop} epoch ({seconds:.3f} s) is faster than "
-                                 f"the matmul bound ({bound:.3f} s)"))
+                found.append(
+                    (
+                        i,
+                        f"repeat {i + 1}: the {loop} epoch ({seconds:.3f} s) is faster than "
+                        f"the matmul bound ({bound:.3f} s)",
+                    )
+                )
     for name, values in (("speedup vs lecture", result.speedups()), ("ratio to bound", result.ratios_to_bound())):
         if max(values) > MAX_SPREAD * min(values):
             outlier = max(range(len(values)), key=lambda i: max(values[i] / median(values), median(values) / values[i]))
-            found.append((outlier, f"{name}: the repeats disagree ({', '.join(f'{v:.2f}' for v in values)}: "
-                                   f"largest over smallest above {MAX_SPREAD})"))
+            found.append(
+                (
+                    outlier,
+                    f"{name}: the repeats disagree ({', '.join(f'{v:.2f}' for v in values)}: "
+                    f"largest over smallest above {MAX_SPREAD})",
+                )
+            )
     return found
 
 
@@ -174,8 +192,14 @@ def step_matmuls(hidden_sizes: list[int], batch_size: int, device: torch.device)
     forward pass and of a training step (forward, weight gradients, input gradients but the first layer's)."""
     widths = [INPUT_SIZE, *hidden_sizes, NUM_CLASSES]
     shapes = list(zip(widths[:-1], widths[1:]))  # (in, out) per layer
-    operands = [(torch.randn(n_out, n_in, device=device), torch.randn(batch_size, n_in, device=device),
-                 torch.randn(batch_size, n_out, device=device)) for n_in, n_out in shapes]
+    operands = [
+        (
+            torch.randn(n_out, n_in, device=device),
+            torch.randn(batch_size, n_in, device=device),
+            torch.randn(batch_size, n_out, device=device),
+        )
+        for n_in, n_out in shapes
+    ]
 
     def run() -> None:
         for index, (w, x, g) in enumerate(operands):  # (out, in), (B, in), (B, out)
@@ -216,12 +240,18 @@ def mlflow_seconds(params: Params, data: Path, root: Path) -> float:
     """Seconds of the train stage's tracking work (the splits' digests, a run with its params and datasets,
     a metrics batch per epoch, the summary) in the store of MLFLOW_TRACKING_URI, artifacts under `root`;
     creating the store is not counted."""
-    from mnist_mlp.tracking import runs
-    from mnist_mlp.tracking import store
+    from mnist_mlp.tracking import runs, store
 
     store.ensure_experiment(params.tracking.experiment, root)
-    record = {"train_loss": 0.1, "train_accuracy": 0.9, "val_loss": 0.1, "val_accuracy": 0.9, "lr": 1e-3,
-              "seconds": 2.0, "samples_per_s": 27500.0}
+    record = {
+        "train_loss": 0.1,
+        "train_accuracy": 0.9,
+        "val_loss": 0.1,
+        "val_accuracy": 0.9,
+        "lr": 1e-3,
+        "seconds": 2.0,
+        "samples_per_s": 27500.0,
+    }
     started = time.perf_counter()
     splits = {split: (data / f"{split}.pt", files.md5_of(data / f"{split}.pt")) for split in ("train", "val")}
     with runs.training_run(params.tracking.experiment, flatten(params), {"device": "cpu"}) as run:
@@ -232,8 +262,9 @@ def mlflow_seconds(params: Params, data: Path, root: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_time: float,
-                  device_choice: str, with_mlflow: bool = True) -> Result:
+def run_benchmark(
+    raw: Path, data: Path, repeats: int, retries: int, min_run_time: float, device_choice: str, with_mlflow: bool = True
+) -> Result:
     params = Params()  # the defaults: a leftover experiment in params.yaml must not change the benchmark
     settings, fast = params.train, apply_preset(params, preset_path(ROOT, "fast")).train
     device = resolve_device(device_choice)
@@ -253,21 +284,36 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
             history = fit(seeded_model(project), train, val, project, device).history
             augmented_history = fit(seeded_model(augmented), train, val, augmented, device).history
         rate = settings.batch_size * step_flops / matmuls.blocked_autorange(min_run_time=min_run_time).median
-        repeat = Repeat(lecture_s, median(r["seconds"] for r in history), rate, *fast_run(train, val, test, fast, device),
-                        augmented_epoch_s=median(r["seconds"] for r in augmented_history))
-        print(f"bench: lecture {lecture_s:.2f} s, project {repeat.project_epoch_s:.2f} s "
-              f"({repeat.augmented_epoch_s:.2f} s augmented), "
-              f"matmuls {rate / 1e9:.1f} GFLOP/s, fast {repeat.fast_train_s:.2f} s", flush=True)
+        repeat = Repeat(
+            lecture_s,
+            median(r["seconds"] for r in history),
+            rate,
+            *fast_run(train, val, test, fast, device),
+            augmented_epoch_s=median(r["seconds"] for r in augmented_history),
+        )
+        print(
+            f"bench: lecture {lecture_s:.2f} s, project {repeat.project_epoch_s:.2f} s "
+            f"({repeat.augmented_epoch_s:.2f} s augmented), "
+            f"matmuls {rate / 1e9:.1f} GFLOP/s, fast {repeat.fast_train_s:.2f} s",
+            flush=True,
+        )
         return repeat
 
     result = Result(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {os.cpu_count()} cores",
-        threads=torch.get_num_threads(), net=architecture(settings.hidden_sizes), batch_size=settings.batch_size,
+        device=torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        threads=torch.get_num_threads(),
+        net=architecture(settings.hidden_sizes),
+        batch_size=settings.batch_size,
         epoch_flops=len(train.labels) * step_flops + len(val.labels) * forward_flops,
-        train_samples=len(train.labels), lecture_samples=len(train.labels) + len(val.labels),
+        train_samples=len(train.labels),
+        lecture_samples=len(train.labels) + len(val.labels),
         fast_preset=f"{architecture(fast.hidden_sizes)}, batch {fast.batch_size}, {fast.optimizer} {fast.schedule} "
-                    f"lr {fast.lr}, dropout {fast.dropout}, {fast.epochs} epochs",
-        stage_epochs=settings.epochs, augment=describe(augmented.augment), repeats=[measure() for _ in range(repeats)],
+        f"lr {fast.lr}, dropout {fast.dropout}, {fast.epochs} epochs",
+        stage_epochs=settings.epochs,
+        augment=describe(augmented.augment),
+        repeats=[measure() for _ in range(repeats)],
     )
     remeasure(result, measure, retries)
     if with_mlflow:
@@ -282,21 +328,49 @@ def run_benchmark(raw: Path, data: Path, repeats: int, retries: int, min_run_tim
 def markdown(result: Result) -> str:
     s, reps = result.summary(), result.repeats
 
-    def seconds(value: Optional[float]) -> str:
+    def seconds(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
     def cells(label: str, lecture: float, project: float, rate: float, speedup: float, ratio: float, fast) -> list[str]:
-        return [label, f"{lecture:.2f}", f"{project:.2f}", f"{result.epoch_flops / rate:.2f}", f"{rate / 1e9:.1f}",
-                f"{speedup:.2f}x", f"{ratio:.2f}x", seconds(fast)]
+        return [
+            label,
+            f"{lecture:.2f}",
+            f"{project:.2f}",
+            f"{result.epoch_flops / rate:.2f}",
+            f"{rate / 1e9:.1f}",
+            f"{speedup:.2f}x",
+            f"{ratio:.2f}x",
+            seconds(fast),
+        ]
 
-    rows = [cells(str(i), r.lecture_epoch_s, r.project_epoch_s, r.matmul_flop_per_s, speedup, ratio, r.fast_to_target_s)
-            for i, (r, speedup, ratio) in enumerate(zip(reps, result.speedups(), result.ratios_to_bound()), 1)]
-    rows.append([f"**{cell}**" for cell in cells("median", s["lecture_epoch_s"], s["project_epoch_s"], s["matmul_flop_per_s"],
-                                                 s["speedup_vs_lecture"], s["ratio_to_bound"], s["fast_to_target_s"])])
-    invalid = [f"**INVALID** (after re-measuring {result.remeasured} repeats): these figures cannot be true; do not quote them.",
-               "", *[f"- {problem}" for problem in result.problems], ""]
+    rows = [
+        cells(str(i), r.lecture_epoch_s, r.project_epoch_s, r.matmul_flop_per_s, speedup, ratio, r.fast_to_target_s)
+        for i, (r, speedup, ratio) in enumerate(zip(reps, result.speedups(), result.ratios_to_bound()), 1)
+    ]
+    rows.append(
+        [
+            f"**{cell}**"
+            for cell in cells(
+                "median",
+                s["lecture_epoch_s"],
+                s["project_epoch_s"],
+                s["matmul_flop_per_s"],
+                s["speedup_vs_lecture"],
+                s["ratio_to_bound"],
+                s["fast_to_target_s"],
+            )
+        ]
+    )
+    invalid = [
+        f"**INVALID** (after re-measuring {result.remeasured} repeats): these figures cannot be true; do not quote them.",
+        "",
+        *[f"- {problem}" for problem in result.problems],
+        "",
+    ]
     lines = [
-        "# Training benchmark", "", *(invalid if result.problems else []),
+        "# Training benchmark",
+        "",
+        *(invalid if result.problems else []),
         f"Device {result.device}, torch threads: {result.threads}; default params: net {result.net}, batch {result.batch_size}, fp32. "
         f"{len(reps)} interleaved repeats ({result.remeasured} re-measured), each ratio taken within a repeat. "
         f"Load average before/after: {result.load_average[0]:.2f} / {result.load_average[1]:.2f}.",
@@ -317,13 +391,18 @@ def markdown(result: Result) -> str:
         "",
     ]
     if s["augment_cost_s"] is not None:
-        lines += [f"Augmentation (the `best` preset's train.augment: {result.augment}; each training batch deformed on "
-                  f"the device): the default net's `fit` epoch takes {median(r.augmented_epoch_s for r in reps):.2f} s "
-                  f"instead of {s['project_epoch_s']:.2f} s, +{s['augment_cost_s']:.2f} s "
-                  f"({s['augment_cost_share']:+.0%}; medians of each repeat's difference).", ""]
+        lines += [
+            f"Augmentation (the `best` preset's train.augment: {result.augment}; each training batch deformed on "
+            f"the device): the default net's `fit` epoch takes {median(r.augmented_epoch_s for r in reps):.2f} s "
+            f"instead of {s['project_epoch_s']:.2f} s, +{s['augment_cost_s']:.2f} s "
+            f"({s['augment_cost_share']:+.0%}; medians of each repeat's difference).",
+            "",
+        ]
     if s["mlflow_share_of_stage"] is not None:
-        lines.append(f"Train stage's MLflow work ({result.stage_epochs} epochs): {result.mlflow_s:.2f} s, "
-                     f"{s['mlflow_share_of_stage']:.1%} of that plus {result.stage_epochs} project epochs.")
+        lines.append(
+            f"Train stage's MLflow work ({result.stage_epochs} epochs): {result.mlflow_s:.2f} s, "
+            f"{s['mlflow_share_of_stage']:.1%} of that plus {result.stage_epochs} project epochs."
+        )
     return "\n".join([*lines, f"Peak RSS of the benchmark process: {result.peak_rss_mib:,.0f} MiB.", ""])
 
 
@@ -341,7 +420,9 @@ def main() -> None:
     if args.repeats < 1 or args.retries < 0 or args.min_run_time <= 0:
         raise UserError("expected --repeats >= 1, --retries >= 0 and --min-run-time > 0")
 
-    result = run_benchmark(args.raw, args.data, args.repeats, args.retries, args.min_run_time, args.device, not args.no_mlflow)
+    result = run_benchmark(
+        args.raw, args.data, args.repeats, args.retries, args.min_run_time, args.device, not args.no_mlflow
+    )
     files.write_json(args.out / "benchmarks.json", {**asdict(result), "summary": result.summary()})
     files.write_text(args.out / "benchmarks.md", markdown(result))
     print(markdown(result))

@@ -62,8 +62,18 @@ def worker(epochs: int, go: Path, pause: float) -> None:
         logging_ended = time.perf_counter()
         run.log_metrics(dict.fromkeys(SUMMARY_METRICS, 0.5))
         closing = time.perf_counter()
-    print(json.dumps({"run_id": run.run_id, "open": open_seconds, "close": time.perf_counter() - closing,
-                      "latencies": latencies, "start": logging_started, "end": logging_ended}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "run_id": run.run_id,
+                "open": open_seconds,
+                "close": time.perf_counter() - closing,
+                "latencies": latencies,
+                "start": logging_started,
+                "end": logging_ended,
+            }
+        )
+    )
 
 
 def _spawn(uri: str, epochs: int, go: Path, pause: float = 0.0) -> subprocess.Popen:
@@ -102,7 +112,9 @@ def load(label: str, uri: str, trainings: int, epochs: int, folder: Path) -> dic
         line = process.stdout.readline()
         if line.strip() != "open":
             process.wait()
-            raise UserError(f"{label}: a worker failed before logging: {(process.stderr.read().strip().splitlines() or ['?'])[-1]}")
+            raise UserError(
+                f"{label}: a worker failed before logging: {(process.stderr.read().strip().splitlines() or ['?'])[-1]}"
+            )
     go.touch()
     results, failures = [], []
     for process in workers:
@@ -115,21 +127,36 @@ def load(label: str, uri: str, trainings: int, epochs: int, folder: Path) -> dic
     span = max((r["end"] for r in results), default=0) - min((r["start"] for r in results), default=0)
     lost_runs, missing = _lost(uri, [r["run_id"] for r in results], trainings, epochs)
     return {
-        "store": label, "uri": uri, "trainings": trainings, "epochs": epochs, "worker_failures": failures,
-        "runs_lost": lost_runs, "metric_values_missing": missing,
-        "log_calls": len(latencies), "span_s": span,
+        "store": label,
+        "uri": uri,
+        "trainings": trainings,
+        "epochs": epochs,
+        "worker_failures": failures,
+        "runs_lost": lost_runs,
+        "metric_values_missing": missing,
+        "log_calls": len(latencies),
+        "span_s": span,
         "calls_per_s": len(latencies) / span if span else 0.0,
         "metric_values_per_s": len(latencies) * len(EPOCH_METRICS) / span if span else 0.0,
-        "latency_ms": {"p50": 1000 * statistics.median(latencies), "p95": 1000 * _percentile(latencies, 0.95),
-                       "max": 1000 * max(latencies)} if latencies else {},
+        "latency_ms": {
+            "p50": 1000 * statistics.median(latencies),
+            "p95": 1000 * _percentile(latencies, 0.95),
+            "max": 1000 * max(latencies),
+        }
+        if latencies
+        else {},
         "run_open_ms_median": 1000 * statistics.median(r["open"] for r in results) if results else None,
         "run_close_ms_median": 1000 * statistics.median(r["close"] for r in results) if results else None,
-    }  # fmt: skip
+    }
 
 
 def restart_under_a_run(scratch: server.ServerProcess, epochs: int, pause: float, folder: Path) -> dict:
     """One run logs an epoch every `pause` s; after a third of its epochs the server is stopped and started."""
-    print(f"restart: one run of {epochs} epochs, the server restarted after epoch {max(1, epochs // 3)}", file=sys.stderr, flush=True)
+    print(
+        f"restart: one run of {epochs} epochs, the server restarted after epoch {max(1, epochs // 3)}",
+        file=sys.stderr,
+        flush=True,
+    )
     go = folder / "go-restart"
     go.touch()
     process = _spawn(scratch.uri, epochs, go, pause)
@@ -142,38 +169,54 @@ def restart_under_a_run(scratch: server.ServerProcess, epochs: int, pause: float
             restart_seconds = time.perf_counter() - started
             break
     out, err = process.communicate()
-    lines = (out.strip().splitlines() or [""])
+    lines = out.strip().splitlines() or [""]
     result = json.loads(lines[-1]) if process.returncode == 0 else None
     lost_runs, missing = _lost(scratch.uri, [result["run_id"]] if result else [], 1, epochs)
     return {
-        "epochs": epochs, "pause_s": pause, "restarted_after_epoch": restart_at, "restart_s": restart_seconds,
-        "exit_code": process.returncode, "error": None if result else (err.strip().splitlines() or ["?"])[-1],
-        "status": "FINISHED" if result and not lost_runs else "LOST", "metric_values_missing": missing,
+        "epochs": epochs,
+        "pause_s": pause,
+        "restarted_after_epoch": restart_at,
+        "restart_s": restart_seconds,
+        "exit_code": process.returncode,
+        "error": None if result else (err.strip().splitlines() or ["?"])[-1],
+        "status": "FINISHED" if result and not lost_runs else "LOST",
+        "metric_values_missing": missing,
         "longest_call_s": max(result["latencies"]) if result else None,
-    }  # fmt: skip
+    }
 
 
 def markdown(report: dict) -> str:
-    rows = ["| store | runs lost | metric values missing | log calls | calls/s | metric values/s | p50 ms | p95 ms | max ms | run open ms | run close ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [
+        "| store | runs lost | metric values missing | log calls | calls/s | metric values/s | p50 ms | p95 ms | max ms | run open ms | run close ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in report["load"]:
         lat = r["latency_ms"]
-        rows.append(f"| {r['store']} | {r['runs_lost']} | {r['metric_values_missing']} | {r['log_calls']} | {r['calls_per_s']:.0f} | "
-                    f"{r['metric_values_per_s']:.0f} | {lat.get('p50', 0):.1f} | {lat.get('p95', 0):.1f} | {lat.get('max', 0):.0f} | "
-                    f"{r['run_open_ms_median']:.0f} | {r['run_close_ms_median']:.0f} |")  # fmt: skip
+        rows.append(
+            f"| {r['store']} | {r['runs_lost']} | {r['metric_values_missing']} | {r['log_calls']} | {r['calls_per_s']:.0f} | "
+            f"{r['metric_values_per_s']:.0f} | {lat.get('p50', 0):.1f} | {lat.get('p95', 0):.1f} | {lat.get('max', 0):.0f} | "
+            f"{r['run_open_ms_median']:.0f} | {r['run_close_ms_median']:.0f} |"
+        )
     restart = report["restart"]
     verdict = "VALID" if report["valid"] else f"INVALID: {report['why']}"
-    return "\n".join([
-        f"### Logging under load: {report['trainings']} concurrent trainings x {report['epochs']} epochs "
-        f"(one 7-metric batch per epoch), {verdict}", "",
-        f"`{report['command']}` on {report['machine']}, {report['date']}; load average {report['load_average_before']:.1f} "
-        f"before, {report['load_average_after']:.1f} after (other jobs on the machine)", "", *rows, "",
-        f"Server restarted under a run (an epoch every {restart['pause_s']} s, restart after epoch "
-        f"{restart['restarted_after_epoch']} of {restart['epochs']}, the restart took {restart['restart_s'] or 0:.1f} s): "
-        f"run {restart['status']}, {restart['metric_values_missing']} metric values missing, "
-        f"longest logging call {restart['longest_call_s'] or 0:.1f} s (the client's retries)"
-        + (f"; error: {restart['error']}" if restart["error"] else ""), "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"### Logging under load: {report['trainings']} concurrent trainings x {report['epochs']} epochs "
+            f"(one 7-metric batch per epoch), {verdict}",
+            "",
+            f"`{report['command']}` on {report['machine']}, {report['date']}; load average {report['load_average_before']:.1f} "
+            f"before, {report['load_average_after']:.1f} after (other jobs on the machine)",
+            "",
+            *rows,
+            "",
+            f"Server restarted under a run (an epoch every {restart['pause_s']} s, restart after epoch "
+            f"{restart['restarted_after_epoch']} of {restart['epochs']}, the restart took {restart['restart_s'] or 0:.1f} s): "
+            f"run {restart['status']}, {restart['metric_values_missing']} metric values missing, "
+            f"longest logging call {restart['longest_call_s'] or 0:.1f} s (the client's retries)"
+            + (f"; error: {restart['error']}" if restart["error"] else ""),
+            "",
+        ]
+    )
 
 
 def main() -> None:
@@ -181,7 +224,9 @@ def main() -> None:
     parser.add_argument("mode", nargs="?", default="measure", choices=["measure", "worker"])
     parser.add_argument("--trainings", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--pause", type=float, default=0.5, help="seconds between epochs of the restart run (worker: any)")
+    parser.add_argument(
+        "--pause", type=float, default=0.5, help="seconds between epochs of the restart run (worker: any)"
+    )
     parser.add_argument("--restart-epochs", type=int, default=30)
     parser.add_argument("--go", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "server_load")
@@ -198,20 +243,31 @@ def main() -> None:
             for uri in (sqlite_uri, scratch.uri):
                 os.environ["MLFLOW_TRACKING_URI"] = uri
                 store.ensure_experiment(EXPERIMENT, root=folder)
-            results = [load("SQLite file", sqlite_uri, args.trainings, args.epochs, folder),
-                       load("server on PostgreSQL", scratch.uri, args.trainings, args.epochs, folder)]  # fmt: skip
+            results = [
+                load("SQLite file", sqlite_uri, args.trainings, args.epochs, folder),
+                load("server on PostgreSQL", scratch.uri, args.trainings, args.epochs, folder),
+            ]
             restart = restart_under_a_run(scratch, args.restart_epochs, args.pause, folder)
-    problems = [f"{r['store']}: {r['runs_lost']} runs lost, {r['metric_values_missing']} metric values missing"
-                for r in results if r["runs_lost"] or r["metric_values_missing"]]  # fmt: skip
+    problems = [
+        f"{r['store']}: {r['runs_lost']} runs lost, {r['metric_values_missing']} metric values missing"
+        for r in results
+        if r["runs_lost"] or r["metric_values_missing"]
+    ]
     if restart["status"] != "FINISHED" or restart["metric_values_missing"]:
         problems.append(f"restart: run {restart['status']}, {restart['metric_values_missing']} metric values missing")
     report = {
         "command": " ".join(["python benchmarks/server_load.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "date": time.strftime("%Y-%m-%d"),
-        "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
-        "trainings": args.trainings, "epochs": args.epochs, "load": results, "restart": restart,
-        "valid": not problems, "why": "; ".join(problems) or None,
-    }  # fmt: skip
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+        "trainings": args.trainings,
+        "epochs": args.epochs,
+        "load": results,
+        "restart": restart,
+        "valid": not problems,
+        "why": "; ".join(problems) or None,
+    }
     files.write_json(args.out.with_suffix(".json"), report)
     files.write_text(args.out.with_suffix(".md"), markdown(report))
     print(markdown(report))

@@ -25,8 +25,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
 
 TAIL_CHARS = 3000  # of the log, in the message of a process that exited or was not ready in time
 
@@ -37,7 +37,7 @@ class ProcessError(RuntimeError):
     The message names it and ends with the tail of its log (also in `log_tail`, for a one-line error).
     """
 
-    def __init__(self, reason: str, returncode: Optional[int], log_tail: str = ""):
+    def __init__(self, reason: str, returncode: int | None, log_tail: str = ""):
         super().__init__(f"{reason}; the end of its log:\n{log_tail}" if log_tail else reason)
         self.returncode, self.log_tail = returncode, log_tail
 
@@ -67,29 +67,42 @@ class ManagedProcess:
     stdin then /dev/null; None: this process's stdout, stderr and stdin (a server in the foreground).
     """
 
-    def __init__(self, command: Sequence[str], log: Optional[Path] = None, env: Optional[Mapping[str, str]] = None,
-                 cwd: Optional[Path] = None, name: Optional[str] = None):  # fmt: skip
+    def __init__(
+        self,
+        command: Sequence[str],
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        name: str | None = None,
+    ):
         self.command, self.env, self.cwd = [str(part) for part in command], env, cwd
         self.log = Path(log) if log is not None else None
         self.name = name or Path(self.command[0]).name
-        self.popen: Optional[subprocess.Popen] = None
-        self._pid: Optional[int] = None
+        self.popen: subprocess.Popen | None = None
+        self._pid: int | None = None
 
     @classmethod
-    def attach(cls, pid: int, name: str = "process") -> "ManagedProcess":
+    def attach(cls, pid: int, name: str = "process") -> ManagedProcess:
         """A process group that another process started (its pid from a pid file): `running` and `stop` work on it."""
         attached = cls([name], name=name)
         attached._pid = pid
         return attached
 
-    def start(self) -> "ManagedProcess":
+    def start(self) -> ManagedProcess:
         if self.log is None:
             self.popen = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, start_new_session=True)
         else:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             with self.log.open("ab") as log:  # the child keeps its own descriptor
-                self.popen = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                self.popen = subprocess.Popen(
+                    self.command,
+                    env=self.env,
+                    cwd=self.cwd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         self._pid = self.popen.pid
         return self
 
@@ -100,7 +113,7 @@ class ManagedProcess:
         return self._pid
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         """Its exit code once it has ended (None while it runs, and always for an attached process)."""
         return self.popen.poll() if self.popen is not None else None
 
@@ -140,13 +153,13 @@ class ManagedProcess:
                 raise NotReady(f"{self.name} was not ready within {timeout:.0f} s", None, self.log_tail())
             time.sleep(interval)
 
-    def wait(self, timeout: Optional[float] = None) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         """Its exit code, once it ends (subprocess.TimeoutExpired after `timeout` s)."""
         if self.popen is None:
             raise RuntimeError(f"{self.name}: wait() needs a process this one started")
         return self.popen.wait(timeout)
 
-    def stop(self, timeout: float = 30.0) -> Optional[int]:
+    def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM to its group; SIGKILL to the group if it is still running `timeout` s later. Nothing if it has
         already ended. Its exit code (None for an attached process, which is not ours to reap)."""
         if not self.running:
@@ -169,14 +182,14 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):  # the whole group ended in the meantime
             os.killpg(self.pid, signum)
 
-    def __enter__(self) -> "ManagedProcess":
+    def __enter__(self) -> ManagedProcess:
         return self.start() if self.popen is None else self
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
 
-def url_answers(url: str, timeout: float = 2.0, body: Optional[bytes] = None) -> bool:
+def url_answers(url: str, timeout: float = 2.0, body: bytes | None = None) -> bool:
     """Whether GET `url` answers 200 (and, with `body`, that body, spaces around it aside); False when it
     refuses, fails or answers anything else."""
     try:

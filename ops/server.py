@@ -35,9 +35,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
 from mnist_mlp import files
@@ -71,11 +71,11 @@ class Settings:
     db: str
     artifacts: str
     auth: bool
-    workers: Optional[str]
+    workers: str | None
     options: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, env: Optional[dict] = None) -> "Settings":
+    def from_env(cls, env: dict | None = None) -> Settings:
         env = os.environ if env is None else env
         port = env.get("SERVER_PORT") or str(DEFAULT_PORT)
         if not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -85,13 +85,22 @@ class Settings:
         if not parts.scheme.startswith("postgresql"):
             raise ServerError(f"SERVER_DB={db!r}: expected postgresql+psycopg://<role>@<host>:<port>/<database>")
         if parts.password:
-            raise ServerError("SERVER_DB holds a password: remove it from the URI and export MLFLOW_DB_PASSWORD instead")
+            raise ServerError(
+                "SERVER_DB holds a password: remove it from the URI and export MLFLOW_DB_PASSWORD instead"
+            )
         for what, name in (("role", parts.username), ("database", parts.path.lstrip("/"))):
             if not name or not _NAME.match(name):
                 raise ServerError(f"SERVER_DB={db!r}: {what} {name!r}: expected lowercase letters, digits and _")
         artifacts = env.get("SERVER_ARTIFACTS") or str(default_data_home() / "mlflow-artifacts")
-        return cls(env.get("SERVER_HOST") or "127.0.0.1", int(port), db, artifacts, env.get("SERVER_AUTH", "") not in ("", "0"),
-                   env.get("SERVER_WORKERS") or None, tuple(shlex.split(env.get("SERVER_OPTIONS") or "")))  # fmt: skip
+        return cls(
+            env.get("SERVER_HOST") or "127.0.0.1",
+            int(port),
+            db,
+            artifacts,
+            env.get("SERVER_AUTH", "") not in ("", "0"),
+            env.get("SERVER_WORKERS") or None,
+            tuple(shlex.split(env.get("SERVER_OPTIONS") or "")),
+        )
 
     @property
     def uri(self) -> str:
@@ -132,7 +141,7 @@ class Settings:
     def db_port(self) -> int:
         return self.db_parts.port or 5432
 
-    def db_uri(self, database: Optional[str] = None) -> str:
+    def db_uri(self, database: str | None = None) -> str:
         return self.db_parts._replace(path=f"/{database or self.database}").geturl()
 
 
@@ -194,7 +203,9 @@ def _cluster(port: int) -> dict:
     try:
         listed = subprocess.run(["pg_lsclusters", "--json"], capture_output=True, text=True, check=True)
     except FileNotFoundError:
-        raise ServerError("pg_lsclusters not found: PostgreSQL is not installed; `make server-deps` (as root) installs it") from None
+        raise ServerError(
+            "pg_lsclusters not found: PostgreSQL is not installed; `make server-deps` (as root) installs it"
+        ) from None
     except subprocess.CalledProcessError as exc:
         raise ServerError(f"pg_lsclusters failed ({exc.stderr.strip() or exc.returncode})") from None
     clusters = json.loads(listed.stdout or "[]")
@@ -202,7 +213,9 @@ def _cluster(port: int) -> dict:
         if int(cluster["port"]) == port:
             return cluster
     found = ", ".join(f"{c['version']}/{c['cluster']} on {c['port']}" for c in clusters) or "none"
-    raise ServerError(f"no PostgreSQL cluster on port {port} (clusters: {found}); `pg_createcluster --start 15 main` makes one")
+    raise ServerError(
+        f"no PostgreSQL cluster on port {port} (clusters: {found}); `pg_createcluster --start 15 main` makes one"
+    )
 
 
 def _wait_for_port(host: str, port: int, timeout: float) -> bool:
@@ -229,67 +242,110 @@ def setup_sql(settings: Settings, password: str) -> str:
         f"ALTER ROLE {role} LOGIN CREATEDB PASSWORD {_sql_literal(password)};",
     ]
     for database in (settings.database, settings.auth_database, settings.studies_database):
-        lines.append(f"SELECT 'CREATE DATABASE {database} OWNER {role}' "
-                     f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}') \\gexec")  # fmt: skip
+        lines.append(
+            f"SELECT 'CREATE DATABASE {database} OWNER {role}' "
+            f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{database}') \\gexec"
+        )
     return "\n".join(lines) + "\n"
 
 
 def deps(settings: Settings) -> None:
     """Start the local cluster when it is down; create the role and the databases; write missing secrets."""
     if settings.db_host not in ("127.0.0.1", "localhost", "::1"):
-        raise ServerError(f"SERVER_DB is on {settings.db_host}: server-deps sets up this machine's PostgreSQL only; "
-                          f"create role {settings.role} and databases {settings.database}, {settings.auth_database}, "
-                          f"{settings.studies_database} there")  # fmt: skip
+        raise ServerError(
+            f"SERVER_DB is on {settings.db_host}: server-deps sets up this machine's PostgreSQL only; "
+            f"create role {settings.role} and databases {settings.database}, {settings.auth_database}, "
+            f"{settings.studies_database} there"
+        )
     if os.geteuid() != 0:
         raise ServerError("run it as root: it starts PostgreSQL and creates the MLflow role as the postgres user")
     cluster = _cluster(settings.db_port)
     name = f"{cluster['version']}/{cluster['cluster']}"
     if not cluster["running"]:
-        started = subprocess.run(["pg_ctlcluster", str(cluster["version"]), cluster["cluster"], "start"], capture_output=True, text=True)
+        started = subprocess.run(
+            ["pg_ctlcluster", str(cluster["version"]), cluster["cluster"], "start"], capture_output=True, text=True
+        )
         if started.returncode != 0:
             reason = (started.stderr.strip().splitlines() or [f"exit {started.returncode}"])[-1]
             raise ServerError(f"PostgreSQL {name} did not start ({reason}); its log: {cluster['logfile']}")
         print(f"server-deps: started PostgreSQL {name} on port {settings.db_port}")
     if not _wait_for_port(settings.db_host, settings.db_port, 30):
-        raise ServerError(f"PostgreSQL {name} is not answering on {settings.db_host}:{settings.db_port}; its log: {cluster['logfile']}")
+        raise ServerError(
+            f"PostgreSQL {name} is not answering on {settings.db_host}:{settings.db_port}; its log: {cluster['logfile']}"
+        )
     password = ensure_secrets()["MLFLOW_DB_PASSWORD"]
     # runuser lives in /usr/sbin, which a non-login shell's PATH may lack
-    runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin{os.pathsep}/sbin") or "runuser"
-    psql = [runuser, "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-p", str(settings.db_port), "-d", "postgres"]
+    runuser = (
+        shutil.which("runuser", path=f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin{os.pathsep}/sbin") or "runuser"
+    )
+    psql = [
+        runuser,
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-p",
+        str(settings.db_port),
+        "-d",
+        "postgres",
+    ]
     done = subprocess.run(psql, input=setup_sql(settings, password), capture_output=True, text=True)
     if done.returncode != 0:
-        raise ServerError(f"psql as postgres failed: {(done.stderr.strip().splitlines() or [f'exit {done.returncode}'])[-1]}")
+        raise ServerError(
+            f"psql as postgres failed: {(done.stderr.strip().splitlines() or [f'exit {done.returncode}'])[-1]}"
+        )
     check_database(settings, password)
-    print(f"server-deps: PostgreSQL {name} up; role {settings.role}, databases {settings.database}, "
-          f"{settings.auth_database} and {settings.studies_database} ready; next: `make server`")  # fmt: skip
+    print(
+        f"server-deps: PostgreSQL {name} up; role {settings.role}, databases {settings.database}, "
+        f"{settings.auth_database} and {settings.studies_database} ready; next: `make server`"
+    )
 
 
-def connect(settings: Settings, password: str, database: Optional[str] = None):
+def connect(settings: Settings, password: str, database: str | None = None):
     try:
         import psycopg
     except ImportError:
-        raise ServerError("psycopg is not installed in this venv: `make server-deps` installs it (pip install -e '.[server]')") from None
-    return psycopg.connect(host=settings.db_host, port=settings.db_port, user=settings.role, password=password,
-                           dbname=database or settings.database, connect_timeout=5, autocommit=True)  # fmt: skip
+        raise ServerError(
+            "psycopg is not installed in this venv: `make server-deps` installs it (pip install -e '.[server]')"
+        ) from None
+    return psycopg.connect(
+        host=settings.db_host,
+        port=settings.db_port,
+        user=settings.role,
+        password=password,
+        dbname=database or settings.database,
+        connect_timeout=5,
+        autocommit=True,
+    )
 
 
-def check_database(settings: Settings, password: Optional[str]) -> None:
+def check_database(settings: Settings, password: str | None) -> None:
     """The backend store answers and takes the role's password, or one line saying what to do."""
     where = f"PostgreSQL at {settings.db_host}:{settings.db_port}"
     if password is None:
-        raise ServerError(f"no MLFLOW_DB_PASSWORD in the environment or {secrets_path()}; `make server-deps` (as root) creates it")
+        raise ServerError(
+            f"no MLFLOW_DB_PASSWORD in the environment or {secrets_path()}; `make server-deps` (as root) creates it"
+        )
     if not _wait_for_port(settings.db_host, settings.db_port, 1):
-        raise ServerError(f"{where} is not answering (connection refused); start it with `make server-deps` (as root) "
-                          f"or `pg_ctlcluster <version> main start`")  # fmt: skip
+        raise ServerError(
+            f"{where} is not answering (connection refused); start it with `make server-deps` (as root) "
+            f"or `pg_ctlcluster <version> main start`"
+        )
     import psycopg
 
     try:
         connect(settings, password).close()
     except psycopg.Error as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise ServerError(f"{where} refused role {settings.role} on database {settings.database} ({reason}); "
-                          f"`make server-deps` (as root) creates them and sets the password from MLFLOW_DB_PASSWORD "
-                          f"or {secrets_path()}") from None  # fmt: skip
+        raise ServerError(
+            f"{where} refused role {settings.role} on database {settings.database} ({reason}); "
+            f"`make server-deps` (as root) creates them and sets the password from MLFLOW_DB_PASSWORD "
+            f"or {secrets_path()}"
+        ) from None
 
 
 # --- the MLflow server ----------------------------------------------------------------------------
@@ -314,17 +370,19 @@ def _port_free(host: str, port: int) -> bool:
 def _auth_config(settings: Settings) -> Path:
     """The basic-auth app's ini: users in their own PostgreSQL database; no secret in it (they come from the env)."""
     path = secrets_path().parent / f"basic_auth-{settings.port}.ini"
-    text = "\n".join([
-        "[mlflow]",
-        # logged-in users may log runs into any experiment; per-experiment permissions narrow it
-        "default_permission = EDIT",
-        f"database_uri = {settings.db_uri(settings.auth_database)}",
-        f"admin_username = {AUTH_ADMIN}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        # without it every request pays a PBKDF2 hash; the price: an old password works up to a minute longer
-        "auth_cache_ttl_seconds = 60",
-        "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            "[mlflow]",
+            # logged-in users may log runs into any experiment; per-experiment permissions narrow it
+            "default_permission = EDIT",
+            f"database_uri = {settings.db_uri(settings.auth_database)}",
+            f"admin_username = {AUTH_ADMIN}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            # without it every request pays a PBKDF2 hash; the price: an old password works up to a minute longer
+            "auth_cache_ttl_seconds = 60",
+            "",
+        ]
+    )
     _write_private(path, text)
     return path
 
@@ -332,8 +390,20 @@ def _auth_config(settings: Settings) -> Path:
 def server_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     """`mlflow server` and the environment it needs (the secrets)."""
     values = read_secrets()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.db,
-               "--artifacts-destination", settings.artifacts, "--host", settings.host, "--port", str(settings.port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        settings.db,
+        "--artifacts-destination",
+        settings.artifacts,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+    ]
     if settings.workers:
         command += ["--workers", settings.workers]
     command += settings.options
@@ -341,8 +411,10 @@ def server_command(settings: Settings) -> tuple[list[str], dict[str, str]]:
     if settings.auth:
         for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
             if not values.get(key):
-                raise ServerError(f"SERVER_AUTH=1 needs {key} ({SECRETS[key]}) in the environment or {secrets_path()}; "
-                                  "`make server-deps` generates it")  # fmt: skip
+                raise ServerError(
+                    f"SERVER_AUTH=1 needs {key} ({SECRETS[key]}) in the environment or {secrets_path()}; "
+                    "`make server-deps` generates it"
+                )
             env[key] = values[key]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(settings))
         command += ["--app-name", "basic-auth"]
@@ -353,15 +425,17 @@ def preflight(settings: Settings) -> None:
     """Everything `mlflow server` needs, checked before it starts: a free port, a database that answers."""
     if not _port_free(settings.host, settings.port):
         if health(settings.uri):
-            raise ServerError(f"an MLflow server already answers at {settings.uri}; use it "
-                              f"(MLFLOW_TRACKING_URI={settings.uri}) or pick another SERVER_PORT")  # fmt: skip
+            raise ServerError(
+                f"an MLflow server already answers at {settings.uri}; use it "
+                f"(MLFLOW_TRACKING_URI={settings.uri}) or pick another SERVER_PORT"
+            )
         raise ServerError(f"{settings.host}:{settings.port} is in use by another program; pick another SERVER_PORT")
     check_database(settings, read_secrets().get("MLFLOW_DB_PASSWORD"))
     if "://" not in settings.artifacts:
         Path(settings.artifacts).mkdir(parents=True, exist_ok=True)
 
 
-def _server_process(command: list[str], env: dict[str, str], log: Optional[Path] = None) -> ManagedProcess:
+def _server_process(command: list[str], env: dict[str, str], log: Path | None = None) -> ManagedProcess:
     """Started in its own session: one signal to its group reaches mlflow server and the workers it starts."""
     return ManagedProcess(command, log=log, env=env, name="mlflow server").start()
 
@@ -370,9 +444,13 @@ def wait_ready(uri: str, process: ManagedProcess, timeout: float = READY_TIMEOUT
     try:
         process.wait_until(lambda: health(uri), timeout)
     except ProcessExited as exc:
-        raise ServerError(f"mlflow server exited with code {exc.returncode} before answering at {uri}{_last_line(exc)}") from None
+        raise ServerError(
+            f"mlflow server exited with code {exc.returncode} before answering at {uri}{_last_line(exc)}"
+        ) from None
     except NotReady as exc:
-        raise ServerError(f"mlflow server did not answer {uri}/health within {timeout:.0f} s{_last_line(exc)}") from None
+        raise ServerError(
+            f"mlflow server did not answer {uri}/health within {timeout:.0f} s{_last_line(exc)}"
+        ) from None
 
 
 def _last_line(exc: ProcessError) -> str:
@@ -383,11 +461,13 @@ def _last_line(exc: ProcessError) -> str:
 
 def _ready_line(settings: Settings) -> str:
     auth = " (basic auth: export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)" if settings.auth else ""
-    return (f"MLflow tracking server ready; in another terminal: export MLFLOW_TRACKING_URI={settings.uri}{auth}; "
-            f"for sweeps on it: export STUDY_STORAGE={settings.study_storage} PGPASSWORD=<MLFLOW_DB_PASSWORD>")
+    return (
+        f"MLflow tracking server ready; in another terminal: export MLFLOW_TRACKING_URI={settings.uri}{auth}; "
+        f"for sweeps on it: export STUDY_STORAGE={settings.study_storage} PGPASSWORD=<MLFLOW_DB_PASSWORD>"
+    )
 
 
-def _interrupt(signum, frame):  # noqa: ARG001
+def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
@@ -459,9 +539,10 @@ def stop(settings: Settings, quiet: bool = False) -> None:
 
 class ServerProcess:
     """One `mlflow server` process group with its log; `restart` keeps its database and port."""
+
     def __init__(self, settings: Settings, log: Path):
         self.settings, self.log = settings, log
-        self.process: Optional[ManagedProcess] = None
+        self.process: ManagedProcess | None = None
 
     @property
     def uri(self) -> str:
@@ -470,8 +551,11 @@ class ServerProcess:
     @property
     def env(self) -> dict[str, str]:
         """What a client process needs on top of its environment."""
-        return {"MLFLOW_TRACKING_URI": self.uri, "STUDY_STORAGE": self.settings.study_storage,
-                "PGPASSWORD": read_secrets().get("MLFLOW_DB_PASSWORD", "")}
+        return {
+            "MLFLOW_TRACKING_URI": self.uri,
+            "STUDY_STORAGE": self.settings.study_storage,
+            "PGPASSWORD": read_secrets().get("MLFLOW_DB_PASSWORD", ""),
+        }
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         command, env = server_command(self.settings)
@@ -492,8 +576,9 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def scratch_server(folder: Path, auth: bool = False, workers: Optional[str] = "2",
-                   timeout: float = READY_TIMEOUT) -> Iterator[ServerProcess]:  # fmt: skip
+def scratch_server(
+    folder: Path, auth: bool = False, workers: str | None = "2", timeout: float = READY_TIMEOUT
+) -> Iterator[ServerProcess]:
     """A started server on a free port and a database of its own (and an auth database with `auth`),
     created from the role `deps` set up and dropped afterwards: it never sees the team's runs."""
     base = Settings.from_env({})
@@ -501,8 +586,14 @@ def scratch_server(folder: Path, auth: bool = False, workers: Optional[str] = "2
     check_database(base, password)
     database = f"mlflow_scratch_{secrets.token_hex(4)}"
     folder.mkdir(parents=True, exist_ok=True)
-    settings = replace(base, port=free_port(), db=base.db_uri(database), artifacts=str(folder / "artifacts"),
-                       auth=auth, workers=workers)  # fmt: skip
+    settings = replace(
+        base,
+        port=free_port(),
+        db=base.db_uri(database),
+        artifacts=str(folder / "artifacts"),
+        auth=auth,
+        workers=workers,
+    )
     created = [database, settings.studies_database, *([settings.auth_database] if auth else [])]
     with connect(base, password) as admin:
         for name in created:
@@ -518,11 +609,12 @@ def scratch_server(folder: Path, auth: bool = False, workers: Optional[str] = "2
                 admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ops.server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("action", choices=["deps", "run", "start", "stop"])
     args = parser.parse_args(argv)
     actions = {"deps": deps, "run": run, "start": start, "stop": stop}

@@ -10,16 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from support import browser as browser_support
+from support.checkout import checkout_changes, snapshot
 from support.faults import stage_in_process
 from support.mnist_files import write_tiny_mnist
 from support.params import tiny_params
-from support.checkout import checkout_changes, snapshot
 from support.project import CLEARED_ENV, build_template, copy_project
 
 # --- the checkout stays as the session found it ----------------------------------------------------
@@ -69,8 +69,12 @@ def trained_before(tmp_path: Path, capsys, monkeypatch) -> Path:
     """Cached splits, and the model and log of an earlier run that a failed run must not touch."""
     raw = write_tiny_mnist(tmp_path / "raw", train_count=300, test_count=60, compress=False)
     tiny_params(tmp_path / "params.yaml", preprocess={"val_size": 60})
-    assert stage_in_process("preprocess", ["--raw", str(raw), "--out", "data/processed"], tmp_path, capsys,
-                            monkeypatch).code == 0
+    assert (
+        stage_in_process(
+            "preprocess", ["--raw", str(raw), "--out", "data/processed"], tmp_path, capsys, monkeypatch
+        ).code
+        == 0
+    )
     (tmp_path / "models").mkdir()
     (tmp_path / "models/model.pt").write_bytes(b"the previous model")
     (tmp_path / "reports").mkdir()

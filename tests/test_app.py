@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_mlp.serving import app, predict
+from mnist_mlp.tracking import queries
 from ops.processes import free_port
 from support.app import drawn, log_sweep, png, save_model
 from support.cli import cli_in_process
 from support.digit_images import write_styled_digits
-from mnist_mlp.serving import app
-from mnist_mlp.serving import predict
-from mnist_mlp.tracking import queries
 
 SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]  # the order the runs are logged in
 # the order the page shows them: numbers ascending, words in the order the sweep ran them
@@ -81,7 +80,11 @@ def test_the_page_and_its_files_are_served_from_the_package(client):
         assert f'src="static/{name}"' in html or f'href="static/{name}"' in html
         assert client.get(f"/static/{name}").status_code == 200
     # offline: nothing is fetched from another host
-    for text in (html, client.get("/static/app.js").get_data(as_text=True), client.get("/static/app.css").get_data(as_text=True)):
+    for text in (
+        html,
+        client.get("/static/app.js").get_data(as_text=True),
+        client.get("/static/app.css").get_data(as_text=True),
+    ):
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
 
 
@@ -95,13 +98,17 @@ def test_the_current_model_comes_first_then_every_model_of_the_latest_sweep(clie
     assert listed["models"][0]["title"] == "784-64-10 relu, dropout 0.0"
     # labelled by the params that differ across the sweep
     assert [model["title"] for model in listed["models"][1:]] == [
-        "activation relu, dropout 0.0", "activation relu, dropout 0.5", "activation tanh, dropout 0.0"
-    ]  # fmt: skip
+        "activation relu, dropout 0.0",
+        "activation relu, dropout 0.5",
+        "activation tanh, dropout 0.0",
+    ]
     assert sorted(store_env["new"]) == GRID
     assert all("error" not in model for model in listed["models"])
 
 
-def test_a_growing_sweeps_new_models_reach_api_clients_without_a_page_load(checkpoint, tmp_path, empty_mlflow_db, monkeypatch):
+def test_a_growing_sweeps_new_models_reach_api_clients_without_a_page_load(
+    checkpoint, tmp_path, empty_mlflow_db, monkeypatch
+):
     """A study still running gains runs: predictions pick them up once the lookup is SWEEP_REFRESH_S old."""
     import mlflow
 
@@ -112,14 +119,20 @@ def test_a_growing_sweeps_new_models_reach_api_clients_without_a_page_load(check
     log_sweep(tmp_path, "grow", [("relu", 0.0)])
     client = app.create_app(app.Models(str(checkpoint), sweep="grow")).test_client()
     monkeypatch.setattr(app, "SWEEP_REFRESH_S", 3600.0)
-    assert [model["name"] for model in post(client, png(drawn("one"))).get_json()["models"]] == ["current", "grow-relu-do0"]
+    assert [model["name"] for model in post(client, png(drawn("one"))).get_json()["models"]] == [
+        "current",
+        "grow-relu-do0",
+    ]
     log_sweep(tmp_path, "grow", [("tanh", 0.5)])  # a trial finishes while the app runs
     assert len(post(client, png(drawn("one"))).get_json()["models"]) == 2  # within the window: the list it found
     monkeypatch.setattr(app, "SWEEP_REFRESH_S", 0.0)  # the window has passed
     body = post(client, png(drawn("one"))).get_json()
     assert [model["name"] for model in body["models"]] == ["current", "grow-relu-do0", "grow-tanh-do0.5"]
     # every card names the same fields
-    assert [model["title"] for model in body["models"][1:]] == ["activation relu, dropout 0.0", "activation tanh, dropout 0.5"]
+    assert [model["title"] for model in body["models"][1:]] == [
+        "activation relu, dropout 0.0",
+        "activation tanh, dropout 0.5",
+    ]
     mlflow.set_tracking_uri(None)
 
 
@@ -147,7 +160,7 @@ def test_the_pixels_shown_are_exactly_what_predict_makes_of_the_file(client, dig
 
 def test_uploaded_digits_in_every_style_are_read_like_predict_reads_them(client, checkpoint, digits):
     expected = predict.predict_files(list(digits), predict.load_classifier(str(checkpoint)), top_k=1)
-    for (path, truth), result in zip(digits.items(), expected):
+    for (path, _truth), result in zip(digits.items(), expected):
         current = post(client, path.read_bytes(), path.name).get_json()["models"][0]
         assert current["name"] == "current" and current["label"] == result.label
         assert current["probabilities"][result.label] == pytest.approx(result.top_k[0][1], abs=1e-5)
@@ -164,9 +177,13 @@ def test_another_sweep_is_chosen_with_the_sweep_query(client, store_env):
 def test_models_named_on_the_command_line_replace_the_sweep(checkpoint, store_env):
     import mlflow
 
-    run_id = mlflow.MlflowClient().search_runs(
-        [mlflow.MlflowClient().get_experiment_by_name("mnist-mlp").experiment_id], "tags.sweep_id = 'old'"
-    )[0].info.run_id
+    run_id = (
+        mlflow.MlflowClient()
+        .search_runs(
+            [mlflow.MlflowClient().get_experiment_by_name("mnist-mlp").experiment_id], "tags.sweep_id = 'old'"
+        )[0]
+        .info.run_id
+    )
     uri = f"runs:/{run_id}/model"
     client = app.create_app(app.Models(str(checkpoint), [uri])).test_client()
     body = post(client, png(drawn("one"))).get_json()
@@ -192,11 +209,14 @@ def test_an_empty_pad_asks_for_a_digit(client):
     assert "no digit found" in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("data, name, message", [
-    (b"%PDF-1.4 not an image", "notes.pdf", "notes.pdf: not a PNG or JPEG image"),
-    (b"", "empty.png", "empty.png: empty file"),
-    (png(drawn("one"))[:200], "cut.png", "cut.png: unreadable image"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data, name, message",
+    [
+        (b"%PDF-1.4 not an image", "notes.pdf", "notes.pdf: not a PNG or JPEG image"),
+        (b"", "empty.png", "empty.png: empty file"),
+        (png(drawn("one"))[:200], "cut.png", "cut.png: unreadable image"),
+    ],
+)
 def test_a_file_that_is_not_a_png_or_jpeg_gets_a_clear_400(client, data, name, message):
     response = post(client, data, name)
     assert response.status_code == 400
@@ -244,11 +264,19 @@ def test_no_model_and_no_store_say_which_commands_make_them(tmp_path, monkeypatc
     client = app.create_app(app.Models(str(tmp_path / "models" / "model.pt"))).test_client()
     listed = client.get("/api/models").get_json()
     assert listed["models"][0]["error"] == "model.pt: model file not found; run `dvc repro` to train one"
-    assert listed["notice"] == "no MLflow store at mlflow.db; `make sweep` (or `make sweep-quick`) makes one with a sweep"
+    assert (
+        listed["notice"] == "no MLflow store at mlflow.db; `make sweep` (or `make sweep-quick`) makes one with a sweep"
+    )
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create one
     body = post(client, png(drawn("one"))).get_json()
-    assert body["models"] == [{"name": "current", "title": listed["models"][0]["title"], "source": str(tmp_path / "models" / "model.pt"),
-                               "error": listed["models"][0]["error"]}]  # fmt: skip
+    assert body["models"] == [
+        {
+            "name": "current",
+            "title": listed["models"][0]["title"],
+            "source": str(tmp_path / "models" / "model.pt"),
+            "error": listed["models"][0]["error"],
+        }
+    ]
 
 
 def test_an_unreachable_tracking_server_is_a_notice_not_a_crash(client, checkpoint, monkeypatch):
@@ -262,11 +290,16 @@ def test_an_unreachable_tracking_server_is_a_notice_not_a_crash(client, checkpoi
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example:8000", "127.0.0.1:8001", "localhost:5000"])
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example:8000", "127.0.0.1:8001", "localhost:5000"]
+)
 def test_a_foreign_host_header_is_refused_with_403(checkpoint, store_env, host):
     client = app.create_app(app.Models(str(checkpoint)), port=8000).test_client()
-    for response in (client.get("/", headers={"Host": host}), client.get("/api/models", headers={"Host": host}),
-                     client.post("/api/predict", headers={"Host": host}, data={"image": (io.BytesIO(png(drawn("one"))), "one.png")})):  # fmt: skip
+    for response in (
+        client.get("/", headers={"Host": host}),
+        client.get("/api/models", headers={"Host": host}),
+        client.post("/api/predict", headers={"Host": host}, data={"image": (io.BytesIO(png(drawn("one"))), "one.png")}),
+    ):
         assert response.status_code == 403
         assert response.get_json() == {"error": f"host {host!r} refused: open the app at http://127.0.0.1:8000/"}
 
@@ -283,15 +316,20 @@ def test_a_post_from_another_origin_is_refused_with_403(checkpoint, store_env):
     client = app.create_app(app.Models(str(checkpoint)), port=8000).test_client()
 
     def post_from(origin: str):
-        return client.post("/api/predict", headers={"Host": "127.0.0.1:8000", "Origin": origin},
-                           data={"image": (io.BytesIO(png(drawn("one"))), "one.png")})  # fmt: skip
+        return client.post(
+            "/api/predict",
+            headers={"Host": "127.0.0.1:8000", "Origin": origin},
+            data={"image": (io.BytesIO(png(drawn("one"))), "one.png")},
+        )
 
     for origin in ("http://evil.example", "http://127.0.0.1:8001", "https://127.0.0.1:8000", "null"):
         response = post_from(origin)
         assert response.status_code == 403, origin
         assert response.get_json() == {"error": f"origin {origin!r} refused: only the app's own page may post to it"}
     assert post_from("http://127.0.0.1:8000").status_code == 200  # the page itself
-    assert client.get("/api/models", headers={"Origin": "http://evil.example"}).status_code == 200  # reading changes nothing
+    assert (
+        client.get("/api/models", headers={"Origin": "http://evil.example"}).status_code == 200
+    )  # reading changes nothing
 
 
 @pytest.mark.bad_input
@@ -303,16 +341,26 @@ def test_clients_see_no_store_uri_or_server_path_but_the_log_keeps_them(tmp_path
     assert listed["notice"] == "no experiment 'nope' in <store>; `make sweep` (or `make sweep-quick`) makes one"
     assert listed["models"][0]["error"] == "model.pt: model file not found; run `dvc repro` to train one"
     assert str(tmp_path) not in response.get_data(as_text=True).replace(listed["models"][0]["source"], "")
-    assert f"no experiment 'nope' in {store_env['uri']};" in caplog.text and f"{missing}: model file not found" in caplog.text
+    assert (
+        f"no experiment 'nope' in {store_env['uri']};" in caplog.text
+        and f"{missing}: model file not found" in caplog.text
+    )
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("error, answer", [
-    (lambda root: queries.NoRunsError(f"cannot read the sweeps in sqlite:///{root}/mlflow.db (disk I/O error)"),
-     (400, "cannot read the sweeps in <store> (disk I/O error)")),
-    (lambda root: PermissionError(13, "Permission denied", f"{root}/models/model.pt"),
-     (500, "internal error: PermissionError: [Errno 13] Permission denied: 'model.pt'")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "error, answer",
+    [
+        (
+            lambda root: queries.NoRunsError(f"cannot read the sweeps in sqlite:///{root}/mlflow.db (disk I/O error)"),
+            (400, "cannot read the sweeps in <store> (disk I/O error)"),
+        ),
+        (
+            lambda root: PermissionError(13, "Permission denied", f"{root}/models/model.pt"),
+            (500, "internal error: PermissionError: [Errno 13] Permission denied: 'model.pt'"),
+        ),
+    ],
+)
 def test_an_error_body_names_no_server_path(client, tmp_path, monkeypatch, caplog, error, answer):
     def fail(*args, **kwargs):
         raise error(tmp_path)
@@ -367,8 +415,10 @@ def test_measure_prints_each_models_latency(checkpoint, store_env, tmp_path, cap
     assert lines[1].split()[0] == "preprocessing"
     assert [line.split()[0] for line in lines[2:6]] == ["current", *GRID]
     assert [line.rsplit(None, 2)[0].strip() for line in lines[6:]] == [
-        "current model: preprocessing + forward", "all 4 models: preprocessing + forwards", "POST /api/predict, all models, JSON out"
-    ]  # fmt: skip
+        "current model: preprocessing + forward",
+        "all 4 models: preprocessing + forwards",
+        "POST /api/predict, all models, JSON out",
+    ]
     for line in lines[1:]:
         median, p90 = map(float, line.split()[-2:])
         assert 0 < median <= p90
@@ -379,7 +429,9 @@ def test_a_port_in_use_is_one_line(checkpoint, store_env, capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, out, err = cli_in_process(["app", "--model", str(checkpoint), "--experiment", "mnist-mlp", "--port", str(port)], capsys)
+        code, out, err = cli_in_process(
+            ["app", "--model", str(checkpoint), "--experiment", "mnist-mlp", "--port", str(port)], capsys
+        )
     assert code == 1
     assert err.splitlines()[-1].startswith(f"mnist-mlp app: error: 127.0.0.1:{port}: cannot listen (")
     assert "--port N" in err.splitlines()[-1]
@@ -413,8 +465,9 @@ def test_a_silent_connection_is_closed_and_connections_past_the_cap_are_refused(
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     with listener:
-        server = app.bounded_server(port, app.create_app(app.Models(str(checkpoint)), port), listener.fileno(),
-                                    timeout_s=1, connections=2)
+        server = app.bounded_server(
+            port, app.create_app(app.Models(str(checkpoint)), port), listener.fileno(), timeout_s=1, connections=2
+        )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         slow, other = (socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2))

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from support.app import log_sweep, save_model
+from mnist_mlp.files import write_bytes
 from ops.processes import ManagedProcess, free_port, url_answers
+from support.app import log_sweep, save_model
 from support.digit_images import write_styled_digits
 from support.paths import BIN, ROOT
-from mnist_mlp.files import write_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SETTINGS = [("relu", 0.0), ("tanh", 0.0), ("relu", 0.5)]
@@ -67,11 +67,12 @@ def labels(driver) -> dict[str, str | None]:
 
 
 def wait_for(driver, condition, what: str, timeout: float = 60):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
-    except Exception:
+    except TimeoutException:
         status = driver.find_element("id", "status").text
         raise AssertionError(f"never {what}; labels {labels(driver)}, status {status!r}") from None
 
@@ -92,11 +93,19 @@ def test_drawn_strokes_and_uploaded_digits_are_read_by_every_model(app_url, brow
     wait_for(browser, lambda d: list(labels(d)) == ["current", *grid], "listed the current model and the sweep")
     assert "sweep browser" in browser.find_element("id", "lineup").text
 
-    for kind, points, digit in (("mouse", vertical_line(), "1"), ("pen", tall_loop(), "0"), ("touch", vertical_line(), "1")):
+    for kind, points, digit in (
+        ("mouse", vertical_line(), "1"),
+        ("pen", tall_loop(), "0"),
+        ("touch", vertical_line(), "1"),
+    ):
         browser.find_element("id", "clear").click()
         assert set(labels(browser).values()) == {None}
         stroke(browser, kind, points)
-        wait_for(browser, lambda d: set(labels(d).values()) == {digit}, f"read the {kind} stroke as {digit} in every model")
+        wait_for(
+            browser,
+            lambda d, digit=digit: set(labels(d).values()) == {digit},
+            f"read the {kind} stroke as {digit} in every model",
+        )
         # the 28x28 image the models saw is shown: light pixels on black
         lit = browser.execute_script(
             "const d = document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data;"
@@ -113,14 +122,17 @@ def test_drawn_strokes_and_uploaded_digits_are_read_by_every_model(app_url, brow
     files = list(write_styled_digits(tmp_path / "digits").items())  # every digit in each of 5 styles, style by style
     for path, digit in (files[10 * (digit % 5) + digit] for digit in range(10)):  # every digit, every style
         upload.send_keys(str(path))
-        wait_for(browser, lambda d: labels(d)["current"] == str(digit), f"read {path.name} as {digit}")
+        wait_for(browser, lambda d, digit=digit: labels(d)["current"] == str(digit), f"read {path.name} as {digit}")
         assert all(label is not None for label in labels(browser).values())
 
     notes = tmp_path / "notes.txt"
     notes.write_text("not a digit")
     upload.send_keys(str(notes))
-    wait_for(browser, lambda d: "notes.txt: not a PNG or JPEG image" in d.find_element("id", "status").text,
-             "explained the text file")  # fmt: skip
+    wait_for(
+        browser,
+        lambda d: "notes.txt: not a PNG or JPEG image" in d.find_element("id", "status").text,
+        "explained the text file",
+    )
     assert set(labels(browser).values()) == {None}
 
 

@@ -69,7 +69,9 @@ def test_shift_moves_each_axis_by_at_most_shift_pixels():
     assert offset.abs().max() <= 3.0 + 1e-4
     assert offset.abs().max() > 2.8  # the whole range is used
     assert (offset > 1).any() and (offset < -1).any()  # both directions
-    assert offset[:, 0].std() > 1 and offset[:, 1].std() > 1 and abs(torch.corrcoef(offset.T)[0, 1]) < 0.2  # axes drawn apart
+    assert (
+        offset[:, 0].std() > 1 and offset[:, 1].std() > 1 and abs(torch.corrcoef(offset.T)[0, 1]) < 0.2
+    )  # axes drawn apart
 
 
 def test_rotation_turns_the_digit_about_the_center_by_at_most_rotation_degrees():
@@ -122,7 +124,9 @@ def test_smoothing_is_a_gaussian_convolution_with_zero_outside():
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
     planes = noise.reshape(6, 1, 28, 28)
-    expected = F.conv2d(F.conv2d(planes, kernel.view(1, 1, 1, -1), padding=(0, 27)), kernel.view(1, 1, -1, 1), padding=(27, 0))
+    expected = F.conv2d(
+        F.conv2d(planes, kernel.view(1, 1, 1, -1), padding=(0, 27)), kernel.view(1, 1, -1, 1), padding=(27, 0)
+    )
     torch.testing.assert_close(smooth @ noise @ smooth, expected.reshape(3, 2, 28, 28))
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnist_mlp.errors import UserError
 from mnist_mlp.core.model import MLP
+from mnist_mlp.errors import UserError
 from mnist_mlp.params import Params, TrainParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,14 +33,23 @@ bench = _load_script()
 FLOPS = 1e9  # epoch FLOPs of the constructed results: at 1 GFLOP/s the bound is 1 s
 
 
-def repeat(lecture: float = 4.0, project: float = 2.0, rate: float = 1e9) -> "bench.Repeat":
+def repeat(lecture: float = 4.0, project: float = 2.0, rate: float = 1e9) -> bench.Repeat:
     return bench.Repeat(lecture, project, rate, fast_to_target_s=1.0, fast_train_s=1.5, fast_test_accuracy=0.981)
 
 
-def result(*repeats) -> "bench.Result":
-    return bench.Result(device="cpu", threads=2, net="784-512-512-10", batch_size=128, epoch_flops=int(FLOPS),
-                        train_samples=55_000, lecture_samples=60_000, fast_preset="fast", stage_epochs=20,
-                        repeats=list(repeats))
+def result(*repeats) -> bench.Result:
+    return bench.Result(
+        device="cpu",
+        threads=2,
+        net="784-512-512-10",
+        batch_size=128,
+        epoch_flops=int(FLOPS),
+        train_samples=55_000,
+        lecture_samples=60_000,
+        fast_preset="fast",
+        stage_epochs=20,
+        repeats=list(repeats),
+    )
 
 
 def test_default_net_costs_3_2_mflop_per_training_sample():
@@ -65,15 +74,19 @@ def test_flop_count_and_the_timed_matmuls_agree_with_torchs_counter():
 
 
 def test_the_cost_of_augmentation_per_epoch_is_the_median_difference():
-    repeats = [bench.Repeat(4.0, project, 1e9, 1.0, 1.5, 0.981, augmented_epoch_s=augmented)
-               for project, augmented in ((2.0, 2.5), (2.0, 2.6), (2.2, 2.6))]
+    repeats = [
+        bench.Repeat(4.0, project, 1e9, 1.0, 1.5, 0.981, augmented_epoch_s=augmented)
+        for project, augmented in ((2.0, 2.5), (2.0, 2.6), (2.2, 2.6))
+    ]
     measured = result(*repeats)
     measured.augment = "shift 2, rotation 10"
     summary = measured.summary()
     assert summary["augment_cost_s"] == pytest.approx(0.5) and summary["augment_cost_share"] == pytest.approx(0.25)
     assert "Augmentation (the `best` preset's train.augment: shift 2, rotation 10;" in bench.markdown(measured)
     assert "+0.50 s (+25%" in bench.markdown(measured)
-    assert result(repeat()).summary()["augment_cost_s"] is None and "Augmentation" not in bench.markdown(result(repeat()))
+    assert result(repeat()).summary()["augment_cost_s"] is None and "Augmentation" not in bench.markdown(
+        result(repeat())
+    )
 
 
 def test_consistent_repeats_are_valid():
@@ -106,7 +119,9 @@ def test_a_matmul_rate_under_half_of_the_runs_best_is_refused():
 
 def test_repeats_whose_ratios_disagree_name_the_outlier():
     found = bench.problems(result(repeat(), repeat(lecture=9.0), repeat(lecture=4.2)))
-    assert found == [(1, "speedup vs lecture: the repeats disagree (2.00, 4.50, 2.10: largest over smallest above 2.0)")]
+    assert found == [
+        (1, "speedup vs lecture: the repeats disagree (2.00, 4.50, 2.10: largest over smallest above 2.0)")
+    ]
 
 
 def test_remeasuring_replaces_the_bad_repeat_and_then_it_is_valid():
@@ -132,7 +147,9 @@ def test_missing_raw_files_are_one_clear_error(tmp_path: Path):
         bench.lecture_epoch(tmp_path, TrainParams(), torch.device("cpu"))
 
 
-def test_the_train_stages_mlflow_work_is_timed_in_the_given_store(mlflow_store: str, tiny_processed: Path, tmp_path: Path):
+def test_the_train_stages_mlflow_work_is_timed_in_the_given_store(
+    mlflow_store: str, tiny_processed: Path, tmp_path: Path
+):
     import mlflow
 
     params = Params(train=TrainParams(epochs=3))
@@ -144,14 +161,35 @@ def test_the_train_stages_mlflow_work_is_timed_in_the_given_store(mlflow_store: 
 
 
 @pytest.mark.integration
-def test_a_tiny_real_run_writes_both_reports_and_exits_0_only_when_valid(tiny_raw: Path, tiny_processed: Path,
-                                                                         tmp_path: Path):
+def test_a_tiny_real_run_writes_both_reports_and_exits_0_only_when_valid(
+    tiny_raw: Path, tiny_processed: Path, tmp_path: Path
+):
     # a leftover experiment in the working folder's params.yaml must not change what is measured
     (tmp_path / "params.yaml").write_text("train:\n  hidden_sizes: [8]\n")
     out = tmp_path / "reports"
-    run = subprocess.run([sys.executable, str(SCRIPT), "--raw", str(tiny_raw), "--data", str(tiny_processed),
-                          "--repeats", "2", "--min-run-time", "0.01", "--no-mlflow", "--device", "cpu", "--out", str(out)],
-                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--raw",
+            str(tiny_raw),
+            "--data",
+            str(tiny_processed),
+            "--repeats",
+            "2",
+            "--min-run-time",
+            "0.01",
+            "--no-mlflow",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     report = json.loads((out / "benchmarks.json").read_text())
     text = (out / "benchmarks.md").read_text()
     assert report["net"] == "784-512-512-10" and len(report["repeats"]) == 2

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from mnist_mlp.files import write_bytes
 from support.browser import call, wait_for_texts
 from support.paths import ROOT
 from support.sweep import run_sweep
-from mnist_mlp.files import write_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 FIGURES = ROOT / "reports" / "figures"
@@ -28,10 +28,12 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
     # every run over the REST API, with the sweep's params and the metrics
     experiment = call(mlflow_server, "experiments/get-by-name?experiment_name=mnist-mlp")["experiment"]
     found = call(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})
-    runs = {next(tag["value"] for tag in run["data"]["tags"] if tag["key"] == "dvc_exp_name"): run for run in found["runs"]}
+    runs = {
+        next(tag["value"] for tag in run["data"]["tags"] if tag["key"] == "dvc_exp_name"): run for run in found["runs"]
+    }
     assert sorted(runs) == sorted(names)
     settings = set()
-    for name, run in runs.items():
+    for _name, run in runs.items():
         params = {p["key"]: p["value"] for p in run["data"]["params"]}
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
@@ -48,10 +50,14 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
     write_bytes(FIGURES / "mlflow_runs.png", browser.get_screenshot_as_png())
 
     # docs/sweeps.md's link: only this sweep's runs, best validation accuracy first
-    run_names = {run["info"]["run_name"]: {m["key"]: m["value"] for m in run["data"]["metrics"]}["best_val_accuracy"]
-                 for run in runs.values()}  # fmt: skip
-    browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs?searchFilter=tags.sweep_id%20%3D%20"
-                "%27ui-check%27&orderByKey=metrics.%60best_val_accuracy%60&orderByAsc=false")  # fmt: skip
+    run_names = {
+        run["info"]["run_name"]: {m["key"]: m["value"] for m in run["data"]["metrics"]}["best_val_accuracy"]
+        for run in runs.values()
+    }
+    browser.get(
+        f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs?searchFilter=tags.sweep_id%20%3D%20"
+        "%27ui-check%27&orderByKey=metrics.%60best_val_accuracy%60&orderByAsc=false"
+    )
     wait_for_texts(browser, list(run_names))
     body = browser.execute_script("return document.body.textContent")
     shown = sorted(run_names, key=body.index)

@@ -12,10 +12,10 @@ from mnist_mlp.core.checkpoint import (
     save_checkpoint,
     write_training_record,
 )
-from mnist_mlp.files import md5_of
+from mnist_mlp.core.model import MLP
 from mnist_mlp.data.mnist import Normalization
 from mnist_mlp.errors import UserError
-from mnist_mlp.core.model import MLP
+from mnist_mlp.files import md5_of
 
 PARAMS = {"train": {"hidden_sizes": [24, 12], "activation": "tanh", "dropout": 0.3}}
 INFO = {"best_val_accuracy": 0.97, "best_epoch": 2, "epochs": 3, "device": "cpu"}
@@ -108,10 +108,13 @@ def test_the_training_record_round_trips_and_refuses_what_is_not_one(tmp_path):
     write_training_record(record, "0123abcd", 12.34567, maker)
     assert read_training_record(record) == {"mlflow_run_id": "0123abcd", "train_seconds": 12.346, "made_by": maker}
     expected = "expected the train stage's record ({mlflow_run_id, train_seconds, made_by}); run `dvc repro train`"
-    for text, problem in (('{"mlflow_run_id": 5, "train_seconds": 1, "made_by": {}}', ""), ("[1]", ""),
-                          ("{", "not readable JSON (JSONDecodeError); "),
-                          ('{"mlflow_run_id": "x", "train_seconds": true, "made_by": {}}', ""),
-                          ('{"mlflow_run_id": "x", "train_seconds": 1}', "")):
+    for text, problem in (
+        ('{"mlflow_run_id": 5, "train_seconds": 1, "made_by": {}}', ""),
+        ("[1]", ""),
+        ("{", "not readable JSON (JSONDecodeError); "),
+        ('{"mlflow_run_id": "x", "train_seconds": true, "made_by": {}}', ""),
+        ('{"mlflow_run_id": "x", "train_seconds": 1}', ""),
+    ):
         record.write_text(text)
         with pytest.raises(CheckpointError) as refused:
             read_training_record(record)

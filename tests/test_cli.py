@@ -10,9 +10,9 @@ import mlflow
 import pytest
 import yaml
 
-from support.paths import BIN, ROOT
 from mnist_mlp.cli import main
 from mnist_mlp.params import Params, apply_preset, validate_params
+from support.paths import BIN, ROOT
 
 CLI = str(BIN / "mnist-mlp")
 
@@ -50,11 +50,16 @@ def test_preset_prints_set_overrides_that_survive_command_substitution(repo):
     words = words_of_command_substitution(f"{CLI} preset wide", cwd=repo / "params")  # from a subfolder too
     assert set(words[0::2]) == {"-S"}
     overrides = dict(word.split("=", 1) for word in words[1::2])
-    assert {key: overrides[key] for key in ("train.hidden_sizes", "train.activation", "train.lr", "train.dropout",
-                                            "preprocess.normalization")} == {
-        "train.hidden_sizes": "[256,128]", "train.activation": "tanh", "train.lr": "0.003", "train.dropout": "0.0",
+    assert {
+        key: overrides[key]
+        for key in ("train.hidden_sizes", "train.activation", "train.lr", "train.dropout", "preprocess.normalization")
+    } == {
+        "train.hidden_sizes": "[256,128]",
+        "train.activation": "tanh",
+        "train.lr": "0.003",
+        "train.dropout": "0.0",
         "preprocess.normalization": "max",
-    }  # fmt: skip
+    }
     # DVC applies them to a params.yaml with leftovers of an earlier experiment, and gets what the
     # preset says plus the defaults: nothing is inherited
     from dvc.utils.hydra import apply_overrides
@@ -116,7 +121,9 @@ def test_a_value_that_cannot_pass_through_the_shell_is_refused(repo):
     assert "'tracking.experiment'" in result.stderr and "spaces or quotes" in result.stderr
 
 
-def test_init_store_creates_the_experiment_with_absolute_paths(repo, monkeypatch, capsys, mlflow_store, empty_mlflow_db):
+def test_init_store_creates_the_experiment_with_absolute_paths(
+    repo, monkeypatch, capsys, mlflow_store, empty_mlflow_db
+):
     # in this process: a `mnist-mlp` process spends 10 s importing MLflow on these shared cores
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     shutil.copy(empty_mlflow_db, repo / "mlflow.db")  # a migrated empty store: a new one takes 10+ s
@@ -148,6 +155,11 @@ def test_the_command_starts_without_loading_mlflow_or_torch():
     """`mnist-mlp --help` and `$(mnist-mlp preset NAME)` answer at once: each command imports what it runs."""
     import sys
 
-    loaded = subprocess.run([sys.executable, "-c", "import sys, mnist_mlp.cli; print(sorted({'mlflow', 'torch'} & set(sys.modules)))"],
-                            capture_output=True, text=True, check=True, timeout=60).stdout.strip()  # fmt: skip
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, mnist_mlp.cli; print(sorted({'mlflow', 'torch'} & set(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
     assert loaded == "[]"

@@ -11,16 +11,28 @@ import yaml
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from support.stores import new_experiment
-from support.cli import cli_in_process, run
-from support.predictions import LABELS, log_predictions, right
 from mnist_mlp.experiments import compare
 from mnist_mlp.params import Params, apply_preset, flatten
 from mnist_mlp.tracking.queries import NoRunsError
+from support.cli import cli_in_process, run
+from support.predictions import LABELS, log_predictions, right
+from support.stores import new_experiment
 
 
-def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, curve, test_accuracy, status="FINISHED",
-            correct=None, **params):  # fmt: skip
+def log_run(
+    client,
+    experiment_id,
+    name,
+    sweep_id,
+    activation,
+    dropout,
+    seed,
+    curve,
+    test_accuracy,
+    status="FINISHED",
+    correct=None,
+    **params,
+):
     """A run as the stages log it; `correct` (per test digit) logs its predictions too, and the test accuracy they score."""
     tags = {"sweep_id": sweep_id} if sweep_id else {}
     if name:
@@ -29,8 +41,15 @@ def log_run(client, experiment_id, name, sweep_id, activation, dropout, seed, cu
     if correct is not None:
         log_predictions(client, run_id, correct)
         test_accuracy = float(np.mean(correct))
-    params = {"activation": activation, "dropout": dropout, "seed": seed, "epochs": len(curve), "lr": 0.002,
-              "tracking.sweep_id": sweep_id or None, **params}  # fmt: skip
+    params = {
+        "activation": activation,
+        "dropout": dropout,
+        "seed": seed,
+        "epochs": len(curve),
+        "lr": 0.002,
+        "tracking.sweep_id": sweep_id or None,
+        **params,
+    }
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     for epoch, accuracy in enumerate(curve, start=1):
@@ -56,26 +75,51 @@ def planted(mlflow_store):
     """
     client = mlflow.MlflowClient(mlflow_store)
     experiment_id = new_experiment(client, "mnist-mlp")
-    cells = {("relu", 0.0): (0.990, right(1_900)), ("tanh", 0.0): (0.985, right(1_900) & ~right(4)),
-             ("relu", 0.5): (0.980, right(1_900) & ~right(80)), ("tanh", 0.5): (0.970, right(1_940))}  # fmt: skip
+    cells = {
+        ("relu", 0.0): (0.990, right(1_900)),
+        ("tanh", 0.0): (0.985, right(1_900) & ~right(4)),
+        ("relu", 0.5): (0.980, right(1_900) & ~right(80)),
+        ("tanh", 0.5): (0.970, right(1_940)),
+    }
     for (activation, dropout), (best_val, planted_right) in cells.items():
         for seed in (0, 1, 2):
             correct = planted_right.copy()
             correct[1_960 + seed] = True  # right in one seed of three, alike in every setting: no pair differs there
-            log_run(client, experiment_id, f"P-{activation}-{dropout:g}-{seed}", "P", activation, dropout, seed,
-                    [0.9, best_val + seed / 1000], None, correct=correct, **{"preprocess.val_size": 5000})  # fmt: skip
+            log_run(
+                client,
+                experiment_id,
+                f"P-{activation}-{dropout:g}-{seed}",
+                "P",
+                activation,
+                dropout,
+                seed,
+                [0.9, best_val + seed / 1000],
+                None,
+                correct=correct,
+                **{"preprocess.val_size": 5000},
+            )
     return client
 
 
 def test_the_headline_names_the_level_group_and_the_worse_and_better_settings(planted, tmp_path):
     result = compare.compare("mnist-mlp")
-    assert [compare.setting_name(s) for s in zip(result.summary["activation"], result.summary["dropout"])] == \
-        ["relu/0", "tanh/0", "relu/0.5", "tanh/0.5"]  # ranked on validation  # fmt: skip
+    assert [compare.setting_name(s) for s in zip(result.summary["activation"], result.summary["dropout"])] == [
+        "relu/0",
+        "tanh/0",
+        "relu/0.5",
+        "tanh/0.5",
+    ]  # ranked on validation
     verdicts = {compare.setting_name(v.setting): v for v in result.verdicts}
-    assert {name: v.outcome for name, v in verdicts.items()} == {"tanh/0": "level", "relu/0.5": "worse", "tanh/0.5": "better"}
+    assert {name: v.outcome for name, v in verdicts.items()} == {
+        "tanh/0": "level",
+        "relu/0.5": "worse",
+        "tanh/0.5": "better",
+    }
     level, worse, better = verdicts["tanh/0"], verdicts["relu/0.5"], verdicts["tanh/0.5"]
     assert (level.paired.only_first, level.paired.only_second) == (4, 0)
-    assert level.paired.p_value == pytest.approx(0.125) and level.p_holm == pytest.approx(0.125)  # 2 * 0.5**4, the largest of 3
+    assert level.paired.p_value == pytest.approx(0.125) and level.p_holm == pytest.approx(
+        0.125
+    )  # 2 * 0.5**4, the largest of 3
     assert (worse.paired.digits, better.paired.digits) == (80, -40)
     assert worse.p_holm < 0.001 and better.p_holm < 0.001
     assert compare.headline(result) == (
@@ -87,20 +131,34 @@ def test_the_headline_names_the_level_group_and_the_worse_and_better_settings(pl
     )
     # three seeds: a t-interval over them; the mean of the seeds' 1,901 / 2,000
     choice = result.summary.loc[0]
-    assert choice["test"].mean == pytest.approx(1_901 / 2_000) and choice["test"].interval.low == choice["test"].interval.high
+    assert (
+        choice["test"].mean == pytest.approx(1_901 / 2_000)
+        and choice["test"].interval.low == choice["test"].interval.high
+    )
     assert choice["val"].mean == pytest.approx(0.991)
     low, high = scipy_stats.t.interval(0.95, 2, loc=0.991, scale=0.001 / np.sqrt(3))  # seeds 0.990, 0.991, 0.992
     assert (choice["val"].interval.low, choice["val"].interval.high) == (pytest.approx(low), pytest.approx(high))
     # main effects: per seed, averaged over the other axis
     activation = result.effects["activation"].set_index("activation")
-    assert activation.loc["relu", "runs"] == 6 and activation.loc["relu", "test"].mean == pytest.approx((1_901 + 1_821) / 4_000)
+    assert activation.loc["relu", "runs"] == 6 and activation.loc["relu", "test"].mean == pytest.approx(
+        (1_901 + 1_821) / 4_000
+    )
     dropout = result.effects["dropout"].set_index("dropout")
     assert dropout.loc[0.5, "val"].mean == pytest.approx((0.981 + 0.971) / 2)
 
     table, picture = compare.write_report(result, tmp_path / "reports")
     text = table.read_text()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
-    assert ["relu/0.5", "0 1 2", "80", "0", f"+4.00 {worse.paired.difference.points()}", "p < 0.001", "p < 0.001", "worse"] in rows
+    assert [
+        "relu/0.5",
+        "0 1 2",
+        "80",
+        "0",
+        f"+4.00 {worse.paired.difference.points()}",
+        "p < 0.001",
+        "p < 0.001",
+        "worse",
+    ] in rows
     assert ["tanh/0", "0 1 2", "4", "0", f"+0.20 {level.paired.difference.points()}", "0.125", "0.125", "level"] in rows
     assert "## Main effect of activation (averaged over dropout, per seed first)" in text
     assert "cannot separate settings" not in text
@@ -119,7 +177,9 @@ def test_an_untrusted_predictions_file_leaves_out_that_run_only(planted, tmp_pat
     report = (tmp_path / "reports" / "compare.md").read_text()
     assert "## Paired tests" in report and "over 3 run(s)" in out  # the other runs are still paired
     row = next(line for line in report.splitlines() if forged in line)
-    assert "| P-forged" in row and "evaluation/predictions.csv: not a predictions file; expected 'actual,predicted'" in row
+    assert (
+        "| P-forged" in row and "evaluation/predictions.csv: not a predictions file; expected 'actual,predicted'" in row
+    )
 
 
 @pytest.mark.bad_input
@@ -130,7 +190,11 @@ def test_predictions_that_do_not_score_the_runs_accuracy_or_carry_other_labels_a
     result = compare.compare("mnist-mlp")
     assert len(result.verdicts) == 3 and other not in set(result.runs["run_id"])
     reasons = result.left_out.set_index("run_id")["reason"]
-    assert reasons[other] == f"run {other}: evaluation/predictions.csv scores 0.5000, not the run's test accuracy 0.9500"
+    assert (
+        reasons[other] == f"run {other}: evaluation/predictions.csv scores 0.5000, not the run's test accuracy 0.9500"
+    )
+
+
 @pytest.fixture
 def store(mlflow_store):
     """An old 1-run sweep A, then sweep B: a 2x3 grid, relu/0.5 with two seeds, plus a failed and an unswept run."""
@@ -140,7 +204,17 @@ def store(mlflow_store):
     accuracy = iter([0.91, 0.92, 0.93, 0.94, 0.95, 0.96])
     for activation in ("relu", "tanh"):
         for dropout in (0.0, 0.2, 0.5):
-            log_run(client, experiment_id, f"B-{activation}-{dropout}", "B", activation, dropout, 0, [0.8, 0.9], next(accuracy))
+            log_run(
+                client,
+                experiment_id,
+                f"B-{activation}-{dropout}",
+                "B",
+                activation,
+                dropout,
+                0,
+                [0.8, 0.9],
+                next(accuracy),
+            )
     log_run(client, experiment_id, "B-relu-0.5-s1", "B", "relu", 0.5, 1, [0.7, 0.9], 0.97)
     log_run(client, experiment_id, "B-crashed", "B", "tanh", 0.5, 1, [0.8], None, status="FAILED")
     log_run(client, experiment_id, "workspace", "", "relu", 0.2, 0, [0.8, 0.85], 0.9)
@@ -174,23 +248,41 @@ def test_latest_sweep_by_default_with_intervals_over_seeds(store, tmp_path):
     assert cell["runs"] == 2
     low, high = scipy_stats.t.interval(0.95, 1, loc=0.95, scale=0.02)  # two seeds, 0.93 and 0.97: sem 0.02
     assert cell["test"].mean == pytest.approx(0.95)
-    assert (cell["test"].interval.low, cell["test"].interval.high) == (pytest.approx(low), 1.0)  # cut at an accuracy's 1
+    assert (cell["test"].interval.low, cell["test"].interval.high) == (
+        pytest.approx(low),
+        1.0,
+    )  # cut at an accuracy's 1
     assert str(summary.loc[("tanh", 0.2), "test"]) == "0.9500"  # one run without its digits: no interval to give
     curve = result.curves[("relu", 0.5)]
-    assert list(curve["mean"]) == [pytest.approx(0.75), pytest.approx(0.9)] and curve.loc[0, "low"] < 0.75 < curve.loc[0, "high"]
+    assert (
+        list(curve["mean"]) == [pytest.approx(0.75), pytest.approx(0.9)]
+        and curve.loc[0, "low"] < 0.75 < curve.loc[0, "high"]
+    )
     # the grid varied activation, dropout and seed; everything else was the same in every run
     assert result.shared == {"epochs": "2", "lr": "0.002", "tracking.sweep_id": "B"} and result.mixed == {}
 
     table, picture = compare.write_report(result, tmp_path / "reports")
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.read_text().splitlines() if line.startswith("|")]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in table.read_text().splitlines()
+        if line.startswith("|")
+    ]
     assert ["relu", "0.5", "2", "0.9000 [0.9000, 0.9000]", f"0.9500 {cell['test'].interval}", "20.0"] in rows
     seeded = result.runs.set_index("name").loc["B-relu-0.5-s1", "run_id"]
     assert ["B-relu-0.5-s1", "relu", "0.5", "1", "0.9000", "0.9700", "", "20.0", seeded] in rows
     text = table.read_text()
     # every setting of B reached 0.9 on validation: the tie goes to the first, whatever the test digits say
-    assert "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy 0.9000 over 1 run(s)" in text
+    assert (
+        "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy 0.9000 over 1 run(s)"
+        in text
+    )
     crashed = result.left_out.set_index("name").loc["B-crashed", "run_id"]
-    assert ["B-crashed", crashed, "FAILED", "status FAILED"] in rows and "cannot separate settings" not in text  # relu/0.5: two seeds
+    assert [
+        "B-crashed",
+        crashed,
+        "FAILED",
+        "status FAILED",
+    ] in rows and "cannot separate settings" not in text  # relu/0.5: two seeds
     assert "Settings all 7 runs shared: epochs=2, lr=0.002, tracking.sweep_id=B" in text and "WARNING" not in text
     assert "dvc plots diff B-relu-0.0 B-relu-0.2" in text
     assert "workspace" not in text and "| old " not in text
@@ -216,7 +308,9 @@ def test_runs_that_differ_beyond_the_grid_are_named_in_a_warning(store, tmp_path
 def test_a_named_sweep_and_all_runs(store):
     assert list(compare.compare("mnist-mlp", "A").runs["name"]) == ["old"]
     everything = compare.compare("mnist-mlp", compare.ALL)
-    assert len(everything.runs) == 8  # every finished run but one: the unswept workspace run repeats B-relu-0.2's params
+    assert (
+        len(everything.runs) == 8
+    )  # every finished run but one: the unswept workspace run repeats B-relu-0.2's params
     assert everything.summary.set_index(["activation", "dropout"]).loc[("relu", 0.2), "runs"] == 1
     duplicate = everything.left_out.set_index("name").loc["workspace", "reason"]
     b_relu = everything.runs.set_index("name").loc["B-relu-0.2", "run_id"]
@@ -266,7 +360,9 @@ def log_preset_run(client, experiment_id, params, seed, test_accuracy, status="F
     return run_id
 
 
-def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_logged(mlflow_store, tmp_path, monkeypatch, capsys):
+def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_logged(
+    mlflow_store, tmp_path, monkeypatch, capsys
+):
     presets = tmp_path / "project" / "params"
     presets.mkdir(parents=True)
     (presets / "wide.yaml").write_text("train:\n  hidden_sizes: [1024, 1024]\n  augment:\n    shift: 2\n")
@@ -313,12 +409,23 @@ def test_presets_without_runs_are_one_clear_line(mlflow_store, tmp_path):
 @pytest.mark.integration
 def test_a_real_three_seed_sweep_is_reported_with_paired_tests_on_its_logged_predictions(project):
     """`make sweep`'s path on tiny data: a 2 x 2 grid x 3 seeds, one epoch each, then `mnist-mlp compare`."""
+    from mnist_mlp.tracking import predictions
     from support.paths import BIN
     from support.sweep import run_sweep
-    from mnist_mlp.tracking import predictions
 
-    output = run_sweep(project, ["relu", "sigmoid"], ["0.0", "0.5"], "--seeds", "0", "1", "2", "--set", "train.epochs=1",
-                       "--sweep-id", "s3")  # fmt: skip
+    output = run_sweep(
+        project,
+        ["relu", "sigmoid"],
+        ["0.0", "0.5"],
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--set",
+        "train.epochs=1",
+        "--sweep-id",
+        "s3",
+    )
     assert "12/12 done" in output
     compared = run([str(BIN / "mnist-mlp"), "compare"], project).stdout
     result = compare.compare("mnist-mlp")
@@ -329,12 +436,15 @@ def test_a_real_three_seed_sweep_is_reported_with_paired_tests_on_its_logged_pre
     assert "cannot separate settings" not in line
     choice = compare.chosen(result)
     assert choice["val"].mean == result.summary["val"].map(lambda value: value.mean).max()
-    others = {compare.setting_name(s) for s in zip(result.summary["activation"], result.summary["dropout"])} - \
-        {compare.setting_name((choice["activation"], choice["dropout"]))}  # fmt: skip
+    others = {compare.setting_name(s) for s in zip(result.summary["activation"], result.summary["dropout"])} - {
+        compare.setting_name((choice["activation"], choice["dropout"]))
+    }
     assert {compare.setting_name(v.setting) for v in result.verdicts} == others
     # every paired count is what the runs' own logged predictions give: each digit's share right over the 3 seeds
-    shares = {setting: np.mean([predictions.logged(run_id).correct for run_id in group["run_id"]], axis=0)
-              for setting, group in result.runs.groupby(compare.SETTING)}  # fmt: skip
+    shares = {
+        setting: np.mean([predictions.logged(run_id).correct for run_id in group["run_id"]], axis=0)
+        for setting, group in result.runs.groupby(compare.SETTING)
+    }
     best = shares[(choice["activation"], choice["dropout"])]
     for verdict in result.verdicts:
         assert verdict.paired.seeds == (0, 1, 2)
@@ -361,12 +471,33 @@ def test_killed_duplicate_and_nan_runs_are_left_out_named_and_bias_nothing(mlflo
     for dropout, best_val in ((0.2, 0.99), (0.200000001, 0.98)):
         for seed in (0, 1, 2):
             status = "KILLED" if (dropout, seed) == (0.200000001, 2) else "FINISHED"
-            logged[dropout, seed] = log_run(client, experiment_id, f"K-{dropout}-{seed}", "K", "relu", dropout, seed,
-                                            [0.9, best_val], None, status=status, correct=per_seed[seed])
+            logged[dropout, seed] = log_run(
+                client,
+                experiment_id,
+                f"K-{dropout}-{seed}",
+                "K",
+                "relu",
+                dropout,
+                seed,
+                [0.9, best_val],
+                None,
+                status=status,
+                correct=per_seed[seed],
+            )
     again = log_run(client, experiment_id, "K-again", "K", "relu", 0.2, 1, [0.9, 0.99], None, correct=per_seed[1])
     for seed in (0, 1, 2):  # tanh/0.2: its seed 2 logged a NaN validation accuracy
-        logged["tanh", seed] = log_run(client, experiment_id, f"K-tanh-{seed}", "K", "tanh", 0.2, seed,
-                                       [float("nan")] if seed == 2 else [0.9, 0.97], None, correct=per_seed[seed])
+        logged["tanh", seed] = log_run(
+            client,
+            experiment_id,
+            f"K-tanh-{seed}",
+            "K",
+            "tanh",
+            0.2,
+            seed,
+            [float("nan")] if seed == 2 else [0.9, 0.97],
+            None,
+            correct=per_seed[seed],
+        )
     result = compare.compare("mnist-mlp")
     reasons = result.left_out.set_index("run_id")["reason"]
     assert reasons[logged[0.200000001, 2]] == "status KILLED"
@@ -378,12 +509,18 @@ def test_killed_duplicate_and_nan_runs_are_left_out_named_and_bias_nothing(mlflo
     assert tuple(compare.chosen(result)[compare.SETTING]) == ("relu", 0.2)
     verdicts = {compare.setting_name(v.setting): v for v in result.verdicts}
     twin = verdicts["relu/0.200000001"]  # settings that differ beyond :g's digits get distinct names
-    assert twin.paired.seeds == (0, 1) and (twin.paired.only_first, twin.paired.only_second, twin.paired.p_value) == (0, 0, 1.0)
+    assert twin.paired.seeds == (0, 1) and (twin.paired.only_first, twin.paired.only_second, twin.paired.p_value) == (
+        0,
+        0,
+        1.0,
+    )
     assert twin.outcome == "level" and verdicts["tanh/0.2"].outcome == "level"
     assert "Left out: 3 run(s), each with its reason in the report's last table" in compare.notes(result)
 
 
-def test_with_the_local_test_split_each_runs_own_model_answers_and_a_forged_file_changes_nothing(mlflow_store, tmp_path):
+def test_with_the_local_test_split_each_runs_own_model_answers_and_a_forged_file_changes_nothing(
+    mlflow_store, tmp_path
+):
     """The verdict rests on the models themselves run here: tanh's files (errors moved onto relu's wrong digits,
     the count kept) are never read, and a run whose model does not score its logged accuracy is left out."""
     from mnist_mlp.cli import local_test
@@ -400,13 +537,36 @@ def test_with_the_local_test_split_each_runs_own_model_answers_and_a_forged_file
 
     for activation, best_val, correct in (("relu", 0.99, right(1_900)), ("tanh", 0.98, right(1_870))):
         for seed in (0, 1, 2):
-            run_id = log_run(client, experiment_id, f"M-{activation}-{seed}", "M", activation, 0.0, seed, [0.9, best_val], None,
-                             status="RUNNING", correct=correct)
+            run_id = log_run(
+                client,
+                experiment_id,
+                f"M-{activation}-{seed}",
+                "M",
+                activation,
+                0.0,
+                seed,
+                [0.9, best_val],
+                None,
+                status="RUNNING",
+                correct=correct,
+            )
             with_model(run_id, correct)
             if activation == "tanh":  # forged: 1,870 right as logged, but right where relu is wrong
                 log_predictions(client, run_id, right(1_770) | (np.arange(len(LABELS)) >= 1_900))
             client.set_terminated(run_id, "FINISHED")
-    liar = log_run(client, experiment_id, "M-relu-3", "M", "relu", 0.0, 3, [0.9, 0.99], None, status="RUNNING", correct=right(1_900))
+    liar = log_run(
+        client,
+        experiment_id,
+        "M-relu-3",
+        "M",
+        "relu",
+        0.0,
+        3,
+        [0.9, 0.99],
+        None,
+        status="RUNNING",
+        correct=right(1_900),
+    )
     with_model(liar, right(1_800))  # its model gets 0.9000 right; its metrics (and file) say 0.9500
     client.set_terminated(liar, "FINISHED")
 
@@ -415,7 +575,8 @@ def test_with_the_local_test_split_each_runs_own_model_answers_and_a_forged_file
     (verdict,) = result.verdicts
     assert (verdict.paired.only_first, verdict.paired.only_second, verdict.outcome) == (30, 0, "worse")  # the models'
     assert result.left_out.set_index("run_id").loc[liar, "reason"] == (
-        f"run {liar}: its model scores 0.9000 on {tmp_path / 'test.pt'}, not the run's test accuracy 0.9500")
+        f"run {liar}: its model scores 0.9000 on {tmp_path / 'test.pt'}, not the run's test accuracy 0.9500"
+    )
     assert f"each run's own model, verified file by file, run on {tmp_path / 'test.pt'}" in compare.markdown(result)
     # the premise: the same comparison from the logged files sees the forged answers
     forged = compare.compare("mnist-mlp").verdicts[0]

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_mlp.files import md5_of
-from support.mnist_files import RAW_NAMES, synthetic_digits, write_idx, write_tiny_mnist
 from mnist_mlp.data.mnist import (
     DataError,
     Normalization,
@@ -21,6 +19,8 @@ from mnist_mlp.data.mnist import (
     read_raw_split,
     split_train_val,
 )
+from mnist_mlp.files import md5_of
+from support.mnist_files import RAW_NAMES, synthetic_digits, write_idx, write_tiny_mnist
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -113,8 +113,14 @@ def test_standardize_is_exact_whatever_the_thread_count():
         fits = set()
         for count in (1, 2):
             torch.set_num_threads(count)
-            fits.add(Normalization.fit("standardize", torch.randint(0, 256, (2000, 28, 28), dtype=torch.uint8,
-                                                                    generator=torch.Generator().manual_seed(0))))  # fmt: skip
+            fits.add(
+                Normalization.fit(
+                    "standardize",
+                    torch.randint(
+                        0, 256, (2000, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+                    ),
+                )
+            )
         assert len(fits) == 1
     finally:
         torch.set_num_threads(threads)

@@ -17,7 +17,11 @@ CPU = torch.device("cpu")
 
 
 def settings() -> tuple:
-    return torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory, torch.get_num_threads()
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+        torch.get_num_threads(),
+    )
 
 
 def test_deterministic_mode_is_restored_on_leaving():
@@ -47,7 +51,6 @@ def test_the_thread_count_is_pinned_inside_and_restored_after():
         torch.set_num_threads(outside)
 
 
-
 TRAIN_ONE_EPOCH = """
 import hashlib, sys, torch
 from mnist_mlp.core.train import seeded_model, train_best
@@ -70,7 +73,9 @@ print(hashlib.md5(b"".join(v.numpy().tobytes() for v in model.state_dict().value
 
 def _weights_md5(threads: int, mkl_cbwr: str) -> str:
     env = {**os.environ, "MKL_CBWR": mkl_cbwr, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run([sys.executable, "-c", TRAIN_ONE_EPOCH, str(threads)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN_ONE_EPOCH, str(threads)], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

@@ -44,35 +44,44 @@ def docs_project(tmp_path_factory, empty_mlflow_db: Path) -> tuple[Path, dict]:
 @pytest.mark.parametrize("page", CONSOLE_PAGES, ids=page_id)
 def test_console_examples(page: Path, docs_project, tmp_path: Path) -> None:
     repo, env = docs.copy_project(*docs_project, tmp_path)
-    commands = [command for block in docs.blocks(page) if block.lang == "console"
-                for command in docs.console_commands(block)]
+    commands = [
+        command for block in docs.blocks(page) if block.lang == "console" for command in docs.console_commands(block)
+    ]
     failures = []
     for command in commands:
         started, cpu = time.monotonic(), _children_cpu()
         if problem := docs.check_command(command, repo, env):
             failures.append(problem)
-        print(f"{time.monotonic() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  {command.where}  "
-              f"$ {command.text.splitlines()[0]}")  # shown with -s
-    assert not failures, f"{len(failures)} of {len(commands)} examples differ from what they print:\n\n" + \
-        "\n\n".join(failures)
+        print(
+            f"{time.monotonic() - started:6.1f} s ({_children_cpu() - cpu:5.1f} s CPU)  {command.where}  "
+            f"$ {command.text.splitlines()[0]}"
+        )  # shown with -s
+    assert not failures, f"{len(failures)} of {len(commands)} examples differ from what they print:\n\n" + "\n\n".join(
+        failures
+    )
 
 
 @pytest.mark.parametrize("page", docs.PAGES, ids=page_id)
 def test_commands_that_do_not_run_here_are_valid(page: Path) -> None:
-    problems = [f"{page_id(page)}:{line}: {' '.join(words)}: {problem}"
-                for block in docs.blocks(page) if block.lang in ("bash", "sh", "shell")
-                for line, words in docs.simple_commands(block)
-                if (problem := docs.static_problem(words))]
+    problems = [
+        f"{page_id(page)}:{line}: {' '.join(words)}: {problem}"
+        for block in docs.blocks(page)
+        if block.lang in ("bash", "sh", "shell")
+        for line, words in docs.simple_commands(block)
+        if (problem := docs.static_problem(words))
+    ]
     assert not problems, "\n".join(problems)
 
 
 @pytest.mark.parametrize("page", docs.PAGES, ids=page_id)
 def test_shown_commands_are_in_console_or_bash_blocks(page: Path) -> None:
     """A `$ ` prompt outside a console block would never run, and could drift."""
-    stray = [f"{page_id(page)}:{block.line}: a ```{block.lang or '(no language)'} block shows `$ ` commands; "
-             "make it ```console (run and checked) or ```bash (without output)"
-             for block in docs.blocks(page) if block.lang != "console"
-             and any(line.startswith("$ ") for line in block.lines)]
+    stray = [
+        f"{page_id(page)}:{block.line}: a ```{block.lang or '(no language)'} block shows `$ ` commands; "
+        "make it ```console (run and checked) or ```bash (without output)"
+        for block in docs.blocks(page)
+        if block.lang != "console" and any(line.startswith("$ ") for line in block.lines)
+    ]
     assert not stray, "\n".join(stray)
 
 
@@ -111,9 +120,9 @@ def test_exit_status_must_fit_the_shown_output(tmp_path: Path) -> None:
     [problem] = check("$ echo 'train: error: bad'\ntrain: error: bad", tmp_path)
     assert "exited 0, but the page shows an error" in problem
     assert check("$ echo 'train: error: bad' >&2; exit 1\ntrain: error: bad", tmp_path) == []
-    assert check("$ false; echo \"exit $?\"\nexit 1", tmp_path) == []
+    assert check('$ false; echo "exit $?"\nexit 1', tmp_path) == []
     assert check("$ echo 'x: error: bad'; false; echo \"exit $?\"\nx: error: bad\nexit 1", tmp_path) == []
-    assert check("$ false; echo \"exit $?\"\nexit 2", tmp_path)  # an exit status is not a figure
+    assert check('$ false; echo "exit $?"\nexit 2', tmp_path)  # an exit status is not a figure
 
 
 def test_state_and_continuations(tmp_path: Path) -> None:
@@ -128,10 +137,13 @@ def test_normalize_keeps_words_and_drops_figures() -> None:
     assert docs.normalize(shown) == docs.normalize("train: 784-32-10 relu MLP, 25,450 parameters, on cpu")
     assert docs.normalize(shown) != docs.normalize("train: 784-32-10 tanh MLP, 25,450 parameters, on cpu")
     assert docs.normalize("MLflow run 7eecce6fc356480bb051a8223df5bbfc") == "MLflow run <hex>"
-    assert docs.normalize("| main   | 0.9857 |", ) == docs.normalize("| main | 1 |")
+    assert docs.normalize(
+        "| main   | 0.9857 |",
+    ) == docs.normalize("| main | 1 |")
     assert docs.normalize("|------|----|") == docs.normalize("|--|---------|")
-    assert docs.normalize("store /tmp/x/mnist-mlp/mlflow.db", "/tmp/x/mnist-mlp") == \
-        f"store {docs.SHOWN_ROOT}/mlflow.db"
+    assert (
+        docs.normalize("store /tmp/x/mnist-mlp/mlflow.db", "/tmp/x/mnist-mlp") == f"store {docs.SHOWN_ROOT}/mlflow.db"
+    )
     assert docs.normalize("a deadbeef word") == "a deadbeef word"  # hex needs a digit
     assert docs.normalize("HEAD (1234567)") == docs.normalize("HEAD (9767ced)")  # a short sha of digits only
     assert docs.normalize("p 0.6843739151954651, 12345678.5") == docs.normalize("p 1.0, 2")
@@ -139,18 +151,28 @@ def test_normalize_keeps_words_and_drops_figures() -> None:
 
 def test_static_checks_catch_wrong_commands(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    block = docs.Block(page, 1, "bash", [
-        "make repro && make no-such-target   # a comment",
-        "MNIST_MIRROR=x mnist-mlp predict --no-such-option a.png",
-        "dvc exp run -n tutorial $(mnist-mlp preset tutorial)",
-        "dvc exp shwo",
-        "mnist-mlp sweep --activations relu \\",
-        "    --dropouts 0.2",
-    ])
+    block = docs.Block(
+        page,
+        1,
+        "bash",
+        [
+            "make repro && make no-such-target   # a comment",
+            "MNIST_MIRROR=x mnist-mlp predict --no-such-option a.png",
+            "dvc exp run -n tutorial $(mnist-mlp preset tutorial)",
+            "dvc exp shwo",
+            "mnist-mlp sweep --activations relu \\",
+            "    --dropouts 0.2",
+        ],
+    )
     commands = docs.simple_commands(block)
-    assert [words[:2] for _, words in commands] == [["make", "repro"], ["make", "no-such-target"],
-                                                    ["mnist-mlp", "predict"], ["dvc", "exp"], ["dvc", "exp"],
-                                                    ["mnist-mlp", "sweep"]]
+    assert [words[:2] for _, words in commands] == [
+        ["make", "repro"],
+        ["make", "no-such-target"],
+        ["mnist-mlp", "predict"],
+        ["dvc", "exp"],
+        ["dvc", "exp"],
+        ["mnist-mlp", "sweep"],
+    ]
     verdicts = [docs.static_problem(words) for _, words in commands]
     assert verdicts[0] is None and verdicts[3] is None and verdicts[5] is None
     assert "no Makefile target no-such-target" in verdicts[1]
@@ -166,8 +188,12 @@ def test_the_docs_project_is_a_committed_repro(docs_project) -> None:
 
 def anchors(page: Path) -> set[str]:
     """GitHub's ids of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
-    headings = [line.lstrip("#").strip() for block_free in [_without_code(page.read_text())]
-                for line in block_free.splitlines() if re.match(r"#{1,6} ", line)]
+    headings = [
+        line.lstrip("#").strip()
+        for block_free in [_without_code(page.read_text())]
+        for line in block_free.splitlines()
+        if re.match(r"#{1,6} ", line)
+    ]
     return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
 
 
@@ -191,8 +217,11 @@ def test_relative_links_point_to_files_and_headings(page: Path) -> None:
 
 @pytest.mark.parametrize("page", docs.PAGES, ids=page_id)
 def test_commands_named_in_the_text_exist(page: Path) -> None:
-    problems = [f"{page_id(page)}:{line}: `{' '.join(words)}`: {problem}"
-                for line, words in docs.inline_commands(page) if (problem := docs.mention_problem(words))]
+    problems = [
+        f"{page_id(page)}:{line}: `{' '.join(words)}`: {problem}"
+        for line, words in docs.inline_commands(page)
+        if (problem := docs.mention_problem(words))
+    ]
     assert not problems, "\n".join(problems)
 
 

@@ -9,7 +9,6 @@ import os
 import pytest
 import yaml
 
-from support.mnist_files import write_tiny_mnist
 from mnist_mlp.data.download import (
     MNIST_FILES,
     DownloadError,
@@ -21,6 +20,7 @@ from mnist_mlp.data.download import (
 )
 from mnist_mlp.errors import redact
 from mnist_mlp.files import md5_of
+from support.mnist_files import write_tiny_mnist
 
 NAMES = [item.name for item in MNIST_FILES]
 

@@ -32,7 +32,9 @@ def imported_modules(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names if alias.name.startswith("mnist_mlp.")}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mnist_mlp":
             found.add(node.module)  # `from mnist_mlp.core import train`: the package and its module train
-            found |= {f"{node.module}.{alias.name}" for alias in node.names if module_file(f"{node.module}.{alias.name}")}
+            found |= {
+                f"{node.module}.{alias.name}" for alias in node.names if module_file(f"{node.module}.{alias.name}")
+            }
     return found
 
 
@@ -59,7 +61,9 @@ def test_stage_deps_are_the_modules_it_imports(stage):
     listed = {dep for dep in spec["deps"] if dep.startswith("src/")}
     expected = module_closure(ROOT / script)
     assert script in spec["deps"], f"{stage}: its own script {script} is not a dep"
-    assert not expected - listed, f"{stage}: dvc.yaml misses deps {sorted(expected - listed)}: an edit there would re-run nothing"
+    assert not expected - listed, (
+        f"{stage}: dvc.yaml misses deps {sorted(expected - listed)}: an edit there would re-run nothing"
+    )
     assert not listed - expected, f"{stage}: dvc.yaml lists {sorted(listed - expected)}, which the stage never imports"
 
 
@@ -67,22 +71,43 @@ def test_the_closure_follows_imports_through_the_package(tmp_path):
     script = tmp_path / "stage.py"
     script.write_text("from mnist_mlp.core.train import fit\n")
     closure = module_closure(script)
-    assert {"src/mnist_mlp/core/train.py", "src/mnist_mlp/core/model.py", "src/mnist_mlp/data/mnist.py",
-            "src/mnist_mlp/__init__.py", "src/mnist_mlp/core/__init__.py", "src/mnist_mlp/data/__init__.py"} <= closure
+    assert {
+        "src/mnist_mlp/core/train.py",
+        "src/mnist_mlp/core/model.py",
+        "src/mnist_mlp/data/mnist.py",
+        "src/mnist_mlp/__init__.py",
+        "src/mnist_mlp/core/__init__.py",
+        "src/mnist_mlp/data/__init__.py",
+    } <= closure
     assert not any(path.startswith("src/mnist_mlp/tracking/") for path in closure)
 
 
 @pytest.mark.bad_input
 def test_a_stage_without_python_on_path_names_the_fix(tmp_path):
     """`.venv/bin/dvc exp run` with the venv inactive, on a system with no `python` command (Debian's default)."""
-    result = subprocess.run(["/bin/sh", "stages/run.sh", "stages/train.py"], cwd=ROOT, capture_output=True, text=True,
-                            env={"PATH": str(tmp_path)})  # fmt: skip
+    result = subprocess.run(
+        ["/bin/sh", "stages/run.sh", "stages/train.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tmp_path)},
+    )
     assert result.returncode == 127
-    assert result.stderr == ("stage: no `python` on PATH to run stages/train.py: activate the project's venv "
-                             "(source .venv/bin/activate) or use `make repro`\n")  # fmt: skip
+    assert result.stderr == (
+        "stage: no `python` on PATH to run stages/train.py: activate the project's venv "
+        "(source .venv/bin/activate) or use `make repro`\n"
+    )
 
 
 def test_a_stage_runs_this_checkouts_library_on_the_python_of_path():
-    result = subprocess.run(["/bin/sh", "stages/run.sh", "-c", "import mnist_mlp; print(mnist_mlp.__file__)"], cwd=ROOT,
-                            capture_output=True, text=True, env={"PATH": str(Path(sys.executable).parent)})  # fmt: skip
-    assert result.stdout.strip() == "src/mnist_mlp/__init__.py" or Path(result.stdout.strip()).resolve() == PACKAGE / "__init__.py"
+    result = subprocess.run(
+        ["/bin/sh", "stages/run.sh", "-c", "import mnist_mlp; print(mnist_mlp.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": str(Path(sys.executable).parent)},
+    )
+    assert (
+        result.stdout.strip() == "src/mnist_mlp/__init__.py"
+        or Path(result.stdout.strip()).resolve() == PACKAGE / "__init__.py"
+    )

@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_mlp.data.mnist import load_split
 from mnist_mlp.core.evaluate import (
     classification_metrics,
     confusion_figure,
@@ -15,8 +14,9 @@ from mnist_mlp.core.evaluate import (
     misclassified_figure,
     summary_metrics,
 )
-from mnist_mlp.files import save_figure
 from mnist_mlp.core.model import MLP
+from mnist_mlp.data.mnist import load_split
+from mnist_mlp.files import save_figure
 
 # twelve digits: 0s all right, two 1s of which one is called 7, a 2 called 3, the rest right
 LABELS = np.array([0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9])
@@ -80,7 +80,11 @@ def test_figures_are_written_as_png(tmp_path, tiny_processed):
         assert path.stat().st_size > 1000
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 100
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["confusion_matrix.png", "misclassified.png", "none.png"]
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [
+        "confusion_matrix.png",
+        "misclassified.png",
+        "none.png",
+    ]
 
 
 def test_summary_metrics_shape():

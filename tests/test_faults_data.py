@@ -87,7 +87,9 @@ def test_a_bad_mirror_file_fails_the_download_naming_file_and_source(workdir, ca
     mirror = _bad_mirror(workdir, damage)
     before = snapshot(workdir / "data")
     outcome = _download(workdir, str(mirror), capsys, monkeypatch)
-    line = assert_one_clear_error(outcome, "download", f"could not get a verified {TRAIN_IMAGES}", str(mirror), expected)
+    line = assert_one_clear_error(
+        outcome, "download", f"could not get a verified {TRAIN_IMAGES}", str(mirror), expected
+    )
     if damage is _tamper:
         sums = yaml.safe_load((workdir / "checksums.yaml").read_text())
         assert f"expected {sums[TRAIN_IMAGES]}" in line
@@ -104,7 +106,7 @@ def test_a_mirror_folder_that_does_not_exist_is_named(workdir, capsys, monkeypat
 
 
 class _NotFound(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self.send_error(404, "File not found")
 
     def log_message(self, *args):  # keep the test output quiet
@@ -227,15 +229,25 @@ def _empty_file(raw: Path) -> str:
 @pytest.mark.bad_input
 @pytest.mark.parametrize(
     "damage",
-    [_wrong_magic, _wrong_dimensions, _wrong_image_size, _counts_disagree, _truncated_idx, _label_out_of_range,
-     _missing_raw_file, _empty_file],
+    [
+        _wrong_magic,
+        _wrong_dimensions,
+        _wrong_image_size,
+        _counts_disagree,
+        _truncated_idx,
+        _label_out_of_range,
+        _missing_raw_file,
+        _empty_file,
+    ],
     ids=lambda f: f.__name__.strip("_").replace("_", "-"),
 )
 def test_a_bad_idx_file_fails_preprocess_with_what_was_expected(workdir, capsys, monkeypatch, damage):
     raw = _raw(workdir)
     expected = damage(raw)
     before = snapshot(workdir / "data")
-    outcome = stage_in_process("preprocess", ["--raw", str(raw), "--out", "data/processed"], workdir, capsys, monkeypatch)
+    outcome = stage_in_process(
+        "preprocess", ["--raw", str(raw), "--out", "data/processed"], workdir, capsys, monkeypatch
+    )
     assert_one_clear_error(outcome, "preprocess", expected)
     assert snapshot(workdir / "data") == before
     assert temp_leftovers(workdir / "data") == []
@@ -245,8 +257,9 @@ def test_a_bad_idx_file_fails_preprocess_with_what_was_expected(workdir, capsys,
 def test_val_size_too_large_for_the_data_names_the_key(workdir, capsys, monkeypatch):
     tiny_params(workdir / "params.yaml", preprocess={"val_size": 5000})
     before = snapshot(workdir / "data")
-    outcome = stage_in_process("preprocess", ["--raw", str(_raw(workdir)), "--out", "data/processed"], workdir,
-                               capsys, monkeypatch)
+    outcome = stage_in_process(
+        "preprocess", ["--raw", str(_raw(workdir)), "--out", "data/processed"], workdir, capsys, monkeypatch
+    )
     assert_one_clear_error(outcome, "preprocess", "val_size 5000 must be between 1 and 119")
     assert snapshot(workdir / "data") == before
 
@@ -256,11 +269,16 @@ def test_a_torn_cached_split_is_refused_by_train(workdir, capsys, monkeypatch):
     """A cached split cut short (as a crash would leave it without atomic writes) is never taken for a whole one."""
     good = write_tiny_mnist(workdir / "raw-ok", train_count=120, test_count=40, compress=False)
     tiny_params(workdir / "params.yaml", preprocess={"val_size": 20})
-    assert stage_in_process("preprocess", ["--raw", str(good), "--out", "data/processed"], workdir, capsys,
-                            monkeypatch).code == 0
+    assert (
+        stage_in_process(
+            "preprocess", ["--raw", str(good), "--out", "data/processed"], workdir, capsys, monkeypatch
+        ).code
+        == 0
+    )
     cached = workdir / "data/processed/train.pt"
     cached.write_bytes(cached.read_bytes()[: cached.stat().st_size // 2])
-    outcome = stage_in_process("train", ["--model", "models/model.pt", "--log", "reports/log.csv"], workdir, capsys,
-                               monkeypatch)
+    outcome = stage_in_process(
+        "train", ["--model", "models/model.pt", "--log", "reports/log.csv"], workdir, capsys, monkeypatch
+    )
     assert_one_clear_error(outcome, "train", "data/processed/train.pt: not a cached split written by preprocess")
     assert not (workdir / "models").exists() and not (workdir / "reports").exists()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_mlp import files
 from support.cli import run
 from support.faults import assert_one_clear_error, fresh_store, snapshot, stage_in_process, temp_leftovers
 from support.paths import BIN
-from mnist_mlp import files
 
 STAGES = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
 
@@ -65,8 +65,9 @@ def full_folder(path: Path):
 
 @pytest.mark.fault
 @pytest.mark.parametrize("full", ["reports", "models"])
-def test_a_full_disk_after_training_keeps_the_previous_model_and_log(trained_before, empty_mlflow_db, full, capsys,
-                                                                      monkeypatch):  # fmt: skip
+def test_a_full_disk_after_training_keeps_the_previous_model_and_log(
+    trained_before, empty_mlflow_db, full, capsys, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(empty_mlflow_db, trained_before / "store"))
     target = {"reports": "full/training_log.csv", "models": "full/model.pt"}[full]
     args = ["--log", target] if full == "reports" else ["--model", target]
@@ -134,8 +135,9 @@ def test_a_failed_evaluate_keeps_the_previous_metrics_and_figures(built):
 
 
 @pytest.mark.bad_input
-def test_params_changed_during_training_leave_no_outputs_for_dvc_to_record(trained_before, empty_mlflow_db, capsys,
-                                                                           monkeypatch):  # fmt: skip
+def test_params_changed_during_training_leave_no_outputs_for_dvc_to_record(
+    trained_before, empty_mlflow_db, capsys, monkeypatch
+):
     """As a second `dvc exp run -S train.dropout=0.5` does, which DVC's lock refuses only after writing params.yaml."""
     from mnist_mlp.core import train as training
 
@@ -151,6 +153,10 @@ def test_params_changed_during_training_leave_no_outputs_for_dvc_to_record(train
     monkeypatch.setattr(training, "fit", fit_while_another_run_writes_params)
     before = snapshot(trained_before / "models", trained_before / "reports")
     outcome = stage_in_process("train", [], trained_before, capsys, monkeypatch)
-    assert_one_clear_error(outcome, "train", "params.yaml changed while this stage ran (train.dropout 0.2 -> 0.5)",
-                           "no output was replaced")  # fmt: skip
+    assert_one_clear_error(
+        outcome,
+        "train",
+        "params.yaml changed while this stage ran (train.dropout 0.2 -> 0.5)",
+        "no output was replaced",
+    )
     assert snapshot(trained_before / "models", trained_before / "reports") == before

@@ -15,13 +15,12 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
-from support.params import set_train_params
 from support.cli import run
 from support.faults import (
     fresh_store,
@@ -33,7 +32,7 @@ from support.faults import (
     temp_leftovers,
 )
 from support.mnist_files import write_tiny_mnist
-from support.params import tiny_params
+from support.params import set_train_params, tiny_params
 from support.paths import BIN
 
 FOREVER = 100_000  # epochs: the process is always signalled long before the end
@@ -61,8 +60,16 @@ def _as_in_a_terminal() -> None:
 def _started(command: list[str], cwd: Path, env: dict, log: Path) -> Iterator[subprocess.Popen]:
     """The command in a session of its own: signals go to its process group, as a terminal's
     Ctrl-C does; whatever happens in the test, nothing of it outlives the test."""
-    job = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
-                           start_new_session=True, preexec_fn=_as_in_a_terminal)
+    job = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+        start_new_session=True,
+        preexec_fn=_as_in_a_terminal,
+    )
     try:
         yield job
     finally:
@@ -79,16 +86,21 @@ def test_a_signal_during_training_ends_the_run_killed_and_keeps_earlier_outputs(
 ):
     raw = write_tiny_mnist(tmp_path / "raw", train_count=300, test_count=60, compress=False)
     tiny_params(tmp_path / "params.yaml", preprocess={"val_size": 60}, train={"epochs": FOREVER})
-    assert stage_in_process("preprocess", ["--raw", str(raw), "--out", "data/processed"], tmp_path, capsys,
-                            monkeypatch).code == 0
+    assert (
+        stage_in_process(
+            "preprocess", ["--raw", str(raw), "--out", "data/processed"], tmp_path, capsys, monkeypatch
+        ).code
+        == 0
+    )
     for relative, text in (("models/model.pt", "previous model"), ("reports/training_log.csv", "epoch\n1\n")):
         (tmp_path / relative).parent.mkdir(exist_ok=True)
         (tmp_path / relative).write_text(text)
     before = snapshot(tmp_path / "models", tmp_path / "reports")
     uri = fresh_store(empty_mlflow_db, tmp_path / "store")
 
-    with _started(stage_command("train", []), tmp_path, stage_env(MLFLOW_TRACKING_URI=uri),
-                  tmp_path / "stderr.log") as job:
+    with _started(
+        stage_command("train", []), tmp_path, stage_env(MLFLOW_TRACKING_URI=uri), tmp_path / "stderr.log"
+    ) as job:
         _wait_for_line(job.stdout, "train: epoch   1/")
         os.kill(job.pid, signum)
         job.communicate(timeout=120)
@@ -147,7 +159,7 @@ class _Stalling(http.server.SimpleHTTPRequestHandler):
 
     release = threading.Event()
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         path = Path(self.directory) / Path(self.path).name
         if not path.is_file():
             self.send_error(404)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.params import set_train_params
 from support.cli import run
 from support.faults import (
     assert_one_clear_error,
@@ -25,7 +24,7 @@ from support.faults import (
     temp_leftovers,
 )
 from support.mnist_files import write_checksums, write_tiny_mnist
-from support.params import tiny_params
+from support.params import set_train_params, tiny_params
 from support.paths import BIN, ROOT
 
 DIVERGING = {"lr": 1e30, "optimizer": "sgd", "momentum": 0.0, "schedule": "none", "epochs": 3}
@@ -40,8 +39,9 @@ def test_a_diverging_loss_stops_at_once_fails_the_run_and_writes_no_model(
     tiny_params(trained_before / "params.yaml", preprocess={"val_size": 60}, train=DIVERGING)
     before = snapshot(trained_before / "models", trained_before / "reports")
     outcome = stage_in_process("train", [], trained_before, capsys, monkeypatch)
-    line = assert_one_clear_error(outcome, "train", "loss became nan at epoch 1, step ",
-                                  "training stopped. Hint: lower train.lr (now 1e+30)")
+    line = assert_one_clear_error(
+        outcome, "train", "loss became nan at epoch 1, step ", "training stopped. Hint: lower train.lr (now 1e+30)"
+    )
     assert re.search(r"at epoch 1, step \d+;", line)
     assert "train: epoch" not in outcome.out  # stopped inside the first epoch, not after it
     assert snapshot(trained_before / "models", trained_before / "reports") == before
@@ -74,7 +74,9 @@ def test_a_failed_dvc_repro_keeps_the_previous_model_and_the_next_repro_is_clean
     _dvc(project, "repro")
     status = _dvc(project, "status", "--json")
     assert json.loads(status.stdout) == {}
-    assert snapshot(project / "models/model.pt") != {str(project / "models/model.pt"): before[str(project / "models/model.pt")]}
+    assert snapshot(project / "models/model.pt") != {
+        str(project / "models/model.pt"): before[str(project / "models/model.pt")]
+    }
     statuses = sorted(r.info.status for r in mlflow_runs(f"sqlite:///{project.parent / 'store' / 'mlflow.db'}"))
     assert statuses == ["FAILED", "FINISHED", "FINISHED"]
 
@@ -84,14 +86,24 @@ def test_a_failed_dvc_repro_keeps_the_previous_model_and_the_next_repro_is_clean
 def test_two_trainings_at_once_on_one_store_both_finish_with_their_metrics(tmp_path, capsys, monkeypatch):
     raw = write_tiny_mnist(tmp_path / "raw", train_count=300, test_count=60, compress=False)
     tiny_params(tmp_path / "params.yaml", preprocess={"val_size": 60}, train={"epochs": 4})
-    assert stage_in_process("preprocess", ["--raw", str(raw), "--out", "data/processed"], tmp_path, capsys,
-                            monkeypatch).code == 0
+    assert (
+        stage_in_process(
+            "preprocess", ["--raw", str(raw), "--out", "data/processed"], tmp_path, capsys, monkeypatch
+        ).code
+        == 0
+    )
     # a brand-new store: both processes race to create its schema and the experiment
     env = stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     (tmp_path / "store").mkdir()
     jobs = [
-        subprocess.Popen(stage_command("train", ["--model", f"models/{name}.pt", "--log", f"reports/{name}.csv"]),
-                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            stage_command("train", ["--model", f"models/{name}.pt", "--log", f"reports/{name}.csv"]),
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in ("a", "b")
     ]
     outputs = [job.communicate(timeout=600) for job in jobs]
@@ -144,16 +156,25 @@ def test_every_output_of_every_stage_is_written_to_a_temp_file_then_renamed(tmp_
     tiny_params(tmp_path / "params.yaml", preprocess={"val_size": 60})
     uri = fresh_store(empty_mlflow_db, tmp_path / "store")
     env = stage_env(MNIST_MIRROR=str(mirror), MNIST_CHECKSUMS=str(tmp_path / "checksums.yaml"), MLFLOW_TRACKING_URI=uri)
-    plan = [[str(ROOT / "stages" / f"{stage}.py"), args] for stage, args in (
-        ("download", ["--out", "data/raw"]),
-        ("preprocess", []),
-        ("train", []),
-        ("evaluate", []),
-    )]
-    result = subprocess.run([sys.executable, "-c", AUDIT, json.dumps(plan)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    plan = [
+        [str(ROOT / "stages" / f"{stage}.py"), args]
+        for stage, args in (
+            ("download", ["--out", "data/raw"]),
+            ("preprocess", []),
+            ("train", []),
+            ("evaluate", []),
+        )
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", AUDIT, json.dumps(plan)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    events = json.loads(result.stdout[result.stdout.index("[["):])
+    events = json.loads(result.stdout[result.stdout.index("[[") :])
     outputs = [p for folder in ("data", "models", "reports") for p in (tmp_path / folder).rglob("*") if p.is_file()]
     assert len(outputs) >= 4 + 3 + 1 + 5
     renamed_into_place = {e[2] for e in events if e[0] == "rename"}
@@ -170,10 +191,30 @@ def test_every_output_of_every_stage_is_written_to_a_temp_file_then_renamed(tmp_
     import tempfile
 
     # (the stages run from this checkout here, so MLflow's git tags read this checkout's .git)
-    allowed = [str(tmp_path), str(ROOT / "src"), str(ROOT / "stages"), str(ROOT / ".git"), sys.prefix,
-               sys.base_prefix, "/usr/", "/lib", "/etc/", "/proc/", "/sys/", "/dev/", tempfile.gettempdir() + "/",
-               str(Path.home() / ".cache"), str(Path.home() / ".config" / "matplotlib"),
-               str(Path(yaml.__file__).parents[1])]
-    outside = sorted({path for kind, path, *_ in events if kind in ("read", "write")
-                      and not any(path == root.rstrip("/") or path.startswith(root) for root in allowed)})
+    allowed = [
+        str(tmp_path),
+        str(ROOT / "src"),
+        str(ROOT / "stages"),
+        str(ROOT / ".git"),
+        sys.prefix,
+        sys.base_prefix,
+        "/usr/",
+        "/lib",
+        "/etc/",
+        "/proc/",
+        "/sys/",
+        "/dev/",
+        tempfile.gettempdir() + "/",
+        str(Path.home() / ".cache"),
+        str(Path.home() / ".config" / "matplotlib"),
+        str(Path(yaml.__file__).parents[1]),
+    ]
+    outside = sorted(
+        {
+            path
+            for kind, path, *_ in events
+            if kind in ("read", "write")
+            and not any(path == root.rstrip("/") or path.startswith(root) for root in allowed)
+        }
+    )
     assert outside == [], outside

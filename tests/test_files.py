@@ -115,8 +115,14 @@ def test_hostile_yaml_is_one_line_naming_the_file(tmp_path, text, expected):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("train:\n  augment:\n    shift: 1\n    shift: 2\n", "duplicate key 'shift' (train.augment.shift) at line 4 (first at line 3)"),
-        ("train: {lr: 0.1, lr: 0.2}\n", "duplicate key 'lr' (train.lr) at line 1, column 18 (first at line 1, column 9)"),
+        (
+            "train:\n  augment:\n    shift: 1\n    shift: 2\n",
+            "duplicate key 'shift' (train.augment.shift) at line 4 (first at line 3)",
+        ),
+        (
+            "train: {lr: 0.1, lr: 0.2}\n",
+            "duplicate key 'lr' (train.lr) at line 1, column 18 (first at line 1, column 9)",
+        ),
     ],
     ids=["nested-block", "one-flow-line"],
 )
@@ -130,8 +136,9 @@ def test_a_duplicate_key_names_its_dotted_key_and_both_places(tmp_path, text, ex
 
 def test_merge_keys_are_read_and_a_key_they_override_is_not_a_duplicate(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("base: &base {lr: 0.1, epochs: 2}\nlayered: &layered {<<: *base, lr: 0.2}\n"
-                    "train: {<<: *layered, epochs: 3}\n")
+    path.write_text(
+        "base: &base {lr: 0.1, epochs: 2}\nlayered: &layered {<<: *base, lr: 0.2}\ntrain: {<<: *layered, epochs: 3}\n"
+    )
     assert files.read_yaml(path, LookupError, "params file")["train"] == {"lr": 0.2, "epochs": 3}
 
 

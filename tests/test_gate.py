@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mnist_mlp.cli import main
+from mnist_mlp.experiments import gate
 from support.cli import cli_in_process, run
 from support.paths import BIN, ROOT
-from mnist_mlp.experiments import gate
-from mnist_mlp.cli import main
 
 RECALLS = [0.99, 0.995, 0.985, 0.98, 0.982, 0.984, 0.986, 0.981, 0.978, 0.975]
 
@@ -108,7 +108,9 @@ def test_a_class_recall_below_its_floor_fails_even_within_tolerance(tmp_path, ru
     before, after = RECALLS[:8] + [0.972, 0.975], RECALLS[:8] + [0.968, 0.975]
     code, out, err = check(tmp_path, rules, metrics(recalls=after), metrics(recalls=before), capsys)
     assert code == 1
-    assert err.splitlines() == ["mnist-mlp check-metrics: error: test.per_class.8.recall is 0.9680, below its floor 0.97"]
+    assert err.splitlines() == [
+        "mnist-mlp check-metrics: error: test.per_class.8.recall is 0.9680, below its floor 0.97"
+    ]
     assert "| **ok (worse by 0.0040, within 0.0100); BELOW FLOOR 0.97** |" in out
 
 
@@ -155,7 +157,10 @@ def test_an_unusable_metrics_file_is_refused_in_one_line(tmp_path, rules, capsys
     "text, expected",
     [
         ("metrics:\n  test.accuracy: {abs_tolerance: 0.01}\n", "metrics.test.accuracy: a tolerance needs 'better"),
-        ("metrics:\n  test.accuracy: {better: up}\n", "metrics.test.accuracy.better: Input should be 'higher' or 'lower'"),
+        (
+            "metrics:\n  test.accuracy: {better: up}\n",
+            "metrics.test.accuracy.better: Input should be 'higher' or 'lower'",
+        ),
         ("metrics:\n  test.acc*: {floor: 0.9}\n", "bad metric path 'test.acc*'"),
         ("metrics:\n  test.accuracy: {floor: 0.99, ceiling: 0.9}\n", "floor 0.99 is above ceiling 0.9"),
         ("metrics:\n  test.accuracy: {better: higher, abs_tol: 0.1}\n", "abs_tol: Extra inputs are not permitted"),
@@ -186,8 +191,12 @@ def repo(tmp_path: Path, monkeypatch) -> Path:
     """A git repo holding the rules file, on branch main, with no commits yet."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for key, value in {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-                       "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}.items():  # fmt: skip
+    for key, value in {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }.items():
         monkeypatch.setenv(key, value)
     run(["git", "init", "-q", "-b", "main"], repo)
     shutil.copy(ROOT / "metrics_rules.yaml", repo / "metrics_rules.yaml")
@@ -213,7 +222,9 @@ def test_the_baseline_is_the_metrics_committed_on_main(repo):
     assert "test.accuracy regressed: 0.9880 -> 0.9850" in failed.stderr
 
     commit(repo, "feature metrics")  # committed on feature, main keeps the better baseline
-    assert run([str(BIN / "mnist-mlp"), "check-metrics", "--baseline-rev", "feature"], repo, check=False).returncode == 0
+    assert (
+        run([str(BIN / "mnist-mlp"), "check-metrics", "--baseline-rev", "feature"], repo, check=False).returncode == 0
+    )
     assert run([str(BIN / "mnist-mlp"), "check-metrics"], repo, check=False).returncode == 1
 
 
@@ -229,7 +240,10 @@ def test_without_commits_only_floors_apply_and_it_says_so(repo, monkeypatch):
     monkeypatch.chdir(repo)
     report = gate.run_gate("reports/metrics.json", "metrics_rules.yaml")
     assert not report.has_baseline and not report.failures
-    assert "no baseline yet (`main:reports/metrics.json` does not exist): only floors and ceilings apply" in report.markdown()
+    assert (
+        "no baseline yet (`main:reports/metrics.json` does not exist): only floors and ceilings apply"
+        in report.markdown()
+    )
     assert all(row.baseline is None for row in report.rows)
 
     write(repo / "reports" / "metrics.json", metrics(accuracy=0.95))
@@ -280,9 +294,11 @@ def test_a_drop_beyond_noise_on_the_same_digits_fails_though_the_tolerance_passe
     with_predictions(repo, 0.94, right(1_880))  # 20 of the 2,000 digits lost, none won
     report = gate.run_gate(repo / "reports" / "metrics.json", repo / "loose.yaml")
     assert not [row for row in report.rows if row.failures]  # the tolerance alone would pass it
-    assert report.failures == ["test digits: worse beyond noise against main:reports/predictions.csv: 0 digits right only "
-                               "in the new model, 20 only in the baseline: -20 of 2,000 (-1.00 points, 95 % "
-                               f"{report.paired.difference.points()}), exact McNemar p < 0.001"]  # fmt: skip
+    assert report.failures == [
+        "test digits: worse beyond noise against main:reports/predictions.csv: 0 digits right only "
+        "in the new model, 20 only in the baseline: -20 of 2,000 (-1.00 points, 95 % "
+        f"{report.paired.difference.points()}), exact McNemar p < 0.001"
+    ]
     assert "**worse beyond noise**" in report.markdown() and "**FAIL**" in report.markdown()
 
 
@@ -304,10 +320,14 @@ def test_without_the_baseline_predictions_the_gate_says_there_is_no_paired_test(
     commit(repo, "metrics only")
     with_predictions(repo, metrics()["test"]["accuracy"], right(1_971))
     report = gate.run_gate(repo / "reports" / "metrics.json", repo / "metrics_rules.yaml")
-    assert report.paired is None and "No paired test: main:reports/predictions.csv is not committed." in report.markdown()
+    assert (
+        report.paired is None and "No paired test: main:reports/predictions.csv is not committed." in report.markdown()
+    )
     # a baseline file in the new metrics' own folder: one predictions file cannot stand for both
     (tmp_path / "predictions.csv").write_text("actual,predicted\n1,1\n")
-    code, out, _ = check(tmp_path, Path(shutil.copy(ROOT / "metrics_rules.yaml", tmp_path / "r.yaml")), metrics(), metrics(), capsys)
+    code, out, _ = check(
+        tmp_path, Path(shutil.copy(ROOT / "metrics_rules.yaml", tmp_path / "r.yaml")), metrics(), metrics(), capsys
+    )
     assert code == 0 and "cannot stand for both" in out
 
 
@@ -337,12 +357,17 @@ def test_predictions_that_do_not_score_their_metrics_are_one_line(repo, capsys, 
     monkeypatch.chdir(repo)
     code, out, err = cli_in_process(["check-metrics"], capsys)
     assert code == 1 and len(err.splitlines()) == 1
-    assert ("reports/predictions.csv scores 1.0000, not reports/metrics.json's test accuracy 0.95: the predictions and the "
-            "metrics are not of one run") in err
+    assert (
+        "reports/predictions.csv scores 1.0000, not reports/metrics.json's test accuracy 0.95: the predictions and the "
+        "metrics are not of one run"
+    ) in err
     # the committed baseline's pair is checked the same way
     with_predictions(repo, 0.95, right(1_900))
     write(repo / "reports" / "metrics.json", metrics(accuracy=0.90))
     commit(repo, "a baseline whose predictions are not its metrics'")
     with_predictions(repo, 0.95, right(1_900))
     code, out, err = cli_in_process(["check-metrics"], capsys)
-    assert code == 1 and "main:reports/predictions.csv scores 0.9500, not main:reports/metrics.json's test accuracy 0.9" in err
+    assert (
+        code == 1
+        and "main:reports/predictions.csv scores 0.9500, not main:reports/metrics.json's test accuracy 0.9" in err
+    )

@@ -44,7 +44,9 @@ def violations(path: Path, package: Path = PACKAGE) -> list[str]:
     if "mlflow" in {name.split(".")[0] for name in names} and folder != "tracking":
         found.append("only tracking/ imports MLflow")
     if folder is None:  # params, files, project, errors: below every folder; cli dispatches to all
-        if path.stem != "cli" and any(name.startswith("mnist_mlp.") and name.split(".")[1] in MAY_IMPORT for name in names):
+        if path.stem != "cli" and any(
+            name.startswith("mnist_mlp.") and name.split(".")[1] in MAY_IMPORT for name in names
+        ):
             found.append(f"{path.name} is below every folder and imports one")
         return found
     used = {name.split(".")[1] for name in names if name.startswith("mnist_mlp.") and len(name.split(".")) > 1}
@@ -61,14 +63,19 @@ def test_imports_run_one_way(path):
 
 def test_the_rule_sees_each_wrong_way_import(tmp_path):
     (tmp_path / "core").mkdir()
-    wrong = {"core/model.py": "def f():\n    from mnist_mlp.tracking import runs\n",  # a function-level import counts
-             "core/train.py": "import mlflow\n", "data/mnist.py": "from ops.server import start\n",
-             "params.py": "from mnist_mlp.core.model import MLP\n"}  # fmt: skip
+    wrong = {
+        "core/model.py": "def f():\n    from mnist_mlp.tracking import runs\n",  # a function-level import counts
+        "core/train.py": "import mlflow\n",
+        "data/mnist.py": "from ops.server import start\n",
+        "params.py": "from mnist_mlp.core.model import MLP\n",
+    }
     for name, text in wrong.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
         assert violations(tmp_path / name, tmp_path), name
-    (tmp_path / "core" / "evaluate.py").write_text("from mnist_mlp.data.mnist import Split\nfrom mnist_mlp.files import write_csv\n")
+    (tmp_path / "core" / "evaluate.py").write_text(
+        "from mnist_mlp.data.mnist import Split\nfrom mnist_mlp.files import write_csv\n"
+    )
     assert violations(tmp_path / "core" / "evaluate.py", tmp_path) == []
 
 
@@ -80,16 +87,38 @@ def test_the_built_package_ships_the_apps_page_and_no_ops_or_test_support(tmp_pa
     import sys
     import zipfile
 
-    root, source = PACKAGE.parents[1], tmp_path / "source"  # a copy of the tracked files: no egg-info or build/ of the editable install
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, check=True, capture_output=True, text=True)
+    root, source = (
+        PACKAGE.parents[1],
+        tmp_path / "source",
+    )  # a copy of the tracked files: no egg-info or build/ of the editable install
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=root, check=True, capture_output=True, text=True
+    )
     for name in listed.stdout.splitlines():
         if (root / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
-                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
-    page = {f"mnist_mlp/{path.relative_to(PACKAGE).as_posix()}" for path in (PACKAGE / "serving" / "app_static").iterdir()}
+    page = {
+        f"mnist_mlp/{path.relative_to(PACKAGE).as_posix()}" for path in (PACKAGE / "serving" / "app_static").iterdir()
+    }
     assert page and page <= shipped, f"the wheel lacks {sorted(page - shipped)}"
     assert not [name for name in shipped if name.split("/")[0] in {"ops", "tests", "benchmarks"}]

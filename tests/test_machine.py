@@ -25,5 +25,7 @@ def test_the_cpu_kind_is_the_instruction_set_torch_runs_not_the_one_the_cpu_has(
     """ATEN_CPU_CAPABILITY moves torch to other kernels (other last bits): the kind follows it."""
     code = "from mnist_mlp.core.machine import cpu_kind; print(cpu_kind())"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
-    kind = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    kind = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert kind.endswith(" DEFAULT") and kind.split()[0] == machine.cpu_kind().split()[0]

@@ -74,7 +74,15 @@ def test_the_model_is_made_of_stock_modules_only():
     # a model file must load with stock torch alone: no module of this package inside
     mlp = MLP([64, 32], "tanh", dropout=0.2)
     assert {type(module).__module__.split(".")[0] for module in mlp.layers} == {"torch"}
-    assert [type(module) for module in mlp.layers] == [nn.Linear, nn.Tanh, nn.Dropout, nn.Linear, nn.Tanh, nn.Dropout, nn.Linear]
+    assert [type(module) for module in mlp.layers] == [
+        nn.Linear,
+        nn.Tanh,
+        nn.Dropout,
+        nn.Linear,
+        nn.Tanh,
+        nn.Dropout,
+        nn.Linear,
+    ]
 
 
 def test_architecture_names_the_layer_widths():

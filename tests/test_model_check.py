@@ -11,19 +11,23 @@ import pytest
 import torch
 import yaml
 
+from mnist_mlp.core.model import PixelClassifier
+from mnist_mlp.serving import app, predict
+from mnist_mlp.tracking import loading, model_check, runs, store
 from support.app import NORMALIZATION, save_model, train_mlp
 from support.cli import cli_in_process
-from mnist_mlp.serving import app
-from mnist_mlp.tracking import model_check
-from mnist_mlp.serving import predict
-from mnist_mlp.tracking import loading
-from mnist_mlp.tracking import runs
-from mnist_mlp.tracking import store
-from mnist_mlp.core.model import PixelClassifier
 
 REFUSED = "refused: not a model this project logged"
-KINDS = ["pickle-module", "loader-module", "pickle-module-file", "extra-file", "extra-folder", "other-flavor",
-         "symlink", "pickle-format"]  # fmt: skip
+KINDS = [
+    "pickle-module",
+    "loader-module",
+    "pickle-module-file",
+    "extra-file",
+    "extra-folder",
+    "other-flavor",
+    "symlink",
+    "pickle-format",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,9 @@ def _edit_mlmodel(folder: Path, change) -> None:
 def craft(genuine: Path, dest: Path, kind: str, marker: Path) -> Path:
     """A copy of a genuine model changed as an attacker (or a careless colleague) would."""
     folder = shutil.copytree(genuine, dest)
-    if kind == "pickle-module":  # MLflow imports this module to unpickle model.pth, before it checks pickles are allowed
+    if (
+        kind == "pickle-module"
+    ):  # MLflow imports this module to unpickle model.pth, before it checks pickles are allowed
         name = _evil_module(folder, marker)
         (folder / "data" / "pickle_module_info.txt").write_text(name)
         (folder / "data" / "model.pth").write_bytes(b"not a model")
@@ -84,8 +90,12 @@ def craft(genuine: Path, dest: Path, kind: str, marker: Path) -> Path:
         shutil.rmtree(folder)
         import mlflow
 
-        mlflow.pytorch.save_model(PixelClassifier(train_mlp(), 0.1, 0.3), str(folder), serialization_format="pickle",
-                                  pip_requirements=["torch"])  # fmt: skip
+        mlflow.pytorch.save_model(
+            PixelClassifier(train_mlp(), 0.1, 0.3),
+            str(folder),
+            serialization_format="pickle",
+            pip_requirements=["torch"],
+        )
     return folder
 
 
@@ -95,12 +105,14 @@ def test_the_crafted_models_would_run_code_through_mlflow_itself(genuine, tmp_pa
     pytorch flavour's: the project's own check refuses both whatever MLflow does.)"""
     import mlflow
 
-    assert mlflow.__version__.startswith("3.17."), "this premise describes MLflow 3.17, requirements/lock.txt's: re-check it"
+    assert mlflow.__version__.startswith("3.17."), (
+        "this premise describes MLflow 3.17, requirements/lock.txt's: re-check it"
+    )
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     marker = tmp_path / "pwned"
     folder = craft(genuine, tmp_path / "model", "pickle-module" if loader == "pytorch" else "loader-module", marker)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever MLflow raises on the crafted folder; the marker is the point
         (mlflow.pytorch if loader == "pytorch" else mlflow.pyfunc).load_model(str(folder))
     assert marker.exists()
 

@@ -25,8 +25,10 @@ def fake_tarball(folder: Path, name: str, version: str, code: str) -> None:
     """What `npm pack` leaves: <name>-<version>.tgz holding package/package.json and the browser build."""
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(folder / f"{name}-{version}.tgz", "w:gz") as archive:
-        for path, text in (("package/package.json", json.dumps({"name": name, "jsdelivr": f"build/{name}.min.js"})),
-                           (f"package/build/{name}.min.js", code)):
+        for path, text in (
+            ("package/package.json", json.dumps({"name": name, "jsdelivr": f"build/{name}.min.js"})),
+            (f"package/build/{name}.min.js", code),
+        ):
             data = text.encode()
             info = tarfile.TarInfo(path)
             info.size = len(data)
@@ -56,13 +58,15 @@ def test_the_page_inlines_every_script_and_keeps_dvcs_placeholder(packs: Path):
     assert not re.search(r"<script[^>]+src=", page)
     positions = [page.index(f'window["{name}"] = "{version}"') for name, version in offline_plots.specs()]
     assert positions == sorted(positions)
-    assert "</script>\";" not in page and '<\\/script>";' in page  # the code's own "</script>" cannot end the element
+    assert '</script>";' not in page and '<\\/script>";' in page  # the code's own "</script>" cannot end the element
 
 
 def test_a_missing_tarball_names_the_npm_command(packs: Path):
     name, version = offline_plots.specs()[-1]
     (packs / f"{name}-{version}.tgz").unlink()
-    with pytest.raises(UserError, match=rf"no tarball of {name}@{version}; fetch with `npm pack --pack-destination {packs} "):
+    with pytest.raises(
+        UserError, match=rf"no tarball of {name}@{version}; fetch with `npm pack --pack-destination {packs} "
+    ):
         offline_plots.page(packs)
 
 
@@ -78,13 +82,21 @@ def test_dvc_plots_show_with_the_template_loads_nothing_from_the_network(project
     reports = project / "reports"
     reports.mkdir()
     (reports / "training_log.csv").write_text(
-        "epoch,train_loss,val_loss,train_accuracy,val_accuracy\n1,0.5,0.4,0.8,0.85\n2,0.3,0.3,0.9,0.9\n")
+        "epoch,train_loss,val_loss,train_accuracy,val_accuracy\n1,0.5,0.4,0.8,0.85\n2,0.3,0.3,0.9,0.9\n"
+    )
     (reports / "predictions.csv").write_text("actual,predicted\n1,1\n2,7\n")
     template = project / "build" / "plots" / "offline.html"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "offline_plots.py"), "build", str(packs), str(template)],
-                   check=True, capture_output=True)
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "plots", "show", "--html-template", str(template)],
-                   cwd=project, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "offline_plots.py"), "build", str(packs), str(template)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "plots", "show", "--html-template", str(template)],
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
     page = (project / "dvc_plots" / "index.html").read_text()
     assert all(f"vegaEmbed('#{name}'" in page for name in ("loss", "accuracy", "confusion"))  # dvc.yaml's plots
     assert 'window["vega-embed"] = "' in page

@@ -93,10 +93,19 @@ def test_wrong_types_name_the_key(key, value, expected):
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize(("train", "message"), [
-    ({"epochs": 1_000_000_000}, "invalid 'train.epochs' (got 1000000000): Input should be less than or equal to 1000"),
-    ({"hidden_sizes": [16_384] * 16}, "4,039,802,890 weights and biases; at most 300,000,000 (4.8 GB with AdamW's state)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (
+            {"epochs": 1_000_000_000},
+            "invalid 'train.epochs' (got 1000000000): Input should be less than or equal to 1000",
+        ),
+        (
+            {"hidden_sizes": [16_384] * 16},
+            "4,039,802,890 weights and biases; at most 300,000,000 (4.8 GB with AdamW's state)",
+        ),
+    ],
+)
 def test_a_run_too_long_or_too_big_for_any_machine_here_is_refused(train, message):
     assert message in error_of({"train": train})
     validate_params({"train": {"hidden_sizes": [16_384, 16_384], "epochs": 1000}})  # the largest the caps allow
@@ -163,19 +172,35 @@ def test_preset_is_laid_over_the_params(tmp_path: Path):
 
 
 def test_augment_is_off_by_default_and_each_value_is_bounded():
-    assert validate_params({}).train.augment.model_dump() == {**dict.fromkeys(
-        ["shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma"], 0.0), "last_clean_epochs": 0}
+    assert validate_params({}).train.augment.model_dump() == {
+        **dict.fromkeys(["shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma"], 0.0),
+        "last_clean_epochs": 0,
+    }
     assert validate_params({"train": {"augment": {"rotation": 10}}}).train.augment.rotation == 10.0  # YAML int
-    for key, bad, allowed in (("shift", 9, "<= 8.0"), ("rotation", -1, ">= 0.0"), ("scale", 0.6, "<= 0.5"),
-                              ("shear", 50, "<= 45.0"), ("elastic_alpha", 200, "<= 100.0")):
+    for key, bad, allowed in (
+        ("shift", 9, "<= 8.0"),
+        ("rotation", -1, ">= 0.0"),
+        ("scale", 0.6, "<= 0.5"),
+        ("shear", 50, "<= 45.0"),
+        ("elastic_alpha", 200, "<= 100.0"),
+    ):
         with pytest.raises(ParamsError, match=rf"invalid 'train\.augment\.{key}' .*allowed: .*{allowed}"):
             validate_params({"train": {"augment": {key: bad}}})
-    with pytest.raises(ParamsError, match=r"invalid 'train\.augment\.elastic_sigma' \(got 0\.0\): must be > 0 when elastic_alpha"):
+    with pytest.raises(
+        ParamsError, match=r"invalid 'train\.augment\.elastic_sigma' \(got 0\.0\): must be > 0 when elastic_alpha"
+    ):
         validate_params({"train": {"augment": {"elastic_alpha": 34}}})
-    with pytest.raises(ParamsError, match=r"unknown key 'train\.augment\.rotate'; did you mean 'train\.augment\.rotation'"):
+    with pytest.raises(
+        ParamsError, match=r"unknown key 'train\.augment\.rotate'; did you mean 'train\.augment\.rotation'"
+    ):
         validate_params({"train": {"augment": {"rotate": 10}}})
-    assert validate_params({"train": {"epochs": 20, "augment": {"last_clean_epochs": 19}}}).train.augment.last_clean_epochs == 19
-    with pytest.raises(ParamsError, match=r"train\.augment\.last_clean_epochs \(20\) must be below train\.epochs \(20\)"):
+    assert (
+        validate_params({"train": {"epochs": 20, "augment": {"last_clean_epochs": 19}}}).train.augment.last_clean_epochs
+        == 19
+    )
+    with pytest.raises(
+        ParamsError, match=r"train\.augment\.last_clean_epochs \(20\) must be below train\.epochs \(20\)"
+    ):
         validate_params({"train": {"epochs": 20, "augment": {"shift": 2, "last_clean_epochs": 20}}})
     with pytest.raises(ParamsError, match=r"invalid 'train\.augment\.last_clean_epochs' \(got -1\).*>= 0"):
         validate_params({"train": {"augment": {"last_clean_epochs": -1}}})

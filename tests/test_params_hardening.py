@@ -9,9 +9,11 @@ import pytest
 
 from mnist_mlp.params import MAX_LAYERS, MAX_WIDTH, ParamsError, load_params, validate_params
 
-ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, name in zip("abcdefgh", "bcdefghi")
-) + "train: {lr: *i}\n"
+ALIAS_BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, name in zip("abcdefgh", "bcdefghi"))
+    + "train: {lr: *i}\n"
+)
 
 
 @pytest.mark.bad_input
@@ -33,8 +35,9 @@ def test_a_small_alias_is_still_read(tmp_path):
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("text, key", [("train:\n  lr: 0.1\n  lr: 0.2\n", "'lr'"),
-                                       ("train: {lr: 0.1}\ntrain: {dropout: 0.5}\n", "'train'")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, key", [("train:\n  lr: 0.1\n  lr: 0.2\n", "'lr'"), ("train: {lr: 0.1}\ntrain: {dropout: 0.5}\n", "'train'")]
+)
 def test_a_duplicate_key_is_refused_naming_it_and_its_line(tmp_path, text, key):
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -51,17 +54,26 @@ def test_a_file_that_is_not_utf8_is_one_line(tmp_path):
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("raw, message", [
-    ({"train": {"seed": 2**64}}, "invalid 'train.seed' (got 18446744073709551616)"),
-    ({"preprocess": {"split_seed": 2**64}}, "invalid 'preprocess.split_seed'"),
-    ({"train": {"weight_decay": float("inf")}}, "invalid 'train.weight_decay' (got inf): Input should be a finite number"),
-    ({"train": {"lr": float("nan")}}, "invalid 'train.lr' (got nan): Input should be a finite number"),
-    ({"train": {"dropout": float("-inf")}}, "invalid 'train.dropout'"),
-    ({"train": {"hidden_sizes": [100000, 100000]}}, f"every hidden size must be a positive integer, at most {MAX_WIDTH}"),
-    ({"train": {"hidden_sizes": [8] * (MAX_LAYERS + 1)}}, f"at most {MAX_LAYERS} items"),
-    ({"tracking": {"experiment": "x" * 501}}, "String should have at most 500 characters"),
-    ({"tracking": {"experiment": "two\nlines"}}, "invalid 'tracking.experiment'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"train": {"seed": 2**64}}, "invalid 'train.seed' (got 18446744073709551616)"),
+        ({"preprocess": {"split_seed": 2**64}}, "invalid 'preprocess.split_seed'"),
+        (
+            {"train": {"weight_decay": float("inf")}},
+            "invalid 'train.weight_decay' (got inf): Input should be a finite number",
+        ),
+        ({"train": {"lr": float("nan")}}, "invalid 'train.lr' (got nan): Input should be a finite number"),
+        ({"train": {"dropout": float("-inf")}}, "invalid 'train.dropout'"),
+        (
+            {"train": {"hidden_sizes": [100000, 100000]}},
+            f"every hidden size must be a positive integer, at most {MAX_WIDTH}",
+        ),
+        ({"train": {"hidden_sizes": [8] * (MAX_LAYERS + 1)}}, f"at most {MAX_LAYERS} items"),
+        ({"tracking": {"experiment": "x" * 501}}, "String should have at most 500 characters"),
+        ({"tracking": {"experiment": "two\nlines"}}, "invalid 'tracking.experiment'"),
+    ],
+)
 def test_bounds_and_finite_numbers_are_checked_once(raw, message):
     with pytest.raises(ParamsError) as refused:
         validate_params(raw)
@@ -71,5 +83,9 @@ def test_bounds_and_finite_numbers_are_checked_once(raw, message):
 def test_the_largest_allowed_hidden_sizes_fit_in_an_mlflow_param():
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-    widest = validate_params({"train": {"hidden_sizes": [MAX_WIDTH] * MAX_LAYERS}}).train.hidden_sizes
-    assert len(str(widest)) < MAX_PARAM_VAL_LENGTH
+    # every allowed list is at most MAX_LAYERS widths of at most MAX_WIDTH: this text bounds its length
+    assert len(str([MAX_WIDTH] * MAX_LAYERS)) < MAX_PARAM_VAL_LENGTH
+    deepest = validate_params(
+        {"train": {"hidden_sizes": [4096] * MAX_LAYERS}}
+    ).train.hidden_sizes  # 255 M weights: allowed
+    assert len(str(deepest)) < MAX_PARAM_VAL_LENGTH

@@ -12,14 +12,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from mnist_mlp.errors import UserError
+from mnist_mlp.serving import predict
+from mnist_mlp.serving.predict import ImageError, ModelError, image_pixels, mnist_pixels
+from mnist_mlp.tracking import runs, store
 from support.cli import cli_in_process, run
 from support.digit_images import STYLES, glyph, picture, save_picture, train_font_model, write_styled_digits
 from support.paths import BIN
-from mnist_mlp.serving import predict
-from mnist_mlp.tracking import runs
-from mnist_mlp.tracking import store
-from mnist_mlp.errors import UserError
-from mnist_mlp.serving.predict import ImageError, ModelError, image_pixels, mnist_pixels
 
 
 def gray(image: Image.Image) -> np.ndarray:
@@ -112,7 +111,9 @@ def test_probabilities_use_the_checkpoints_own_normalization(font_model, styled_
     from mnist_mlp.core.checkpoint import load_checkpoint
 
     files = list(styled_digits)[:10]
-    code, out, _ = cli_in_process(["predict", "--json", "--top-k", "10", "--model", str(font_model), *map(str, files)], capsys)
+    code, out, _ = cli_in_process(
+        ["predict", "--json", "--top-k", "10", "--model", str(font_model), *map(str, files)], capsys
+    )
     assert code == 0
     checkpoint = load_checkpoint(font_model)
     assert (checkpoint.normalization.mean, checkpoint.normalization.std) == (0.13, 0.31)
@@ -128,7 +129,9 @@ def test_probabilities_use_the_checkpoints_own_normalization(font_model, styled_
 
 def test_json_output_has_one_entry_per_file_with_ranked_top_k(font_model, styled_digits, capsys):
     files = list(styled_digits)[:3]
-    code, out, _ = cli_in_process(["predict", "--json", "--top-k", "4", "--model", str(font_model), *map(str, files)], capsys)
+    code, out, _ = cli_in_process(
+        ["predict", "--json", "--top-k", "4", "--model", str(font_model), *map(str, files)], capsys
+    )
     assert code == 0
     document = json.loads(out)
     assert document["model"] == str(font_model)
@@ -154,19 +157,27 @@ def bad_files(folder: Path) -> dict[str, Path]:
     truncated = folder / "truncated.png"
     truncated.write_bytes(good.read_bytes()[:200])
     return {
-        "good": good, "missing": folder / "missing.png", "text": text, "empty": empty,
-        "blank": blank, "truncated": truncated, "folder": folder,
-    }  # fmt: skip
+        "good": good,
+        "missing": folder / "missing.png",
+        "text": text,
+        "empty": empty,
+        "blank": blank,
+        "truncated": truncated,
+        "folder": folder,
+    }
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize(("mode", "convert"), [
-    ("I;16", lambda eight: eight.astype(np.uint16) * 257),  # 0..65535, as Pillow opens a 16-bit PNG
-    ("I;16B", lambda eight: (eight.astype(np.uint16) * 257).astype(">u2")),
-    ("I", lambda eight: eight.astype(np.int32) * 257),  # a 16-bit PNG opened as 32-bit integers
-    ("F", lambda eight: eight.astype(np.float32) / 255),
-    ("F", lambda eight: eight.astype(np.float32)),  # what convert("F") makes of 8 bits
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mode", "convert"),
+    [
+        ("I;16", lambda eight: eight.astype(np.uint16) * 257),  # 0..65535, as Pillow opens a 16-bit PNG
+        ("I;16B", lambda eight: (eight.astype(np.uint16) * 257).astype(">u2")),
+        ("I", lambda eight: eight.astype(np.int32) * 257),  # a 16-bit PNG opened as 32-bit integers
+        ("F", lambda eight: eight.astype(np.float32) / 255),
+        ("F", lambda eight: eight.astype(np.float32)),  # what convert("F") makes of 8 bits
+    ],
+)
 def test_deep_greyscale_is_scaled_from_its_range_not_clipped(mode, convert):
     eight = np.asarray(picture(6, "black-on-white").convert("L"))
     deep = Image.fromarray(convert(eight))
@@ -188,7 +199,10 @@ def test_a_16_bit_png_reads_like_its_8_bit_version(tmp_path):
 @pytest.mark.parametrize("where", ["under-a-file", "a-file"])
 def test_render_samples_into_a_folder_that_cannot_be_made_is_one_line(tmp_path, capsys, where):
     split = tmp_path / "test.pt"
-    torch.save({"images": torch.zeros(10, 28, 28, dtype=torch.uint8), "labels": torch.arange(10), "mean": 0.1, "std": 0.3}, split)
+    torch.save(
+        {"images": torch.zeros(10, 28, 28, dtype=torch.uint8), "labels": torch.arange(10), "mean": 0.1, "std": 0.3},
+        split,
+    )
     blocker = tmp_path / "somefile"
     blocker.write_text("not a folder\n")
     out_dir, reason = (blocker / "sub", "Not a directory") if where == "under-a-file" else (blocker, "File exists")
@@ -229,7 +243,11 @@ def test_a_model_file_of_the_wrong_shape_is_one_clear_line(font_model, tmp_path,
     not_a_model = tmp_path / "notes.pt"
     not_a_model.write_text("hello\n")
     image = save_picture(picture(2, "black-on-white"), tmp_path / "two.png")
-    for model, reason in ((wrong, "weights do not fit"), (not_a_model, "refused to load"), (tmp_path / "nope.pt", "not found")):
+    for model, reason in (
+        (wrong, "weights do not fit"),
+        (not_a_model, "refused to load"),
+        (tmp_path / "nope.pt", "not found"),
+    ):
         code, out, err = cli_in_process(["predict", "--model", str(model), str(image)], capsys)
         assert (code, out) == (1, "")
         assert err.startswith(f"mnist-mlp predict: error: {model}: ") and reason in err and len(err.splitlines()) == 1
@@ -237,9 +255,12 @@ def test_a_model_file_of_the_wrong_shape_is_one_clear_line(font_model, tmp_path,
 
 @pytest.mark.parametrize(
     ("module", "reason"),
-    [(torch.nn.Linear(100, 10), "does not take one row of 784"), (torch.nn.Linear(784, 5), "returns (1, 5)"),
-     (torch.nn.Linear(784, 10), "not probabilities")],
-)  # fmt: skip
+    [
+        (torch.nn.Linear(100, 10), "does not take one row of 784"),
+        (torch.nn.Linear(784, 5), "returns (1, 5)"),
+        (torch.nn.Linear(784, 10), "not probabilities"),
+    ],
+)
 def test_a_module_that_is_not_784_pixels_to_10_probabilities_is_refused(module, reason):
     with pytest.raises(ModelError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         predict.check_classifier(module, "some-model")
@@ -253,8 +274,11 @@ def test_top_k_outside_1_to_10_is_a_usage_error(font_model, capsys):
 @pytest.mark.integration
 def test_the_console_script_exits_nonzero_on_a_bad_file(font_model, styled_digits, tmp_path):
     good = next(iter(styled_digits))
-    result = run([str(BIN / "mnist-mlp"), "predict", "--model", str(font_model), str(good), str(tmp_path / "gone.png")],
-                 tmp_path, check=False)  # fmt: skip
+    result = run(
+        [str(BIN / "mnist-mlp"), "predict", "--model", str(font_model), str(good), str(tmp_path / "gone.png")],
+        tmp_path,
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stdout.startswith(f"{good}: {styled_digits[good]} ")
     assert f"mnist-mlp predict: error: {tmp_path / 'gone.png'}: file not found" in result.stderr
@@ -298,8 +322,9 @@ def test_a_pickled_mlflow_model_is_not_unpickled(tmp_path, font_model, monkeypat
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow's default; predict overrides it
     folder = tmp_path / "pickled"
-    mlflow.pytorch.save_model(load_checkpoint(font_model).classifier(), str(folder), serialization_format="pickle",
-                              pip_requirements=["torch"])  # fmt: skip
+    mlflow.pytorch.save_model(
+        load_checkpoint(font_model).classifier(), str(folder), serialization_format="pickle", pip_requirements=["torch"]
+    )
     with pytest.raises(UserError, match="refused: not a model this project logged"):
         predict.load_classifier(str(folder))
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "true"

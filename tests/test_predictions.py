@@ -6,9 +6,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from support.stores import new_experiment
-from support.predictions import LABELS, log_predictions, predictions_text, right
 from mnist_mlp.tracking import predictions
+from support.predictions import LABELS, log_predictions, predictions_text, right
+from support.stores import new_experiment
 
 
 def test_a_file_the_evaluate_stage_writes_reads_back_digit_for_digit(tmp_path):
@@ -19,15 +19,18 @@ def test_a_file_the_evaluate_stage_writes_reads_back_digit_for_digit(tmp_path):
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("text, expected", [
-    ("", "not a predictions file; expected 'actual,predicted'"),
-    ("actual,predicted\n", "not a predictions file"),
-    ("label,guess\n1,1\n", "not a predictions file"),
-    ("actual,predicted\n1,1,1\n", ":2: '1,1,1' is not two digits"),
-    ("actual,predicted\n1,10\n", ":2: '1,10' is not two digits"),
-    ("actual,predicted\n1,-1\n", ":2: '1,-1' is not two digits"),
-    ("actual,predicted\n1,1\n٣,1\n", ":3: '٣,1' is not two digits"),  # a digit to str.isdigit, not 0-9 to int()
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "not a predictions file; expected 'actual,predicted'"),
+        ("actual,predicted\n", "not a predictions file"),
+        ("label,guess\n1,1\n", "not a predictions file"),
+        ("actual,predicted\n1,1,1\n", ":2: '1,1,1' is not two digits"),
+        ("actual,predicted\n1,10\n", ":2: '1,10' is not two digits"),
+        ("actual,predicted\n1,-1\n", ":2: '1,-1' is not two digits"),
+        ("actual,predicted\n1,1\n٣,1\n", ":3: '٣,1' is not two digits"),  # a digit to str.isdigit, not 0-9 to int()
+    ],
+)
 def test_anything_but_two_digits_per_line_is_one_line_naming_the_place(text, expected):
     with pytest.raises(predictions.PredictionsError, match=expected.replace("(", r"\(")):
         predictions.parse(text, "somewhere")
@@ -63,5 +66,8 @@ def test_an_oversized_artifact_is_refused_before_it_is_downloaded(mlflow_store, 
     assert len(text) > predictions.MAX_BYTES
     log_predictions(client, run_id, text=text)
     monkeypatch.setattr(mlflow.MlflowClient, "download_artifacts", lambda *args: pytest.fail("downloaded"))
-    with pytest.raises(predictions.PredictionsError, match=f"run {run_id}: evaluation/predictions.csv is .* bytes, not a predictions file"):
+    with pytest.raises(
+        predictions.PredictionsError,
+        match=f"run {run_id}: evaluation/predictions.csv is .* bytes, not a predictions file",
+    ):
         predictions.logged(run_id)

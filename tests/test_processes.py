@@ -10,7 +10,11 @@ import pytest
 
 from ops.processes import ManagedProcess, NotReady, ProcessExited
 
-SLEEPER = [sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print('up', flush=True); time.sleep(60)"]
+SLEEPER = [
+    sys.executable,
+    "-c",
+    "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print('up', flush=True); time.sleep(60)",
+]
 
 
 def test_stop_ends_the_process_and_every_process_it_started(tmp_path):
@@ -35,7 +39,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 def test_a_process_that_exits_before_it_is_ready_raises_with_its_log(tmp_path):
-    failing = ManagedProcess([sys.executable, "-c", "import sys; print('cannot bind'); sys.exit(3)"], log=tmp_path / "f.log").start()
+    failing = ManagedProcess(
+        [sys.executable, "-c", "import sys; print('cannot bind'); sys.exit(3)"], log=tmp_path / "f.log"
+    ).start()
     with pytest.raises(ProcessExited) as raised:
         failing.wait_until(lambda: False, timeout=30, interval=0.05)
     assert raised.value.returncode == 3 and "cannot bind" in raised.value.log_tail

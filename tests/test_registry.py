@@ -18,27 +18,32 @@ import pytest
 import torch
 import yaml
 
+from mnist_mlp.core.checkpoint import save_checkpoint, write_training_record
+from mnist_mlp.core.model import MLP
+from mnist_mlp.data.mnist import Normalization
+from mnist_mlp.params import ParamsError, validate_params
+from mnist_mlp.tracking import loading, registry, runs
 from support.answering import AnswerSheet, answering_classifier
 from support.cli import cli_in_process
 from support.params import TINY_PARAMS, default_params, merge
-from support.predictions import log_predictions, right
 from support.paths import ROOT
-from mnist_mlp.tracking import loading
-from mnist_mlp.tracking import registry
-from mnist_mlp.tracking import runs
-from mnist_mlp.core.checkpoint import save_checkpoint, write_training_record
-from mnist_mlp.data.mnist import Normalization
-from mnist_mlp.core.model import MLP
-from mnist_mlp.params import ParamsError, validate_params
+from support.predictions import log_predictions, right
 
-RULES = {"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.002, "floor": 0.5},
-                     "test.per_class.*.recall": {"better": "higher", "abs_tolerance": 0.05}}}  # fmt: skip
+RULES = {
+    "metrics": {
+        "test.accuracy": {"better": "higher", "abs_tolerance": 0.002, "floor": 0.5},
+        "test.per_class.*.recall": {"better": "higher", "abs_tolerance": 0.05},
+    }
+}
 
 
 def report_test(accuracy: float, recall: float = 0.9) -> dict:
     """metrics.json's `test` section, as the evaluate stage writes it."""
-    return {"accuracy": accuracy, "loss": 1 - accuracy,
-            "per_class": {str(c): {"precision": 0.9, "recall": recall, "f1": 0.9} for c in range(10)}}  # fmt: skip
+    return {
+        "accuracy": accuracy,
+        "loss": 1 - accuracy,
+        "per_class": {str(c): {"precision": 0.9, "recall": recall, "f1": 0.9} for c in range(10)},
+    }
 
 
 def test_logged_metric_names_turn_back_into_the_metrics_file_shape():
@@ -98,18 +103,23 @@ def test_promote_moves_champion_only_past_the_gate(mlflow_store, rules, tmp_path
 
     # the default candidate is the run of reports/metrics.json, as the evaluate stage wrote it
     (tmp_path / "reports").mkdir()
-    (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"test": report_test(0.96), "mlflow_run_id": better.run_id}))
+    (tmp_path / "reports" / "metrics.json").write_text(
+        json.dumps({"test": report_test(0.96), "mlflow_run_id": better.run_id})
+    )
     code, out, _ = promote_cli(capsys, rules)
     assert code == 0 and out.strip() == (
         f"promote: digits@champion -> version 2 (run {better.run_id}, test accuracy 0.9600); passed the gate against version 1 "
         f"(run {first.run_id}), better beyond noise: 20 digits right only in the candidate, 0 only in version 1: +20 digits "
-        f"(+1.00 points, 95 % {promote_stats_interval(right(1_920), right(1_900))}), exact McNemar p < 0.001")
+        f"(+1.00 points, 95 % {promote_stats_interval(right(1_920), right(1_900))}), exact McNemar p < 0.001"
+    )
 
     code, out, err = promote_cli(capsys, rules, "--version", "3")
     assert code == 1 and out == ""
     (line,) = err.splitlines()
-    assert line.startswith(f"mnist-mlp promote: error: refused: digits version 3 (run {worse.run_id}) stays out, "
-                           "against digits@champion = version 2: test.accuracy regressed: 0.9600 -> 0.9000")  # fmt: skip
+    assert line.startswith(
+        f"mnist-mlp promote: error: refused: digits version 3 (run {worse.run_id}) stays out, "
+        "against digits@champion = version 2: test.accuracy regressed: 0.9600 -> 0.9000"
+    )
     assert registry.alias_version("digits", registry.CHAMPION).version == "2"
 
     code, out, _ = promote_cli(capsys, rules, "--version", "2")
@@ -133,12 +143,20 @@ def test_a_per_class_drop_is_refused_even_when_accuracy_rises(mlflow_store, rule
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("args, expected", [
-    (["--run-id", "0123abcd"], "run 0123abcd registered no version of 'digits'"),
-    (["--version", "7"], "no version 7 of registered model 'digits'"),
-    (["--metrics", "missing.json"], "missing.json: not found; run `dvc repro` first, or pass --run-id or --version"),
-])  # fmt: skip
-def test_promote_without_a_candidate_says_so_in_one_line(mlflow_store, rules, tmp_path, monkeypatch, capsys, args, expected):
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--run-id", "0123abcd"], "run 0123abcd registered no version of 'digits'"),
+        (["--version", "7"], "no version 7 of registered model 'digits'"),
+        (
+            ["--metrics", "missing.json"],
+            "missing.json: not found; run `dvc repro` first, or pass --run-id or --version",
+        ),
+    ],
+)
+def test_promote_without_a_candidate_says_so_in_one_line(
+    mlflow_store, rules, tmp_path, monkeypatch, capsys, args, expected
+):
     monkeypatch.chdir(tmp_path)
     code, out, err = promote_cli(capsys, rules, *args)
     assert code == 1 and out == "" and len(err.splitlines()) == 1 and expected in err, err
@@ -153,14 +171,41 @@ def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_
     info = {"best_val_accuracy": 0.5, "best_epoch": 1, "epochs": 1, "device": "cpu"}
     save_checkpoint(model, MLP([8], "relu", 0.0), Normalization(mean=0.13, std=0.31), params, info)
     write_training_record(tmp_path / "record.json", "not-in-this-store", 0.1, {"cpu_kind": "Intel AVX512"})
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "DVC_EXP_NAME": "exp-registry",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "OMP_NUM_THREADS": "1",
+        "DVC_EXP_NAME": "exp-registry",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     for git in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "params"]):
         subprocess.run(["git", *git], cwd=tmp_path, env=env, check=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-    done = subprocess.run([sys.executable, str(ROOT / "stages" / "evaluate.py"), "--params", "params.yaml", "--model", str(model),
-                           "--record", "record.json", "--test", str(tiny_processed / "test.pt"), "--reports", "reports"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "stages" / "evaluate.py"),
+            "--params",
+            "params.yaml",
+            "--model",
+            str(model),
+            "--record",
+            "record.json",
+            "--test",
+            str(tiny_processed / "test.pt"),
+            "--reports",
+            "reports",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     version = registry.version_of_run("digits", report["mlflow_run_id"])
@@ -170,7 +215,9 @@ def test_the_evaluate_stage_registers_its_model_with_commit_and_accuracy(mlflow_
     assert registry.metrics_tree(registry.run_metrics(version.run_id)) == {"test": report["test"]}
 
 
-LOOSE = {"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.05}}}  # the gate lets noise and more through
+LOOSE = {
+    "metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.05}}
+}  # the gate lets noise and more through
 
 
 @pytest.fixture
@@ -187,10 +234,12 @@ def test_the_same_model_with_another_seed_is_level_within_noise_and_keeps_the_ch
     capsys.readouterr()  # MLflow\'s own lines about the registration
     code, out, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
     assert code == 1 and out == ""
-    assert err.strip() == (f"mnist-mlp promote: error: refused: digits version 2 (run {candidate.run_id}) is level within "
-                           "noise: keeping version 1 (12 digits right only in the candidate, 10 only in version 1: +2 digits "
-                           f"(+0.10 points, 95 % {promote_stats_interval(reseeded, right(1_900))}), exact McNemar p = 0.832); "
-                           "--allow-level promotes a level candidate")  # fmt: skip
+    assert err.strip() == (
+        f"mnist-mlp promote: error: refused: digits version 2 (run {candidate.run_id}) is level within "
+        "noise: keeping version 1 (12 digits right only in the candidate, 10 only in version 1: +2 digits "
+        f"(+0.10 points, 95 % {promote_stats_interval(reseeded, right(1_900))}), exact McNemar p = 0.832); "
+        "--allow-level promotes a level candidate"
+    )
     assert registry.alias_version("digits", registry.CHAMPION).version == "1"
     # asked for: it moves, and the line says on what grounds
     code, out, _ = promote_cli(capsys, rules, "--run-id", candidate.run_id, "--allow-level")
@@ -211,8 +260,10 @@ def test_a_candidate_worse_beyond_noise_is_refused_though_the_gate_lets_it_throu
     capsys.readouterr()  # MLflow\'s own lines about the registration
     code, _, err = promote_cli(capsys, loose, "--run-id", candidate.run_id, "--allow-level")
     assert code == 1 and len(err.splitlines()) == 1
-    assert (f"refused: digits version 2 (run {candidate.run_id}) is worse beyond noise against digits@champion = version 1: "
-            "0 digits right only in the candidate, 30 only in version 1: -30 digits (-1.50 points") in err  # fmt: skip
+    assert (
+        f"refused: digits version 2 (run {candidate.run_id}) is worse beyond noise against digits@champion = version 1: "
+        "0 digits right only in the candidate, 30 only in version 1: -30 digits (-1.50 points"
+    ) in err
     assert registry.alias_version("digits", registry.CHAMPION).version == "1"
 
 
@@ -220,7 +271,11 @@ def test_a_candidate_better_beyond_noise_moves_the_alias(champion, rules, capsys
     candidate = register("digits", report_test(0.97), 1, right(1_940))
     capsys.readouterr()  # MLflow\'s own lines about the registration
     code, out, _ = promote_cli(capsys, rules, "--run-id", candidate.run_id)
-    assert code == 0 and "-> version 2" in out and "better beyond noise: 40 digits right only in the candidate, 0 only in version 1" in out
+    assert (
+        code == 0
+        and "-> version 2" in out
+        and "better beyond noise: 40 digits right only in the candidate, 0 only in version 1" in out
+    )
     assert registry.alias_version("digits", registry.CHAMPION).version == "2"
 
 
@@ -232,7 +287,9 @@ def test_a_forged_predictions_file_moves_nothing_the_models_themselves_are_run(c
     log_predictions(mlflow.MlflowClient(), candidate.run_id, right(2_000))  # overwritten by anyone who can log a run
     capsys.readouterr()  # MLflow\'s own lines about the registration
     code, _, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
-    assert code == 1 and "is level within noise: keeping version 1 (12 digits right only in the candidate, 10 only" in err
+    assert (
+        code == 1 and "is level within noise: keeping version 1 (12 digits right only in the candidate, 10 only" in err
+    )
     assert registry.alias_version("digits", registry.CHAMPION).version == "1"
 
 
@@ -243,8 +300,10 @@ def test_a_model_that_does_not_score_its_runs_logged_accuracy_is_refused(champio
     capsys.readouterr()
     code, out, err = promote_cli(capsys, rules, "--run-id", candidate.run_id)
     assert (code, out) == (1, "") and len(err.splitlines()) == 1
-    assert (f"refused: digits version 2 (run {candidate.run_id})'s model scores 0.9500 on " in err
-            and "not its run's logged test accuracy 0.9700: those metrics are not this model's on this test split" in err)
+    assert (
+        f"refused: digits version 2 (run {candidate.run_id})'s model scores 0.9500 on " in err
+        and "not its run's logged test accuracy 0.9700: those metrics are not this model's on this test split" in err
+    )
     assert registry.alias_version("digits", registry.CHAMPION).version == "1"
 
 
@@ -252,7 +311,10 @@ def test_a_champion_that_moved_while_a_promote_judged_is_not_overwritten(champio
     """Two promotes at once: the one that judged against the old champion is refused, never kept for being later."""
     from mnist_mlp.experiments import promote
 
-    better, best = register("digits", report_test(0.97), 1, right(1_940)), register("digits", report_test(0.98), 2, right(1_960))
+    better, best = (
+        register("digits", report_test(0.97), 1, right(1_940)),
+        register("digits", report_test(0.98), 2, right(1_960)),
+    )
     judged = promote._judged
 
     def meanwhile(*args, **kwargs):  # another promote moves the alias to `best` while this one judges `better`
@@ -262,8 +324,14 @@ def test_a_champion_that_moved_while_a_promote_judged_is_not_overwritten(champio
     monkeypatch.setattr(promote, "_judged", meanwhile)
     capsys.readouterr()
     code, _, err = promote_cli(capsys, rules, "--run-id", better.run_id)
-    assert code == 1 and (f"refused: digits@champion moved to version 3 while digits version 2 (run {better.run_id}) was "
-                          "judged against digits@champion = version 1; run promote again") in err  # fmt: skip
+    assert (
+        code == 1
+        and (
+            f"refused: digits@champion moved to version 3 while digits version 2 (run {better.run_id}) was "
+            "judged against digits@champion = version 1; run promote again"
+        )
+        in err
+    )
     assert registry.alias_version("digits", registry.CHAMPION).version == "3"
 
 
@@ -271,7 +339,19 @@ def test_a_champion_that_moved_while_a_promote_judged_is_not_overwritten(champio
 def test_without_a_local_test_split_a_champion_is_not_challenged(champion, rules, tmp_path, capsys):
     candidate = register("digits", report_test(0.97), 1, right(1_940))
     capsys.readouterr()
-    code, _, err = cli_in_process(["promote", "--model", "digits", "--rules", str(rules), "--test", str(tmp_path / "none.pt"),
-                                   "--run-id", candidate.run_id], capsys)  # fmt: skip
+    code, _, err = cli_in_process(
+        [
+            "promote",
+            "--model",
+            "digits",
+            "--rules",
+            str(rules),
+            "--test",
+            str(tmp_path / "none.pt"),
+            "--run-id",
+            candidate.run_id,
+        ],
+        capsys,
+    )
     assert code == 1 and "no local test split to run both models on (data/processed/test.pt" in err
     assert registry.alias_version("digits", registry.CHAMPION).version == "1"

@@ -63,7 +63,9 @@ def md5(path: Path) -> str:
 
 def build_and_push(project: Path, empty_mlflow_db: Path, *remote_config: list[str]) -> dict[str, str]:
     """Configure the default remote (committed), `dvc repro`, commit, `dvc push`; the md5 of each pulled path."""
-    shutil.copy(empty_mlflow_db, os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))  # a new store's migration takes 10+ s
+    shutil.copy(
+        empty_mlflow_db, os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")
+    )  # a new store's migration takes 10+ s
     for command in remote_config:
         dvc(project, *command)
     dvc(project, "repro")
@@ -131,10 +133,11 @@ def test_a_fresh_clone_pulls_from_an_s3_remote(
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket=bucket)
     pushed = build_and_push(
-        project, empty_mlflow_db,
+        project,
+        empty_mlflow_db,
         ["remote", "add", "-d", "shared", f"s3://{bucket}/dvc"],
         ["remote", "modify", "shared", "endpointurl", s3_endpoint],
-    )  # fmt: skip
+    )
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys and all(key.startswith("dvc/files/md5/") for key in keys)
 

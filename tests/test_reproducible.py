@@ -9,19 +9,22 @@ import pytest
 import torch
 import yaml
 
-from support.cli import run
-from support.params import default_params, tiny_params
-from support.paths import BIN, ROOT
 from mnist_mlp.cli import main
 from mnist_mlp.core.checkpoint import read_training_record
+from mnist_mlp.core.reproducible import check_reproducible, differences, train_and_test
+from mnist_mlp.core.train import seeded_model
 from mnist_mlp.data.mnist import preprocess
 from mnist_mlp.files import md5_of
 from mnist_mlp.params import Params, PreprocessParams, TrainParams
-from mnist_mlp.core.reproducible import check_reproducible, differences, train_and_test
-from mnist_mlp.core.train import seeded_model
+from support.cli import run
+from support.params import default_params, tiny_params
+from support.paths import BIN, ROOT
 
 # dropout on: its masks draw from the RNG too
-SHORT = Params(preprocess=PreprocessParams(val_size=100), train=TrainParams(hidden_sizes=[16], epochs=1, batch_size=64, lr=0.01, dropout=0.2, device="cpu", threads=1))
+SHORT = Params(
+    preprocess=PreprocessParams(val_size=100),
+    train=TrainParams(hidden_sizes=[16], epochs=1, batch_size=64, lr=0.01, dropout=0.2, device="cpu", threads=1),
+)
 
 
 def with_seed(seed: int) -> Params:
@@ -36,7 +39,9 @@ def processed(tiny_raw: Path, tmp_path: Path) -> Path:
 
 def test_the_same_config_twice_gives_bit_identical_weights_accuracy_and_files(processed, tiny_raw, tmp_path):
     torch_threads = torch.get_num_threads()
-    first, second = (train_and_test(str(processed), SHORT, str(tmp_path / name), str(tiny_raw)) for name in ("one", "run-2"))
+    first, second = (
+        train_and_test(str(processed), SHORT, str(tmp_path / name), str(tiny_raw)) for name in ("one", "run-2")
+    )
     assert torch.get_num_threads() == torch_threads  # deterministic() puts the count back
     assert differences(first, second) == []
     assert sorted(first.file_md5s) == ["model.pt", "test.pt", "train.pt", "val.pt"]
@@ -75,7 +80,15 @@ def test_the_initial_weights_come_from_the_seed():
 
 def test_missing_data_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["check-reproducible", "--data", str(tmp_path / "nowhere"), "--params", str(tiny_params(tmp_path / "params.yaml"))])
+        main(
+            [
+                "check-reproducible",
+                "--data",
+                str(tmp_path / "nowhere"),
+                "--params",
+                str(tiny_params(tmp_path / "params.yaml")),
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 1
     assert err.splitlines() == [
@@ -95,8 +108,23 @@ def test_the_train_stage_run_twice_writes_a_byte_identical_model(processed, tmp_
     models, run_ids = [], []
     for name in ("first", "second-model"):
         model, record = tmp_path / f"{name}.pt", tmp_path / f"{name}.json"
-        run([str(BIN / "python"), str(ROOT / "stages" / "train.py"), "--params", str(tmp_path / "params.yaml"), "--data", str(processed),
-             "--model", str(model), "--record", str(record), "--log", str(tmp_path / f"{name}.csv")], tmp_path)  # fmt: skip
+        run(
+            [
+                str(BIN / "python"),
+                str(ROOT / "stages" / "train.py"),
+                "--params",
+                str(tmp_path / "params.yaml"),
+                "--data",
+                str(processed),
+                "--model",
+                str(model),
+                "--record",
+                str(record),
+                "--log",
+                str(tmp_path / f"{name}.csv"),
+            ],
+            tmp_path,
+        )
         models.append(model)
         run_ids.append(read_training_record(record)["mlflow_run_id"])
     assert md5_of(models[0]) == md5_of(models[1])

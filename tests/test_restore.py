@@ -29,7 +29,12 @@ CACHED = ("data/raw", "data/processed", "models/model.pt")
 def locked_md5s(repo: Path) -> dict[str, str]:
     """{output: md5} of every cached output that dvc.lock names."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", []) if out["path"] in CACHED}
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+        if out["path"] in CACHED
+    }
 
 
 def fresh_clone(project: Path, name: str) -> Path:
@@ -77,9 +82,11 @@ def test_a_commit_whose_model_no_cache_holds_is_rebuilt_from_its_params_and_code
     run([str(BIN / "dvc"), "exp", "run", "-n", "y", "-S", "train.dropout=0.5"], clone)  # never built HEAD's model
 
     out = run([str(BIN / "mnist-mlp"), "restore"], clone).stdout.splitlines()
-    assert out[0] == (f"restore: HEAD's models/model.pt (md5 {committed['models/model.pt'][:8]}) in no local cache or remote: "
-                      "rebuilding with `dvc repro` from HEAD's params and code (on another CPU kind than the lock's, other "
-                      "bytes: docs/reproducibility.md)")
+    assert out[0] == (
+        f"restore: HEAD's models/model.pt (md5 {committed['models/model.pt'][:8]}) in no local cache or remote: "
+        "rebuilding with `dvc repro` from HEAD's params and code (on another CPU kind than the lock's, other "
+        "bytes: docs/reproducibility.md)"
+    )
     assert out[-1].startswith("restore: the workspace holds HEAD's params")
     assert dropout(clone) == 0.2 and locked_md5s(clone) == committed
     assert run([str(BIN / "dvc"), "status", "--json"], clone).stdout.strip() == "{}"
@@ -93,7 +100,9 @@ def test_without_rebuild_a_commit_whose_model_no_cache_holds_is_refused_and_noth
     model = clone / "models" / "model.pt"
     before = model.read_bytes(), (clone / "params.yaml").read_text(), (clone / "dvc.lock").read_text()
 
-    refused = subprocess.run([str(BIN / "mnist-mlp"), "restore", "HEAD", "--no-rebuild"], cwd=clone, capture_output=True, text=True)
+    refused = subprocess.run(
+        [str(BIN / "mnist-mlp"), "restore", "HEAD", "--no-rebuild"], cwd=clone, capture_output=True, text=True
+    )
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.splitlines() == [
         f"mnist-mlp restore: error: HEAD: models/model.pt (md5 {committed['models/model.pt'][:8]}) in no local cache, "

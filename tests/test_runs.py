@@ -10,9 +10,9 @@ import time
 import mlflow
 import pytest
 
-from support.stores import new_experiment
-from support.cli import cli_in_process
 from mnist_mlp.tracking.stale import CLOSED_TAG
+from support.cli import cli_in_process
+from support.stores import new_experiment
 
 
 def _dead_pid() -> int:
@@ -28,12 +28,13 @@ def test_close_stale_runs_closes_crashed_runs_and_spares_live_ones(mlflow_store,
     host, hour_ago = socket.gethostname(), int((time.time() - 3600) * 1000)
     runs = {
         "crashed here": client.create_run(experiment, tags={"mnist_mlp.host": host, "mnist_mlp.pid": str(_dead_pid())}),
-        "alive here": client.create_run(experiment, start_time=hour_ago,
-                                        tags={"mnist_mlp.host": host, "mnist_mlp.pid": str(os.getpid())}),
+        "alive here": client.create_run(
+            experiment, start_time=hour_ago, tags={"mnist_mlp.host": host, "mnist_mlp.pid": str(os.getpid())}
+        ),
         "old elsewhere": client.create_run(other, start_time=hour_ago - 1, tags={"mnist_mlp.host": "gpu-box"}),
         "recent elsewhere": client.create_run(experiment, tags={"mnist_mlp.host": "gpu-box", "mnist_mlp.pid": "1"}),
         "finished": client.create_run(experiment, start_time=hour_ago),
-    }  # fmt: skip
+    }
     client.set_terminated(runs["finished"].info.run_id, "FINISHED")
 
     code, out, _ = cli_in_process(["close-stale-runs", "--dry-run"], capsys)
@@ -45,8 +46,13 @@ def test_close_stale_runs_closes_crashed_runs_and_spares_live_ones(mlflow_store,
     old = runs["old elsewhere"].info
     assert f"closed run {old.run_id} (elsewhere/{old.run_name}) as KILLED: started over 30 minutes ago" in out
     status = {name: client.get_run(r.info.run_id).info.status for name, r in runs.items()}
-    assert status == {"crashed here": "KILLED", "alive here": "RUNNING", "old elsewhere": "KILLED",
-                      "recent elsewhere": "RUNNING", "finished": "FINISHED"}  # fmt: skip
+    assert status == {
+        "crashed here": "KILLED",
+        "alive here": "RUNNING",
+        "old elsewhere": "KILLED",
+        "recent elsewhere": "RUNNING",
+        "finished": "FINISHED",
+    }
     tags = client.get_run(runs["crashed here"].info.run_id).data.tags
     assert tags[CLOSED_TAG].startswith("closed by mnist-mlp close-stale-runs: its process")
     assert "started over 30 minutes ago" in client.get_run(old.run_id).data.tags[CLOSED_TAG]

@@ -38,9 +38,17 @@ class _WritesAMarker:
 
 
 def _crafted(path: Path, marker: Path, as_checkpoint: bool) -> Path:
-    payload = {"format_version": 1, "state_dict": {}, "exploit": _WritesAMarker(marker)} if as_checkpoint else {
-        "images": torch.zeros(1, 28, 28, dtype=torch.uint8), "labels": torch.zeros(1, dtype=torch.long),
-        "mean": torch.tensor(0.0), "std": torch.tensor(1.0), "exploit": _WritesAMarker(marker)}
+    payload = (
+        {"format_version": 1, "state_dict": {}, "exploit": _WritesAMarker(marker)}
+        if as_checkpoint
+        else {
+            "images": torch.zeros(1, 28, 28, dtype=torch.uint8),
+            "labels": torch.zeros(1, dtype=torch.long),
+            "mean": torch.tensor(0.0),
+            "std": torch.tensor(1.0),
+            "exploit": _WritesAMarker(marker),
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
     return path
@@ -63,8 +71,12 @@ def test_evaluate_refuses_a_model_file_that_would_run_code(tmp_path, capsys, mon
     _crafted(tmp_path / "models/model.pt", marker, as_checkpoint=True)
     tiny_params(tmp_path / "params.yaml")
     outcome = stage_in_process("evaluate", ["--reports", "reports"], tmp_path, capsys, monkeypatch)
-    assert_one_clear_error(outcome, "evaluate", "models/model.pt: refused to load: not a plain-tensor checkpoint",
-                           "expected a models/model.pt written by the train stage")
+    assert_one_clear_error(
+        outcome,
+        "evaluate",
+        "models/model.pt: refused to load: not a plain-tensor checkpoint",
+        "expected a models/model.pt written by the train stage",
+    )
     assert not marker.exists()
     assert not (tmp_path / "reports").exists()
 
@@ -126,7 +138,7 @@ USER, PASSWORD = "alice", "s3cret-Pa55"
 
 
 class _BasicAuthMirror(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         if self.headers.get("Authorization") != expected:
             self.send_error(401, "Unauthorized")
@@ -151,8 +163,9 @@ def private_mirror(tmp_path):
 
 
 @pytest.mark.bad_input
-def test_a_mirror_behind_basic_auth_downloads_and_never_shows_the_password(tmp_path, private_mirror, capsys,
-                                                                          monkeypatch):
+def test_a_mirror_behind_basic_auth_downloads_and_never_shows_the_password(
+    tmp_path, private_mirror, capsys, monkeypatch
+):
     tiny_params(tmp_path / "params.yaml")
     monkeypatch.setenv("MNIST_MIRROR", private_mirror)
     monkeypatch.setenv("MNIST_CHECKSUMS", str(tmp_path / "checksums.yaml"))
@@ -177,8 +190,12 @@ def test_a_pipeline_from_a_private_mirror_leaves_the_password_nowhere(project, p
     result = run([str(BIN / "dvc"), "repro"], project)
     assert PASSWORD not in result.stdout + result.stderr
     # every byte the run left: outputs, dvc.lock, DVC cache, the MLflow store and its artifacts
-    leaked = [str(p) for folder in (project, project.parent / "store") for p in folder.rglob("*")
-              if p.is_file() and PASSWORD.encode() in p.read_bytes()]
+    leaked = [
+        str(p)
+        for folder in (project, project.parent / "store")
+        for p in folder.rglob("*")
+        if p.is_file() and PASSWORD.encode() in p.read_bytes()
+    ]
     assert leaked == []
     import mlflow
 
@@ -194,11 +211,28 @@ def test_a_pipeline_from_a_private_mirror_leaves_the_password_nowhere(project, p
 def test_the_documented_team_server_refuses_anonymous_requests(tmp_path):
     """The README's recipe: `mlflow server --app-name basic-auth`, secrets from the environment."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key-0123456789",
-           "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-Pa55-from-env"}
+    env = {
+        **os.environ,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key-0123456789",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-Pa55-from-env",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [BIN / "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-               "--artifacts-destination", tmp_path / "mlartifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        BIN / "mlflow",
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination",
+        tmp_path / "mlartifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
 
     def anonymous_status() -> int | None:

@@ -10,18 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_mlp.serving.predict import image_pixels
 from ops.processes import ManagedProcess, free_port, url_answers
 from support.cli import run
 from support.digit_images import write_styled_digits
 from support.paths import BIN
-from mnist_mlp.serving.predict import image_pixels
 
 pytestmark = pytest.mark.slow  # a pipeline run, then a server start: about a minute here
 
 
 def post(port: int, body: dict) -> dict:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
@@ -31,7 +33,9 @@ def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
     run([str(BIN / "dvc"), "repro", "-q"], project)
     # logged as a torch.export program: serving never unpickles code
     artifacts = project.parent / "store"  # beside the store's SQLite file
-    assert list(artifacts.glob("mlartifacts/**/data/model.pt2")) and not list(artifacts.glob("mlartifacts/**/model.pth"))
+    assert list(artifacts.glob("mlartifacts/**/data/model.pt2")) and not list(
+        artifacts.glob("mlartifacts/**/model.pth")
+    )
 
     images = list(write_styled_digits(tmp_path / "digits"))[::5]  # ten: every digit, every style
     local = run([str(BIN / "mnist-mlp"), "predict", "--json", "--top-k", "10", *map(str, images)], project)
@@ -42,7 +46,9 @@ def test_the_served_model_answers_like_predict(project: Path, tmp_path: Path):
 
     port = free_port()
     # `make serve` runs this: the model of reports/metrics.json's run, from the fixture's store
-    server = ManagedProcess([BIN / "mnist-mlp", "serve", "--port", str(port)], log=tmp_path / "serve.log", cwd=project).start()
+    server = ManagedProcess(
+        [BIN / "mnist-mlp", "serve", "--port", str(port)], log=tmp_path / "serve.log", cwd=project
+    ).start()
     try:
         server.wait_until(lambda: url_answers(f"http://127.0.0.1:{port}/ping"), timeout=180)
         pixels = np.stack([image_pixels(path) for path in images])

@@ -17,17 +17,16 @@ import mlflow
 import pytest
 import yaml
 
+from mnist_mlp.tracking import runs, store
+from ops import server
+from ops.processes import ManagedProcess
+from ops.server import ServerError, Settings, free_port
 from support.browser import wait_for_texts
 from support.cli import cli_in_process, run
 from support.faults import stage_in_process
 from support.params import tiny_params
 from support.paths import BIN, ROOT
 from support.server import tracking_server
-from ops import server
-from mnist_mlp.tracking import runs
-from mnist_mlp.tracking import store
-from ops.processes import ManagedProcess
-from ops.server import Settings, ServerError, free_port
 
 DVC, MNIST_MLP = str(BIN / "dvc"), str(BIN / "mnist-mlp")
 FIX = "start it with `make server` or unset MLFLOW_TRACKING_URI"
@@ -58,22 +57,31 @@ def test_training_against_a_dead_server_stops_before_the_first_epoch(tiny_proces
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tiny_params(tmp_path / "params.yaml")
     started = time.monotonic()
-    outcome = stage_in_process("train", ["--params", "params.yaml", "--data", str(tiny_processed), "--model", "model.pt",
-                                         "--log", "log.csv"], tmp_path, capsys, monkeypatch)  # fmt: skip
+    outcome = stage_in_process(
+        "train",
+        ["--params", "params.yaml", "--data", str(tiny_processed), "--model", "model.pt", "--log", "log.csv"],
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
     assert time.monotonic() - started < 30
-    assert outcome.code == 1 and outcome.error_lines("train") == [f"train: error: {uri}: MLflow tracking server not answering "
-                                                                  f"(connection refused); {FIX}"]  # fmt: skip
+    assert outcome.code == 1 and outcome.error_lines("train") == [
+        f"train: error: {uri}: MLflow tracking server not answering (connection refused); {FIX}"
+    ]
     assert "epoch" not in outcome.out and not (tmp_path / "model.pt").exists()
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("argv, name", [
-    (["close-stale-runs"], "close-stale-runs"),
-    (["serve", "--model-uri", "models:/mnist-mlp@champion"], "serve"),
-    (["predict", "--model", "models:/mnist-mlp@champion", "digit.png"], "predict"),
-    (["promote", "--version", "1", "--rules", str(ROOT / "metrics_rules.yaml")], "promote"),
-    (["compare"], "compare"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["close-stale-runs"], "close-stale-runs"),
+        (["serve", "--model-uri", "models:/mnist-mlp@champion"], "serve"),
+        (["predict", "--model", "models:/mnist-mlp@champion", "digit.png"], "predict"),
+        (["promote", "--version", "1", "--rules", str(ROOT / "metrics_rules.yaml")], "promote"),
+        (["compare"], "compare"),
+    ],
+)
 def test_every_command_on_a_dead_server_is_one_line_in_seconds(argv, name, monkeypatch, tmp_path, capsys):
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -81,14 +89,15 @@ def test_every_command_on_a_dead_server_is_one_line_in_seconds(argv, name, monke
     started = time.monotonic()
     code, out, err = cli_in_process(argv, capsys)
     assert time.monotonic() - started < 10
-    assert code == 1 and err.splitlines() == [f"mnist-mlp {name}: error: {uri}: MLflow tracking server not answering "
-                                              f"(connection refused); {FIX}"], err  # fmt: skip
+    assert code == 1 and err.splitlines() == [
+        f"mnist-mlp {name}: error: {uri}: MLflow tracking server not answering (connection refused); {FIX}"
+    ], err
 
 
 @pytest.mark.bad_input
 def test_a_web_server_that_is_not_mlflow_is_named_as_such():
     class NotMlflow(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_error(404)
 
         def log_message(self, *args):
@@ -105,12 +114,18 @@ def test_a_web_server_that_is_not_mlflow_is_named_as_such():
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("env, expected", [
-    ({"SERVER_PORT": "70000"}, "SERVER_PORT='70000': expected a port number from 1 to 65535"),
-    ({"SERVER_DB": "postgresql+psycopg://mlflow:hunter2@127.0.0.1/mlflow"}, "SERVER_DB holds a password"),
-    ({"SERVER_DB": "sqlite:///mlflow.db"}, "expected postgresql+psycopg://<role>@<host>:<port>/<database>"),
-    ({"SERVER_DB": "postgresql+psycopg://mlflow@127.0.0.1/ml-flow"}, "database 'ml-flow': expected lowercase letters"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"SERVER_PORT": "70000"}, "SERVER_PORT='70000': expected a port number from 1 to 65535"),
+        ({"SERVER_DB": "postgresql+psycopg://mlflow:hunter2@127.0.0.1/mlflow"}, "SERVER_DB holds a password"),
+        ({"SERVER_DB": "sqlite:///mlflow.db"}, "expected postgresql+psycopg://<role>@<host>:<port>/<database>"),
+        (
+            {"SERVER_DB": "postgresql+psycopg://mlflow@127.0.0.1/ml-flow"},
+            "database 'ml-flow': expected lowercase letters",
+        ),
+    ],
+)
 def test_server_settings_are_checked_with_one_line(env, expected):
     with pytest.raises(ServerError) as caught:
         Settings.from_env(env)
@@ -138,21 +153,34 @@ def test_secrets_are_generated_once_into_a_private_file_and_the_environment_wins
 def test_make_server_says_so_when_postgresql_is_down(tmp_path):
     """`make server` checks its backend store before starting mlflow: one line, exit 1, in seconds."""
     dead = free_port()
-    env = {**os.environ, "SERVER_DB": f"postgresql+psycopg://mlflow@127.0.0.1:{dead}/mlflow", "SERVER_PORT": str(free_port()),
-           "MLFLOW_DB_PASSWORD": "any", "SERVER_ARTIFACTS": str(tmp_path / "artifacts")}  # fmt: skip
+    env = {
+        **os.environ,
+        "SERVER_DB": f"postgresql+psycopg://mlflow@127.0.0.1:{dead}/mlflow",
+        "SERVER_PORT": str(free_port()),
+        "MLFLOW_DB_PASSWORD": "any",
+        "SERVER_ARTIFACTS": str(tmp_path / "artifacts"),
+    }
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert time.monotonic() - started < 30
     assert done.returncode == 1 and done.stdout == ""
-    assert done.stderr.splitlines() == [f"server run: error: PostgreSQL at 127.0.0.1:{dead} is not answering (connection refused); "
-                                        "start it with `make server-deps` (as root) or `pg_ctlcluster <version> main start`"]  # fmt: skip
+    assert done.stderr.splitlines() == [
+        f"server run: error: PostgreSQL at 127.0.0.1:{dead} is not answering (connection refused); "
+        "start it with `make server-deps` (as root) or `pg_ctlcluster <version> main start`"
+    ]
 
 
 def test_the_server_command_holds_no_secret_and_passes_extra_options(monkeypatch):
     monkeypatch.setenv("MLFLOW_DB_PASSWORD", "s3cret")
-    settings = Settings.from_env({"SERVER_OPTIONS": "--allowed-hosts mlflow.example.com", "SERVER_ARTIFACTS": "s3://bucket/mlflow"})
+    settings = Settings.from_env(
+        {"SERVER_OPTIONS": "--allowed-hosts mlflow.example.com", "SERVER_ARTIFACTS": "s3://bucket/mlflow"}
+    )
     command, env = server.server_command(settings)
-    assert "s3cret" not in " ".join(command) and env["PGPASSWORD"] == "s3cret"  # libpq reads it; no URI or argv shows it
+    assert (
+        "s3cret" not in " ".join(command) and env["PGPASSWORD"] == "s3cret"
+    )  # libpq reads it; no URI or argv shows it
     assert command[-2:] == ["--allowed-hosts", "mlflow.example.com"]
     assert command[command.index("--artifacts-destination") + 1] == "s3://bucket/mlflow"
 
@@ -175,39 +203,73 @@ def test_server_deps_twice_changes_nothing(pg_server):
     for _ in range(2):
         done = subprocess.run([sys.executable, "-m", "ops.server", "deps"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-        assert "role mlflow, databases mlflow, mlflow_auth and mlflow_studies ready" in done.stdout and "generated" not in done.stdout
+        assert (
+            "role mlflow, databases mlflow, mlflow_auth and mlflow_studies ready" in done.stdout
+            and "generated" not in done.stdout
+        )
 
 
 @pytest.mark.server
 @pytest.mark.bad_input
 def test_make_server_names_a_wrong_database_password(tmp_path):
-    env = {**os.environ, "MLFLOW_DB_PASSWORD": "wrong", "SERVER_PORT": str(free_port()), "SERVER_ARTIFACTS": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "MLFLOW_DB_PASSWORD": "wrong",
+        "SERVER_PORT": str(free_port()),
+        "SERVER_ARTIFACTS": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
     (line,) = done.stderr.splitlines()
-    assert done.returncode == 1 and line.startswith("server run: error: PostgreSQL at 127.0.0.1:5432 refused role mlflow")
+    assert done.returncode == 1 and line.startswith(
+        "server run: error: PostgreSQL at 127.0.0.1:5432 refused role mlflow"
+    )
     assert "password authentication failed" in line and "`make server-deps` (as root)" in line
 
 
 @pytest.mark.server
 def test_server_start_prints_the_uri_and_stop_ends_it(pg_server, tmp_path):
     port = free_port()
-    env = {**os.environ, "SERVER_PORT": str(port), "SERVER_DB": pg_server.settings.db, "SERVER_ARTIFACTS": str(tmp_path),
-           "SERVER_WORKERS": "1", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = {
+        **os.environ,
+        "SERVER_PORT": str(port),
+        "SERVER_DB": pg_server.settings.db,
+        "SERVER_ARTIFACTS": str(tmp_path),
+        "SERVER_WORKERS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     # cwd: its pid and log go to <project>/build/server, here the temp folder; PYTHONPATH: ops/ is not
     # installed, `make` runs it from the project's root
-    started = subprocess.run([sys.executable, "-m", "ops.server", "start"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    started = subprocess.run(
+        [sys.executable, "-m", "ops.server", "start"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert started.returncode == 0, started.stderr
     assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
     assert server.health(f"http://127.0.0.1:{port}")
-    again = subprocess.run([sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "ops.server", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 1 and f"an MLflow server already answers at http://127.0.0.1:{port}" in again.stderr
-    stopped = subprocess.run([sys.executable, "-m", "ops.server", "stop"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    stopped = subprocess.run(
+        [sys.executable, "-m", "ops.server", "stop"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not server.health(f"http://127.0.0.1:{port}")
 
     # `make server` in the foreground: SIGTERM (or Ctrl-C, SIGHUP) stops mlflow server and its workers too
-    foreground = subprocess.Popen([sys.executable, "-m", "ops.server", "run"], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    foreground = subprocess.Popen(
+        [sys.executable, "-m", "ops.server", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in foreground.stdout:
         if "ready" in line:
             break
@@ -229,7 +291,9 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
     assert trained.info.status == "FINISHED" and trained.info.artifact_uri.startswith("mlflow-artifacts:/")
     assert trained.data.metrics["test_accuracy"] == metrics["test"]["accuracy"]
 
-    (project / "rules.yaml").write_text(yaml.safe_dump({"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.002}}}))
+    (project / "rules.yaml").write_text(
+        yaml.safe_dump({"metrics": {"test.accuracy": {"better": "higher", "abs_tolerance": 0.002}}})
+    )
     promoted = run([MNIST_MLP, "promote", "--rules", "rules.yaml"], project).stdout
     assert promoted.startswith("promote: mnist-mlp@champion -> version 1 (run " + metrics["mlflow_run_id"])
 
@@ -263,21 +327,37 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
     answers: list = []
 
     def predicts() -> bool:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             answers.append(json.load(response)["predictions"])
         return True
 
-    with ManagedProcess([MNIST_MLP, "serve", "--model-uri", "models:/mnist-mlp@champion", "--port", str(port)],
-                        log=tmp_path / "serve.log", cwd=project) as serving:  # fmt: skip
+    with ManagedProcess(
+        [MNIST_MLP, "serve", "--model-uri", "models:/mnist-mlp@champion", "--port", str(port)],
+        log=tmp_path / "serve.log",
+        cwd=project,
+    ) as serving:
         serving.wait_until(predicts, timeout=300, interval=1)
     (predictions,) = answers
     assert len(predictions) == 2 and all(abs(sum(row) - 1) < 1e-4 for row in predictions)
 
 
 def train_stage(project: Path, env: dict, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "stages/train.py", "--data", "data/processed", "--model", f"{log.stem}.pt", "--log", f"{log.stem}.csv"]
-    return subprocess.Popen(command, cwd=project, env={**env, "PYTHONPATH": "src"}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        "stages/train.py",
+        "--data",
+        "data/processed",
+        "--model",
+        f"{log.stem}.pt",
+        "--log",
+        f"{log.stem}.csv",
+    ]
+    return subprocess.Popen(
+        command, cwd=project, env={**env, "PYTHONPATH": "src"}, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
 
 @pytest.mark.server
@@ -286,11 +366,17 @@ def test_eight_concurrent_trainings_lose_no_run_and_no_metric(project, pg_server
     run([DVC, "repro", "preprocess"], project)
     env = client_env(pg_server)
     trainings = [train_stage(project, env, tmp_path / f"train{index}.log") for index in range(8)]
-    assert [process.wait(timeout=900) for process in trainings] == [0] * 8, [(tmp_path / f"train{i}.log").read_text()[-2000:] for i in range(8)]
+    assert [process.wait(timeout=900) for process in trainings] == [0] * 8, [
+        (tmp_path / f"train{i}.log").read_text()[-2000:] for i in range(8)
+    ]
     store = mlflow.MlflowClient(pg_server.uri)
     experiment = store.get_experiment_by_name("mnist-mlp")
-    run_ids = [line.rsplit(" ", 1)[-1] for index in range(8)
-               for line in (tmp_path / f"train{index}.log").read_text().splitlines() if "MLflow run" in line]  # fmt: skip
+    run_ids = [
+        line.rsplit(" ", 1)[-1]
+        for index in range(8)
+        for line in (tmp_path / f"train{index}.log").read_text().splitlines()
+        if "MLflow run" in line
+    ]
     assert len(set(run_ids)) == 8
     epochs = yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"]
     for run_id in run_ids:
@@ -305,8 +391,17 @@ def logging_run(env: dict, epochs: int, pause: float) -> subprocess.Popen:
     """The load benchmark's worker: one training's logging through runs.training_run, `epoch N` per epoch."""
     go = Path(env["GO"])
     go.touch()
-    command = [sys.executable, str(ROOT / "benchmarks" / "server_load.py"), "worker", "--epochs", str(epochs), "--go", str(go),
-               "--pause", str(pause)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "server_load.py"),
+        "worker",
+        "--epochs",
+        str(epochs),
+        "--go",
+        str(go),
+        "--pause",
+        str(pause),
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -331,7 +426,12 @@ def test_a_run_survives_a_server_restart_with_all_its_metrics(pg_server, tmp_pat
 def test_a_server_gone_for_good_is_one_line_and_close_stale_runs_ends_the_run(tmp_path):
     with tracking_server(tmp_path / "server") as scratch:
         # few retries: the default (7, about 4 minutes) would carry it over any restart
-        env = client_env(scratch, GO=str(tmp_path / "go"), MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
+        env = client_env(
+            scratch,
+            GO=str(tmp_path / "go"),
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+            MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+        )
         worker = logging_run(env, epochs=20, pause=0.5)
         for line in worker.stdout:
             if line.strip() == "epoch 3":
@@ -345,7 +445,9 @@ def test_a_server_gone_for_good_is_one_line_and_close_stale_runs_ends_the_run(tm
         run_id = line.split("cannot end MLflow run ")[1].split()[0]
 
         scratch.start()
-        closed = subprocess.run([MNIST_MLP, "close-stale-runs"], env=client_env(scratch), capture_output=True, text=True, timeout=300)
+        closed = subprocess.run(
+            [MNIST_MLP, "close-stale-runs"], env=client_env(scratch), capture_output=True, text=True, timeout=300
+        )
         assert f"closed run {run_id}" in closed.stdout, closed.stderr
         assert mlflow.MlflowClient(scratch.uri).get_run(run_id).info.status == "KILLED"
 
@@ -354,15 +456,19 @@ def test_a_server_gone_for_good_is_one_line_and_close_stale_runs_ends_the_run(tm
 @pytest.mark.bad_input
 def test_basic_auth_wrong_or_missing_credentials_are_one_line(tmp_path, monkeypatch):
     with tracking_server(tmp_path / "server", auth=True) as scratch:
-        for user, password, who in ((None, None, "no MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"),
-                                    ("admin", "wrong", "user 'admin'")):  # fmt: skip
+        for user, password, who in (
+            (None, None, "no MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"),
+            ("admin", "wrong", "user 'admin'"),
+        ):
             for key, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
                 monkeypatch.setenv(key, value) if value else monkeypatch.delenv(key, raising=False)
             store._answered.clear()
             with pytest.raises(store.TrackingServerError) as caught:
                 store.check_tracking_server(scratch.uri)
-            assert str(caught.value) == (f"{scratch.uri}: the tracking server refused the credentials (HTTP 401, {who}); "
-                                         "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an MLflow user")  # fmt: skip
+            assert str(caught.value) == (
+                f"{scratch.uri}: the tracking server refused the credentials (HTTP 401, {who}); "
+                "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an MLflow user"
+            )
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.read_secrets()["MLFLOW_AUTH_ADMIN_PASSWORD"])
         monkeypatch.setenv("MLFLOW_TRACKING_URI", scratch.uri)
         store._answered.clear()

@@ -18,7 +18,9 @@ DVC = str(Path(sys.executable).parent / "dvc")
 def stage_status(project: Path) -> dict:
     """{stage: what DVC reports changed}, from `dvc status --json` (stages with nothing changed are absent)."""
     result = subprocess.run([DVC, "status", "--json"], cwd=project, capture_output=True, text=True, check=True)
-    return {name: entry for name, entry in json.loads(result.stdout or "{}").items() if not name.startswith("dvc.yaml:")}
+    return {
+        name: entry for name, entry in json.loads(result.stdout or "{}").items() if not name.startswith("dvc.yaml:")
+    }
 
 
 @pytest.fixture

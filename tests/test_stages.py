@@ -33,7 +33,9 @@ pytestmark = pytest.mark.integration  # every stage script a subprocess, as DVC 
 
 
 def stage(name: str, workdir: Path, env: dict, check: bool = True, params: str = "params.yaml"):
-    return run([sys.executable, str(ROOT / "stages" / f"{name}.py"), "--params", params, *STAGES[name]], workdir, env, check)
+    return run(
+        [sys.executable, str(ROOT / "stages" / f"{name}.py"), "--params", params, *STAGES[name]], workdir, env, check
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +160,21 @@ def test_a_bad_param_stops_the_train_stage_with_one_line_and_no_model(pipeline, 
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "out"
     result = run(
-        [sys.executable, str(ROOT / "stages" / "train.py"), "--params", str(tmp_path / "bad.yaml"),
-         "--data", str(workdir / "data" / "processed"), "--model", str(out / "model.pt"), "--log", str(out / "log.csv")],
-        workdir, env, check=False,
+        [
+            sys.executable,
+            str(ROOT / "stages" / "train.py"),
+            "--params",
+            str(tmp_path / "bad.yaml"),
+            "--data",
+            str(workdir / "data" / "processed"),
+            "--model",
+            str(out / "model.pt"),
+            "--log",
+            str(out / "log.csv"),
+        ],
+        workdir,
+        env,
+        check=False,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -170,13 +184,17 @@ def test_a_bad_param_stops_the_train_stage_with_one_line_and_no_model(pipeline, 
     assert not out.exists()
 
 
-
 def test_a_stage_run_by_a_python_without_the_project_packages_names_the_fix(tmp_path):
     # what `dvc repro` outside the venv does: the stage runs the system python
     bare = tmp_path / "bare"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(bare)], check=True)
-    result = subprocess.run([str(bare / "bin" / "python"), str(ROOT / "stages" / "train.py")], cwd=tmp_path,
-                            env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(bare / "bin" / "python"), str(ROOT / "stages" / "train.py")],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert result.stdout == "" and "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()

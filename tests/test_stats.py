@@ -108,7 +108,12 @@ def seeds_of(rng: np.random.Generator, base: np.ndarray, seeds=(0, 1, 2), flips:
 def test_the_share_right_over_seeds_is_each_digits_mean_correctness():
     runs = {0: np.array([1, 1, 0, 0], bool), 1: np.array([1, 0, 1, 0], bool), 2: np.array([0, 0, 1, 1], bool)}
     assert share_right(runs, [0, 1, 2]).tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3, 1 / 3])
-    assert share_right(runs, [0, 1]).tolist() == [1.0, 0.5, 0.5, 0.0]  # an even count: a half, never a tie broken one way
+    assert share_right(runs, [0, 1]).tolist() == [
+        1.0,
+        0.5,
+        0.5,
+        0.0,
+    ]  # an even count: a half, never a tie broken one way
 
 
 def test_settings_identical_seed_by_seed_are_level_whatever_their_run_counts():
@@ -143,7 +148,9 @@ def test_a_known_effect_over_three_seeds_is_found_and_its_size_is_the_mean_accur
     mean_second = np.mean([vector.mean() for vector in second.values()])
     assert result.accuracy_difference == pytest.approx(mean_first - mean_second)
     assert result.p_value < 0.001 and result.first_is() == "better"
-    assert result.p_value == pytest.approx(scipy_stats.ttest_1samp(share_right(first, [0, 1, 2]) - share_right(second, [0, 1, 2]), 0).pvalue)
+    assert result.p_value == pytest.approx(
+        scipy_stats.ttest_1samp(share_right(first, [0, 1, 2]) - share_right(second, [0, 1, 2]), 0).pvalue
+    )
     assert result.difference.low < result.accuracy_difference < result.difference.high
     # the sign test on the same digits (how many digits each got right more often) loses the effect
     assert scipy_stats.binomtest(result.only_first, result.only_first + result.only_second).pvalue > 0.05

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from mnist_mlp.tracking import registry, store
 from support.cli import cli_in_process
-from support.faults import assert_one_clear_error, Outcome, stage_in_process
+from support.faults import Outcome, assert_one_clear_error, stage_in_process
 from support.params import tiny_params
 from support.paths import ROOT
-from mnist_mlp.tracking import registry
-from mnist_mlp.tracking import store
 
 COMMANDS = {
     "predict": ["predict", "--model", "runs:/0123456789abcdef/model", "x.png"],
@@ -53,15 +52,21 @@ def _cli(argv: list[str], tmp_path: Path, capsys, monkeypatch) -> Outcome:
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_damaged_store_is_one_line_naming_it(damaged_store, command, tmp_path, capsys, monkeypatch):
     outcome = _cli(COMMANDS[command], tmp_path, capsys, monkeypatch)
-    assert_one_clear_error(outcome, f"mnist-mlp {command}", f"{damaged_store}: the MLflow store is damaged (SQLITE_NOTADB",
-                           "move it aside to start a new store")  # fmt: skip
+    assert_one_clear_error(
+        outcome,
+        f"mnist-mlp {command}",
+        f"{damaged_store}: the MLflow store is damaged (SQLITE_NOTADB",
+        "move it aside to start a new store",
+    )
 
 
 @pytest.mark.bad_input
 @pytest.mark.parametrize("command", ["compare", "close-stale-runs"])
 def test_a_locked_store_is_one_line_naming_it(locked_store, command, tmp_path, capsys, monkeypatch):
     outcome = _cli(COMMANDS[command], tmp_path, capsys, monkeypatch)
-    assert_one_clear_error(outcome, f"mnist-mlp {command}", f"{locked_store}: the MLflow store is locked by another process (SQLITE_BUSY)")
+    assert_one_clear_error(
+        outcome, f"mnist-mlp {command}", f"{locked_store}: the MLflow store is locked by another process (SQLITE_BUSY)"
+    )
 
 
 @pytest.mark.bad_input

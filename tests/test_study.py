@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from support.stores import new_experiment
+from mnist_mlp.experiments import space, study
 from support.cli import cli_in_process, run
 from support.paths import BIN
+from support.stores import new_experiment
 from support.sweep import run_sweep, sweep_runs, without_venv_on_path
-from mnist_mlp.experiments import space, study
 
 GRID = {"train.activation": ["relu", "tanh", "sigmoid"], "train.dropout": [0.0, 0.5], "train.seed": [0, 1]}
 
@@ -37,21 +37,32 @@ def test_a_grid_study_holds_its_definition_and_one_waiting_trial_per_point(stora
     trials = made.get_trials()
     assert [t.state for t in trials] == [TrialState.WAITING] * 12
     points = {tuple(t.params[key] for key in GRID) for t in trials}
-    assert points == {(a, d, s) for a in GRID["train.activation"] for d in GRID["train.dropout"] for s in GRID["train.seed"]}
+    assert points == {
+        (a, d, s) for a in GRID["train.activation"] for d in GRID["train.dropout"] for s in GRID["train.seed"]
+    }
     loaded, definition = study.load("g", storage)
     assert definition == _grid() and definition.size == 12 and definition.commit == "a" * 40
     # GridSampler hands each popped trial its own point; the objective reads it with suggest
     trial = loaded.ask()
     assert definition.suggest(trial) == trials[0].params
-    assert study.has_work(definition, loaded.get_trials()) and study.progress(definition, loaded.get_trials()) == (0, 12)
+    assert study.has_work(definition, loaded.get_trials()) and study.progress(definition, loaded.get_trials()) == (
+        0,
+        12,
+    )
 
 
 @pytest.mark.bad_input
 def test_a_study_that_exists_or_is_missing_is_one_line(storage):
     study.create("g", _grid(), storage)
-    with pytest.raises(study.StudyError, match=r"^study g already exists in sqlite:///.*optuna.db: `--join` works on it; or choose another --study$"):
+    with pytest.raises(
+        study.StudyError,
+        match=r"^study g already exists in sqlite:///.*optuna.db: `--join` works on it; or choose another --study$",
+    ):
         study.create("g", _grid(), storage)
-    with pytest.raises(study.StudyError, match=r"^no study h in sqlite:///.*; start it with `mnist-mlp sweep --study h` \(without --join\)"):
+    with pytest.raises(
+        study.StudyError,
+        match=r"^no study h in sqlite:///.*; start it with `mnist-mlp sweep --study h` \(without --join\)",
+    ):
         study.load("h", storage)
     optuna.create_study(study_name="foreign", storage=storage)
     with pytest.raises(study.StudyError, match="study foreign: no mnist-mlp definition in it"):
@@ -79,9 +90,12 @@ def test_a_study_that_exists_or_is_missing_is_one_line(storage):
         ({"sets": {"train.epochs": "1000000000"}}, r"invalid 'train.epochs'"),
         ({"grid": ["relu"]}, r"sets, grid and space must be mappings"),
         ({"grid": {"train.activation": "relu"}}, r"each grid key must hold a list of values"),
-        ({"kind": "search", "space": {"trials": 2, "space": {"train.seed": {"int": [0, 9]}}}}, r"a search cannot draw train.seed"),
+        (
+            {"kind": "search", "space": {"trials": 2, "space": {"train.seed": {"int": [0, 9]}}}},
+            r"a search cannot draw train.seed",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_tampered_definition_in_a_shared_storage_is_refused_before_any_trial_runs(storage, change, message):
     """Anyone who can write the team's study database can write a study's definition: it is checked on load."""
     made = study.create("g", _grid(), storage)
@@ -98,18 +112,25 @@ def test_a_definitions_sets_are_checked_together_as_a_command_lines_are(storage)
     unsmoothed = {**deformed, "train.augment.elastic_sigma": "0"}
     made = study.create("h", study.Definition("grid", "a" * 40, "mnist-mlp", deformed, grid=GRID), storage)
     made.set_user_attr(study.DEFINITION, {**made.user_attrs[study.DEFINITION], "sets": unsmoothed})
-    with pytest.raises(study.StudyError, match=r"^study h's definition is refused: .*'train.augment.elastic_sigma' \(got 0\)"):
+    with pytest.raises(
+        study.StudyError, match=r"^study h's definition is refused: .*'train.augment.elastic_sigma' \(got 0\)"
+    ):
         study.load("h", storage)
 
 
 @pytest.mark.bad_input
 def test_an_unreachable_storage_is_one_line_without_its_password():
-    with pytest.raises(study.StudyError, match=r"^study storage postgresql\+psycopg://mlflow:\*\*\*@127.0.0.1:9/studies: cannot open it"):
+    with pytest.raises(
+        study.StudyError,
+        match=r"^study storage postgresql\+psycopg://mlflow:\*\*\*@127.0.0.1:9/studies: cannot open it",
+    ):
         study.open_storage("postgresql+psycopg://mlflow:secret@127.0.0.1:9/studies")
 
 
 @pytest.mark.fault
-def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_runs_again(storage, mlflow_store, capsys):
+def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_runs_again(
+    storage, mlflow_store, capsys
+):
     made = study.create("g", _grid(), storage)
     client = mlflow.MlflowClient(mlflow_store)  # the store the project's code opens, whatever another test set globally
     found = client.get_experiment_by_name("mnist-mlp")
@@ -124,9 +145,16 @@ def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_
     assert trials[0].state == TrialState.FAIL
     retry = trials[-1]
     assert retry.state == TrialState.WAITING and retry.params == trials[0].params
-    assert retry.system_attrs["retry_history"] == [0] and retry.system_attrs["grid_id"] == trials[0].system_attrs["grid_id"]
+    assert (
+        retry.system_attrs["retry_history"] == [0]
+        and retry.system_attrs["grid_id"] == trials[0].system_attrs["grid_id"]
+    )
     assert client.get_run(dead.info.run_id).info.status == "KILLED"
-    assert client.get_run(dead.info.run_id).data.tags["mnist_mlp.closed_stale"].startswith("closed by mnist-mlp sweep: trial 0 of study g")
+    assert (
+        client.get_run(dead.info.run_id)
+        .data.tags["mnist_mlp.closed_stale"]
+        .startswith("closed by mnist-mlp sweep: trial 0 of study g")
+    )
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     assert "trial 0 of study g lost its worker" in capsys.readouterr().out
     _, definition = study.load("g", storage)
@@ -139,7 +167,9 @@ def test_two_workers_on_one_grid_point_the_later_trial_yields(storage):
     first = made.ask()  # the point's WAITING trial
     second = made.ask()  # a race: GridSampler gives a new trial the same (only) point
     values = {"train.activation": "relu", "train.dropout": 0.0}
-    assert first.suggest_categorical("train.activation", ["relu"]) == second.suggest_categorical("train.activation", ["relu"])
+    assert first.suggest_categorical("train.activation", ["relu"]) == second.suggest_categorical(
+        "train.activation", ["relu"]
+    )
     second.suggest_categorical("train.dropout", [0.0])
     study._yield_duplicate(made, first, values)  # the lower number runs
     with pytest.raises(optuna.TrialPruned, match="is trial 0's"):
@@ -147,10 +177,21 @@ def test_two_workers_on_one_grid_point_the_later_trial_yields(storage):
 
 
 def test_a_search_has_work_until_its_trials_are_taken_retries_not_counted():
-    definition = study.Definition("search", "a" * 40, "mnist-mlp", {}, space=space.parse(
-        {"trials": 3, "space": {"train.lr": {"float": [0.001, 0.1], "log": True}}}, "s").model_dump(mode="json"))  # fmt: skip
-    frozen = lambda number, state, **attrs: optuna.trial.create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,  # noqa: E731
-                                                                     system_attrs=attrs)  # fmt: skip
+    definition = study.Definition(
+        "search",
+        "a" * 40,
+        "mnist-mlp",
+        {},
+        space=space.parse({"trials": 3, "space": {"train.lr": {"float": [0.001, 0.1], "log": True}}}, "s").model_dump(
+            mode="json"
+        ),
+    )
+
+    def frozen(number, state, **attrs):
+        return optuna.trial.create_trial(
+            state=state, value=0.5 if state == TrialState.COMPLETE else None, system_attrs=attrs
+        )
+
     trials = [frozen(0, TrialState.COMPLETE), frozen(1, TrialState.FAIL)]
     for number, trial in enumerate(trials):
         trial.number = number
@@ -168,17 +209,35 @@ def test_a_search_has_work_until_its_trials_are_taken_retries_not_counted():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"trials": 12, "space": {"train.lr": {"float": [0.1, 0.01]}}}, r"space\.train\.lr: Value error, low 0.1 must be below high 0.01"),
-        ({"trials": 12, "space": {"train.lr": {"float": [0.0, 0.1], "log": True}}}, r"log: true needs a numeric range with low > 0"),
+        (
+            {"trials": 12, "space": {"train.lr": {"float": [0.1, 0.01]}}},
+            r"space\.train\.lr: Value error, low 0.1 must be below high 0.01",
+        ),
+        (
+            {"trials": 12, "space": {"train.lr": {"float": [0.0, 0.1], "log": True}}},
+            r"log: true needs a numeric range with low > 0",
+        ),
         ({"trials": 12, "space": {"train.lr": {"float": [0.001, 0.1], "int": [1, 2]}}}, r"give exactly one of float"),
-        ({"trials": 12, "space": {"train.lrr": {"float": [0.001, 0.1]}}}, r"unknown key 'train.lrr'; did you mean 'train.lr'"),
-        ({"trials": 12, "space": {"train.dropout": {"float": [0.0, 1.5]}}}, r"space.train.dropout.*invalid 'train.dropout' \(got 1.5\)"),
-        ({"trials": 12, "space": {"train.activation": {"choice": ["relu", "swish"]}}}, r"invalid 'train.activation' \(got 'swish'\)"),
+        (
+            {"trials": 12, "space": {"train.lrr": {"float": [0.001, 0.1]}}},
+            r"unknown key 'train.lrr'; did you mean 'train.lr'",
+        ),
+        (
+            {"trials": 12, "space": {"train.dropout": {"float": [0.0, 1.5]}}},
+            r"space.train.dropout.*invalid 'train.dropout' \(got 1.5\)",
+        ),
+        (
+            {"trials": 12, "space": {"train.activation": {"choice": ["relu", "swish"]}}},
+            r"invalid 'train.activation' \(got 'swish'\)",
+        ),
         ({"trials": 12, "space": {"train.seed": {"int": [0, 9]}}}, r"a search cannot draw train.seed"),
-        ({"trials": 0, "space": {"train.lr": {"float": [0.001, 0.1]}}}, r"s: trials: Input should be greater than or equal to 1"),
+        (
+            {"trials": 0, "space": {"train.lr": {"float": [0.001, 0.1]}}},
+            r"s: trials: Input should be greater than or equal to 1",
+        ),
         ({"trials": 12, "spaces": {}}, r"s: space: Field required"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_search_space_is_refused_naming_the_key(data, message):
     with pytest.raises(space.SpaceError, match=message):
         space.parse(data, "s")
@@ -186,7 +245,9 @@ def test_a_bad_search_space_is_refused_naming_the_key(data, message):
 
 def test_the_projects_search_space_file_is_valid_and_draws_lists_as_choices():
     searched = space.read(Path(__file__).parents[1] / "params" / "search" / "default.yaml")
-    assert searched.trials >= 12 and {"train.lr", "train.weight_decay", "train.dropout", "train.hidden_sizes"} <= set(searched.space)
+    assert searched.trials >= 12 and {"train.lr", "train.weight_decay", "train.dropout", "train.hidden_sizes"} <= set(
+        searched.space
+    )
     trial = optuna.create_study().ask()
     drawn = searched.suggest(trial)
     assert isinstance(drawn["train.hidden_sizes"], list) and 1e-4 <= drawn["train.lr"] <= 1
@@ -199,43 +260,73 @@ def test_a_clone_on_another_commit_or_with_stray_params_cannot_join(project, tmp
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     storage = study.open_storage(url)
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    study.create("other", study.Definition("grid", "b" * 40, "mnist-mlp", {}, grid={"train.activation": ["relu"]}), storage)
-    study.create("here", study.Definition("grid", head, "mnist-mlp", {"train.epochs": "1"}, grid={"train.activation": ["relu"]}), storage)
+    study.create(
+        "other", study.Definition("grid", "b" * 40, "mnist-mlp", {}, grid={"train.activation": ["relu"]}), storage
+    )
+    study.create(
+        "here",
+        study.Definition("grid", head, "mnist-mlp", {"train.epochs": "1"}, grid={"train.activation": ["relu"]}),
+        storage,
+    )
     monkeypatch.chdir(project)
     monkeypatch.setenv("STUDY_STORAGE", url)
     code, out, err = cli_in_process(["sweep", "--join", "--study", "other"], capsys)
     assert (code, out) == (1, "")
-    assert err == (f"mnist-mlp sweep: error: study other runs on commit bbbbbbb; this clone is at {head[:7]}: "
-                   "`git fetch && git checkout bbbbbbb` first\n")  # fmt: skip
+    assert err == (
+        f"mnist-mlp sweep: error: study other runs on commit bbbbbbb; this clone is at {head[:7]}: "
+        "`git fetch && git checkout bbbbbbb` first\n"
+    )
     text = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(text.replace("lr: 0.01", "lr: 0.02").replace("epochs: 2", "epochs: 3"))
     code, out, err = cli_in_process(["sweep", "--join", "--study", "here"], capsys)
     # epochs is the study's own --set: only lr would leak into its trials
-    assert err == (f"mnist-mlp sweep: error: study here: params.yaml differs from {head[:7]} in train.lr, which every trial "
-                   "here would take; `git checkout params.yaml` first\n")  # fmt: skip
-    assert cli_in_process(["sweep", "--join"], capsys)[2] == "mnist-mlp sweep: error: --join needs --study NAME: the study to work on\n"
+    assert err == (
+        f"mnist-mlp sweep: error: study here: params.yaml differs from {head[:7]} in train.lr, which every trial "
+        "here would take; `git checkout params.yaml` first\n"
+    )
+    assert (
+        cli_in_process(["sweep", "--join"], capsys)[2]
+        == "mnist-mlp sweep: error: --join needs --study NAME: the study to work on\n"
+    )
 
 
 def test_the_overhead_is_wall_time_against_the_training_spread_over_the_workers():
-    table = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "FAIL"], "train_seconds": [50.0, 50.0, None],
-                          "trial_seconds": [70.0, 50.0, 5.0]})  # fmt: skip
-    assert study.overhead_line(table, 75.0, 2) == ("wall 75 s on 2 worker(s) for 100 s of training (120 s of whole trials): "
-                                                   "1.50x the packing limit of 50 s")  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "state": ["COMPLETE", "COMPLETE", "FAIL"],
+            "train_seconds": [50.0, 50.0, None],
+            "trial_seconds": [70.0, 50.0, 5.0],
+        }
+    )
+    assert study.overhead_line(table, 75.0, 2) == (
+        "wall 75 s on 2 worker(s) for 100 s of training (120 s of whole trials): 1.50x the packing limit of 50 s"
+    )
     # a trial is not split between workers: the longest training is the limit where it is longer
     table["train_seconds"] = [60.0, 40.0, None]
-    assert study.overhead_line(table.iloc[:1], 75.0, 2) == ("wall 75 s on 2 worker(s) for 60 s of training (70 s of whole "
-                                                            "trials): 1.25x the packing limit of 60 s")  # fmt: skip
+    assert study.overhead_line(table.iloc[:1], 75.0, 2) == (
+        "wall 75 s on 2 worker(s) for 60 s of training (70 s of whole trials): 1.25x the packing limit of 60 s"
+    )
 
 
 # --- real studies ----------------------------------------------------------------------------------
+
 
 @pytest.mark.integration
 def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_per_point(project: Path, tmp_path: Path):
     text = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(text.replace("lr: 0.01", "lr: 0.02"))  # taken from the workspace on purpose
     # called as `.venv/bin/mnist-mlp` from a shell without the venv on PATH (CI): its dvc and its stages' python run
-    output = run_sweep(project, ["relu", "tanh"], ["0.0"], "--set", "train.epochs=1", "--study", "t1", "--from-workspace",
-                       env=without_venv_on_path())
+    output = run_sweep(
+        project,
+        ["relu", "tanh"],
+        ["0.0"],
+        "--set",
+        "train.epochs=1",
+        "--study",
+        "t1",
+        "--from-workspace",
+        env=without_venv_on_path(),
+    )
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert "note: sweeping from the workspace" in output and "[2/2 done" in output
     assert "study t1 (grid, 2 trials, chosen on validation)" in output and "the packing limit" in output
@@ -248,8 +339,14 @@ def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_p
         logged = runs[trial.user_attrs["dvc_exp_name"]]
         tags = logged.data.tags
         assert logged.info.status == "FINISHED" and logged.info.run_name == f"t1-{trial.number}"
-        assert tags["sweep_id"] == "t1" and tags["sweep_trial"] == str(trial.number) and tags["sweep_base"] == f"{head}+train.lr"
-        assert logged.data.params["activation"] == trial.params["train.activation"] and logged.data.params["lr"] == "0.02"
+        assert (
+            tags["sweep_id"] == "t1"
+            and tags["sweep_trial"] == str(trial.number)
+            and tags["sweep_base"] == f"{head}+train.lr"
+        )
+        assert (
+            logged.data.params["activation"] == trial.params["train.activation"] and logged.data.params["lr"] == "0.02"
+        )
         # the objective is validation, never test
         assert trial.value == pytest.approx(logged.data.metrics["best_val_accuracy"])
         assert trial.user_attrs["mlflow_run_id"] == logged.info.run_id
@@ -263,20 +360,48 @@ def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_p
     report = (project / "reports" / "compare.md").read_text()
     assert "sweep `t1`" in report and all(f"| {name} " in report for name in runs)
     # the same study id again is refused before anything runs
-    again = run([str(BIN / "mnist-mlp"), "sweep", "--activations", "relu", "--dropouts", "0.0", "--study", "t1", "--from-workspace"],
-                project, check=False)  # fmt: skip
+    again = run(
+        [
+            str(BIN / "mnist-mlp"),
+            "sweep",
+            "--activations",
+            "relu",
+            "--dropouts",
+            "0.0",
+            "--study",
+            "t1",
+            "--from-workspace",
+        ],
+        project,
+        check=False,
+    )
     assert again.returncode == 1 and "DVC already has experiments named t1-0, t1-1" in again.stderr
 
 
 @pytest.mark.integration
 def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_importances(project: Path):
     search = project.parent / "search.yaml"
-    search.write_text("trials: 12\nstartup_trials: 4\nspace:\n"
-                      "  train.lr: {float: [0.0001, 0.5], log: true}\n  train.weight_decay: {float: [0.0, 0.2]}\n"
-                      "  train.dropout: {float: [0.0, 0.5]}\n  train.hidden_sizes: {choice: [[8], [32]]}\n")  # fmt: skip
+    search.write_text(
+        "trials: 12\nstartup_trials: 4\nspace:\n"
+        "  train.lr: {float: [0.0001, 0.5], log: true}\n  train.weight_decay: {float: [0.0, 0.2]}\n"
+        "  train.dropout: {float: [0.0, 0.5]}\n  train.hidden_sizes: {choice: [[8], [32]]}\n"
+    )
     started = time.monotonic()
-    output = run([str(BIN / "mnist-mlp"), "sweep", "--search", str(search), "--set", "train.epochs=1", "--study", "tpe",
-                  "--jobs", "2"], project).stdout  # fmt: skip
+    output = run(
+        [
+            str(BIN / "mnist-mlp"),
+            "sweep",
+            "--search",
+            str(search),
+            "--set",
+            "train.epochs=1",
+            "--study",
+            "tpe",
+            "--jobs",
+            "2",
+        ],
+        project,
+    ).stdout
     seconds = time.monotonic() - started
     found = optuna.load_study(study_name="tpe", storage=f"sqlite:///{project / 'optuna.db'}")
     completed = [t for t in found.get_trials() if t.state == TrialState.COMPLETE]
@@ -291,7 +416,10 @@ def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_imp
     assert compared.startswith(f"Chosen on validation: trial {best.number} (tpe-{best.number}: ")
     assert f"best validation accuracy {best.value:.4f}" in compared and "its test accuracy" in compared
     importances = optuna.importance.get_param_importances(found, evaluator=study.importance_evaluator())
-    assert "importances (Optuna, fANOVA on validation): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()) in compared
+    assert (
+        "importances (Optuna, fANOVA on validation): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+        in compared
+    )
     report = (project / "reports" / "search.md").read_text()
     assert "## Parameter importances" in report and "| tpe-" in report
     print(f"TPE search, 12 trials on 2 workers: {seconds:.0f} s")
@@ -325,8 +453,9 @@ def test_workers_racing_on_one_sqlite_file_never_pop_the_same_trial(tmp_path):
 
 
 @pytest.mark.bad_input
-def test_the_search_report_ranks_on_mlflows_values_and_names_a_trial_the_storage_disagrees_on(storage, mlflow_store, tmp_path,
-                                                                                               monkeypatch):
+def test_the_search_report_ranks_on_mlflows_values_and_names_a_trial_the_storage_disagrees_on(
+    storage, mlflow_store, tmp_path, monkeypatch
+):
     """A trial value edited in the shared storage (0.999 where MLflow holds 0.1218) is left out, named, never chosen."""
     space_file = {"trials": 3, "startup_trials": 3, "space": {"train.lr": {"float": [0.001, 0.1], "log": True}}}
     definition = study.Definition("search", "a" * 40, "mnist-mlp", {"train.epochs": "1"}, space=space_file)
@@ -338,8 +467,14 @@ def test_the_search_report_ranks_on_mlflows_values_and_names_a_trial_the_storage
         run_id = client.create_run(experiment, tags={"sweep_id": "s", "sweep_trial": str(number)}).info.run_id
         client.log_metric(run_id, "best_val_accuracy", value)
         client.set_terminated(run_id, "FINISHED")
-        made.add_trial(optuna.trial.create_trial(params={"train.lr": 0.01 * (number + 1)}, distributions={"train.lr": lr},
-                                                 value=stored, user_attrs={"mlflow_run_id": run_id, "dvc_exp_name": f"s-{number}"}))
+        made.add_trial(
+            optuna.trial.create_trial(
+                params={"train.lr": 0.01 * (number + 1)},
+                distributions={"train.lr": lr},
+                value=stored,
+                user_attrs={"mlflow_run_id": run_id, "dvc_exp_name": f"s-{number}"},
+            )
+        )
     monkeypatch.setenv("STUDY_STORAGE", storage.url)
     headline = study.search_report(tmp_path, "s", tmp_path / "reports")
     assert headline.startswith("Chosen on validation: trial 0 (s-0: ") and "best validation accuracy 0.9700" in headline
@@ -356,11 +491,18 @@ def test_a_trial_whose_params_are_not_a_point_of_the_definition_fails_before_any
     if kind == "grid":
         definition = _grid(grid={"train.activation": ["relu"], "train.dropout": [0.0, 0.5]})
     else:
-        definition = study.Definition("search", "a" * 40, "mnist-mlp", {"train.epochs": "1"},
-                                      space={"trials": 2, "startup_trials": 2, "space": {"train.dropout": {"float": [0.0, 0.5]}}})
+        definition = study.Definition(
+            "search",
+            "a" * 40,
+            "mnist-mlp",
+            {"train.epochs": "1"},
+            space={"trials": 2, "startup_trials": 2, "space": {"train.dropout": {"float": [0.0, 0.5]}}},
+        )
     made = study.create("q", definition, storage)
-    made.enqueue_trial({"train.activation": "relu", "train.dropout": 0.95} if kind == "grid" else {"train.dropout": 0.95},
-                       skip_if_exists=False)
+    made.enqueue_trial(
+        {"train.activation": "relu", "train.dropout": 0.95} if kind == "grid" else {"train.dropout": 0.95},
+        skip_if_exists=False,
+    )
     loaded, stored = study.load("q", storage)
     ran = []
     study.serve(loaded, stored, lambda trial: ran.append(stored.suggest(trial)) or 0.5, poll_s=0.1)
@@ -374,20 +516,25 @@ def test_a_trial_whose_params_are_not_a_point_of_the_definition_fails_before_any
 def test_a_killed_worker_leaves_no_command_of_its_trial_running(tmp_path):
     """`kill -9` of a worker: its `dvc exp run`, and what that started, end with it (no orphan finishes the trial
     while the trial is retried elsewhere). Here the command is two sleeps, one in the background as a stage would be."""
-    import psutil
     import signal
     import subprocess
     import sys
 
+    import psutil
+
     marker = f"{tmp_path}/sleep-marker"
     sleeper = f"{sys.executable} -c 'import time; time.sleep(300)' {marker}"
-    code = ("from pathlib import Path; from mnist_mlp.experiments.study import run_ending_with_worker; "
-            f"run_ending_with_worker(['sh', '-c', {f'{sleeper} & {sleeper}'!r}], Path({str(tmp_path)!r}), "
-            f"Path({str(tmp_path / 'log')!r}))")  # fmt: skip
+    code = (
+        "from pathlib import Path; from mnist_mlp.experiments.study import run_ending_with_worker; "
+        f"run_ending_with_worker(['sh', '-c', {f'{sleeper} & {sleeper}'!r}], Path({str(tmp_path)!r}), "
+        f"Path({str(tmp_path / 'log')!r}))"
+    )
     worker = subprocess.Popen([sys.executable, "-c", code])
 
     def sleeps():
-        return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[-1] == marker]  # the two sleepers
+        return [
+            p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[-1] == marker
+        ]  # the two sleepers
 
     deadline = time.monotonic() + 30
     while len(sleeps()) < 2 and time.monotonic() < deadline:
@@ -402,10 +549,13 @@ def test_a_killed_worker_leaves_no_command_of_its_trial_running(tmp_path):
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize(("cause", "fix"), [
-    ("database or disk is full", "the disk that holds the study storage is full: free space there"),
-    ("database is locked", "another process holds the SQLite study storage locked: let it finish or stop it"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cause", "fix"),
+    [
+        ("database or disk is full", "the disk that holds the study storage is full: free space there"),
+        ("database is locked", "another process holds the SQLite study storage locked: let it finish or stop it"),
+    ],
+)
 def test_a_full_or_locked_study_storage_says_so_and_names_the_fix(cause, fix):
     import sqlalchemy.exc
 
@@ -414,5 +564,7 @@ def test_a_full_or_locked_study_storage_says_so_and_names_the_fix(cause, fix):
 
     with pytest.raises(study.StudyError) as refused:
         study._patiently(tell, "study g", patience_s=0)
-    assert str(refused.value) == (f"study g: the study storage did not answer for 0 s ({cause}); {fix}; nothing ended is "
-                                  "lost: join again with --join")
+    assert str(refused.value) == (
+        f"study g: the study storage did not answer for 0 s ({cause}); {fix}; nothing ended is "
+        "lost: join again with --join"
+    )

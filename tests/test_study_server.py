@@ -54,10 +54,18 @@ def _complete(url: str) -> int:
 
 def test_a_study_database_away_for_a_while_is_waited_for_and_nothing_is_lost(database):
     url, name, admin = database
-    study.create("away", study.Definition("grid", "0" * 40, "away", {}, grid={"train.seed": list(range(POINTS))}),
-                 study.open_storage(url))  # fmt: skip
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    study.create(
+        "away",
+        study.Definition("grid", "0" * 40, "away", {}, grid={"train.seed": list(range(POINTS))}),
+        study.open_storage(url),
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + 60
     while _complete(url) < 2 and time.monotonic() < deadline:
         time.sleep(0.3)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.cli import cli_in_process, run
-from support.paths import BIN
 from mnist_mlp.experiments import sweep
 from mnist_mlp.params import ParamsError
+from support.cli import cli_in_process, run
+from support.paths import BIN
 
 
 def _edit_params(repo: Path, **train) -> None:
@@ -23,7 +23,9 @@ def _edit_params(repo: Path, **train) -> None:
 
 
 def _head(repo: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_the_grid_is_the_product_of_its_axes_and_set_values_stay_as_typed():
@@ -33,20 +35,36 @@ def test_the_grid_is_the_product_of_its_axes_and_set_values_stay_as_typed():
     assert sweep.plan(["relu"], [0.0], seeds=[0, 1, 2], sweep_id="s2").size == 3
     assert sweep.plan(["relu"], [0.0], sets=["tracking.experiment='my runs'"]).experiment == "my runs"
     assert sweep.plan(["relu"], [0.0]).sweep_id.replace("-", "").isdigit()
-    nested = sweep.plan(["relu"], [0.0], sets=["train.augment.shift=2", "train.augment.elastic_alpha=20",
-                                               "train.augment.elastic_sigma=4"], sweep_id="s4")  # fmt: skip
+    nested = sweep.plan(
+        ["relu"],
+        [0.0],
+        sets=["train.augment.shift=2", "train.augment.elastic_alpha=20", "train.augment.elastic_sigma=4"],
+        sweep_id="s4",
+    )
     assert nested.sets["train.augment.elastic_sigma"] == "4"
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"activations": ["relu", "swish"], "dropouts": [0.0]}, "--activations: invalid 'train.activation' \\(got 'swish'\\).*allowed: relu"),
+        (
+            {"activations": ["relu", "swish"], "dropouts": [0.0]},
+            "--activations: invalid 'train.activation' \\(got 'swish'\\).*allowed: relu",
+        ),
         ({"activations": ["relu"], "dropouts": [1.0]}, "--dropouts: invalid 'train.dropout' \\(got 1.0\\)"),
         ({"activations": ["relu"], "dropouts": [0.0], "seeds": [-1]}, "--seeds: invalid 'train.seed'"),
-        ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.epoch=2"]}, "unknown key 'train.epoch'; did you mean 'train.epochs'"),
-        ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.augment.shfit=2"]}, "unknown key 'train.augment.shfit'; did you mean 'train.augment.shift'"),
-        ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.augment.elastic_alpha=20"]}, "'train.augment.elastic_sigma'.*must be > 0"),
+        (
+            {"activations": ["relu"], "dropouts": [0.0], "sets": ["train.epoch=2"]},
+            "unknown key 'train.epoch'; did you mean 'train.epochs'",
+        ),
+        (
+            {"activations": ["relu"], "dropouts": [0.0], "sets": ["train.augment.shfit=2"]},
+            "unknown key 'train.augment.shfit'; did you mean 'train.augment.shift'",
+        ),
+        (
+            {"activations": ["relu"], "dropouts": [0.0], "sets": ["train.augment.elastic_alpha=20"]},
+            "'train.augment.elastic_sigma'.*must be > 0",
+        ),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.epochs"]}, "expected section.key=value"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["+train.epochs=2"]}, "expected section.key=value"),
         ({"activations": ["relu"], "dropouts": [0.0], "sets": ["train.dropout=0.1"]}, "set by the sweep itself"),
@@ -91,10 +109,12 @@ def test_a_params_yaml_that_differs_from_head_is_refused_naming_each_key(project
     monkeypatch.chdir(project)
     code, out, err = cli_in_process(["sweep", "--activations", "relu", "--dropouts", "0.0"], capsys)
     assert code == 1 and out == ""
-    assert err == (f"mnist-mlp sweep: error: params.yaml differs from HEAD ({_head(project)[:7]}) in "
-                   "train.epochs (2 -> 3), train.lr (0.01 -> 0.02); every trial would start from it: "
-                   "commit it, restore it (`git checkout params.yaml`), or pass --from-workspace to sweep from it "
-                   "on purpose\n")  # fmt: skip
+    assert err == (
+        f"mnist-mlp sweep: error: params.yaml differs from HEAD ({_head(project)[:7]}) in "
+        "train.epochs (2 -> 3), train.lr (0.01 -> 0.02); every trial would start from it: "
+        "commit it, restore it (`git checkout params.yaml`), or pass --from-workspace to sweep from it "
+        "on purpose\n"
+    )
     assert not (project / "optuna.db").exists()  # no study made
     assert not Path(project.parent / "store" / "mlflow.db").exists()  # nor a store made
 
@@ -103,8 +123,13 @@ def test_from_workspace_records_the_keys_taken_from_it(project, capsys):
     _edit_params(project, lr=0.02, epochs=3)
     planned = sweep.plan(["relu"], [0.0], sets=["train.epochs=1"], sweep_id="w1")
     # --set overrides epochs: only lr comes from the workspace
-    assert sweep.sweep_base(project, [*planned.sets, *planned.grid], from_workspace=True) == f"{_head(project)}+train.lr"
-    assert capsys.readouterr().out == f"note: sweeping from the workspace: params.yaml differs from HEAD ({_head(project)[:7]}) in train.lr (0.01 -> 0.02)\n"
+    assert (
+        sweep.sweep_base(project, [*planned.sets, *planned.grid], from_workspace=True) == f"{_head(project)}+train.lr"
+    )
+    assert (
+        capsys.readouterr().out
+        == f"note: sweeping from the workspace: params.yaml differs from HEAD ({_head(project)[:7]}) in train.lr (0.01 -> 0.02)\n"
+    )
     run(["git", "checkout", "params.yaml"], project)
     assert sweep.sweep_base(project, [*planned.sets, *planned.grid]) == _head(project)
 
@@ -114,11 +139,17 @@ def test_a_preset_sweep_sets_every_key_of_the_preset_and_set_keys_win(project, m
 
     monkeypatch.chdir(project)
     shortened = ["sweep", "--preset", "best", "--seeds", "0", "1", "--set", "train.epochs=2", "--study", "pb"]
-    with pytest.raises(ParamsError, match=r"train\.augment\.last_clean_epochs \(10\) must be below train\.epochs \(2\)"):
+    with pytest.raises(
+        ParamsError, match=r"train\.augment\.last_clean_epochs \(10\) must be below train\.epochs \(2\)"
+    ):
         cli.sweep_plan(cli.build_parser().parse_args(shortened))  # the preset's 10 clean epochs would be all of them
     args = cli.build_parser().parse_args([*shortened, "--set", "train.augment.last_clean_epochs=1"])
     name, definition = cli.study_definition(args, project)
-    assert name == "pb" and definition.grid == {"train.activation": ["relu"], "train.dropout": [0.2], "train.seed": [0, 1]}
+    assert name == "pb" and definition.grid == {
+        "train.activation": ["relu"],
+        "train.dropout": [0.2],
+        "train.seed": [0, 1],
+    }
     best = yaml.safe_load((project / "params" / "best.yaml").read_text())["train"]
     assert definition.sets["train.hidden_sizes"] == json.dumps(best["hidden_sizes"], separators=(",", ":"))
     assert definition.sets["train.epochs"] == "2" and definition.sets["train.augment.last_clean_epochs"] == "1"
@@ -127,8 +158,14 @@ def test_a_preset_sweep_sets_every_key_of_the_preset_and_set_keys_win(project, m
 
 
 @pytest.mark.bad_input
-@pytest.mark.parametrize("item", ["tracking.experiment=leak-${oc.env:SECRET}", "download.mirror=http://host/${oc.env:SECRET}/",
-                                  "train.lr=${oc.env:LR}"])  # fmt: skip
+@pytest.mark.parametrize(
+    "item",
+    [
+        "tracking.experiment=leak-${oc.env:SECRET}",
+        "download.mirror=http://host/${oc.env:SECRET}/",
+        "train.lr=${oc.env:LR}",
+    ],
+)
 def test_an_interpolation_in_a_set_value_is_refused_before_anything_runs(item, tmp_path, monkeypatch, capsys):
     """DVC's OmegaConf would expand `${oc.env:...}` with the environment of whoever runs the trial."""
     (tmp_path / ".dvc").mkdir()
@@ -136,5 +173,8 @@ def test_an_interpolation_in_a_set_value_is_refused_before_anything_runs(item, t
     monkeypatch.setenv("SECRET", "s3cr3t")
     code, out, err = cli_in_process(["sweep", "--activations", "relu", "--dropouts", "0.2", "--set", item], capsys)
     assert (code, out) == (1, "") and len(err.splitlines()) == 1
-    assert err.startswith(f"mnist-mlp sweep: error: --set {item!r}: '${{...}}' is interpolation syntax") and "s3cr3t" not in err
+    assert (
+        err.startswith(f"mnist-mlp sweep: error: --set {item!r}: '${{...}}' is interpolation syntax")
+        and "s3cr3t" not in err
+    )
     assert sorted(path.name for path in tmp_path.iterdir()) == [".dvc"]  # no study storage, no run

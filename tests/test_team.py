@@ -15,17 +15,17 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from mnist_mlp.files import md5_of
 from support.cli import run
 from support.paths import BIN
-from mnist_mlp.files import md5_of
 
 pytestmark = pytest.mark.server
 
@@ -49,8 +49,13 @@ def clone(origin: Path, into: Path) -> Path:
 
 def experiment_row(repo: Path, name: str) -> dict:
     """`dvc exp show --json`'s entry of experiment `name`."""
-    rows = [rev for baseline in json.loads(dvc(repo, "exp", "show", "--json"))
-            for group in baseline.get("experiments") or [] for rev in group["revs"] if rev["name"] == name]  # fmt: skip
+    rows = [
+        rev
+        for baseline in json.loads(dvc(repo, "exp", "show", "--json"))
+        for group in baseline.get("experiments") or []
+        for rev in group["revs"]
+        if rev["name"] == name
+    ]
     assert len(rows) == 1, f"{name} in dvc exp show: {len(rows)} times"
     return rows[0]["data"]
 
@@ -68,10 +73,14 @@ def kill_a_worker_mid_trial(client: mlflow.MlflowClient, experiment_id: str, rep
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for found in client.search_runs([experiment_id], f"tags.sweep_id = '{STUDY}' and attributes.status = 'RUNNING'"):
+        for found in client.search_runs(
+            [experiment_id], f"tags.sweep_id = '{STUDY}' and attributes.status = 'RUNNING'"
+        ):
             try:  # the train stage's process, under `mnist-mlp sweep --as-worker` in `repo`
                 stage = psutil.Process(int(found.data.tags["mnist_mlp.pid"]))
-                worker = next((p for p in stage.parents() if "--as-worker" in p.cmdline() and Path(p.cwd()) == repo), None)
+                worker = next(
+                    (p for p in stage.parents() if "--as-worker" in p.cmdline() and Path(p.cwd()) == repo), None
+                )
                 if worker is None:
                     continue
                 doomed = [worker, *worker.children(recursive=True)]
@@ -159,14 +168,21 @@ def test_two_clones_share_model_experiment_and_one_study_that_survives_a_killed_
     trials = optuna.load_study(study_name=STUDY, storage=pg_server.env["STUDY_STORAGE"]).get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     points = [(t.params["train.activation"], t.params["train.dropout"], t.params["train.seed"]) for t in complete]
-    assert sorted(points) == sorted((a, float(d), int(s)) for a in ACTIVATIONS for d in DROPOUTS for s in SEEDS)  # each once
+    assert sorted(points) == sorted(
+        (a, float(d), int(s)) for a in ACTIVATIONS for d in DROPOUTS for s in SEEDS
+    )  # each once
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and any(t.system_attrs.get("retry_history") == [failed[0].number] for t in complete)
     assert "lost its worker" in "".join(outputs)
     runs = server.search_runs([experiment_id], f"tags.sweep_id = '{STUDY}'", max_results=100)
-    by_status = {status: sorted(r.info.run_id for r in runs if r.info.status == status) for status in ("FINISHED", "KILLED", "RUNNING")}
+    by_status = {
+        status: sorted(r.info.run_id for r in runs if r.info.status == status)
+        for status in ("FINISHED", "KILLED", "RUNNING")
+    }
     assert by_status["KILLED"] == [killed] and not by_status["RUNNING"] and len(by_status["FINISHED"]) == 12
-    assert {r.data.tags["sweep_trial"] for r in runs if r.info.status == "FINISHED"} == {str(t.number) for t in complete}
+    assert {r.data.tags["sweep_trial"] for r in runs if r.info.status == "FINISHED"} == {
+        str(t.number) for t in complete
+    }
     names = {t.user_attrs["dvc_exp_name"] for t in complete}
     for repo in (alice, bob):  # every clone gets every experiment, whoever ran it
         dvc(repo, "exp", "pull", "origin", *sorted(names))

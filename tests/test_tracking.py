@@ -10,9 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from mnist_mlp.tracking import location
-from mnist_mlp.tracking import runs
-from mnist_mlp.tracking import store
+from mnist_mlp.tracking import location, runs, store
 
 
 @pytest.fixture
@@ -76,7 +74,13 @@ def test_ensure_experiment_creates_it_once_with_an_absolute_artifact_location(
 
 def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "bushy-lobe")
-    params = {"activation": "tanh", "dropout": 0.5, "seed": 3, "hidden_sizes": [32], "preprocess.normalization": "standardize"}
+    params = {
+        "activation": "tanh",
+        "dropout": 0.5,
+        "seed": 3,
+        "hidden_sizes": [32],
+        "preprocess.normalization": "standardize",
+    }
     with runs.training_run("unit", params, {"device": "cpu"}) as run:
         assert mlflow.active_run().info.run_id == run.run_id
         for epoch in (1, 2, 3):
@@ -90,7 +94,13 @@ def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypa
     assert logged.data.tags["dvc_exp_name"] == "bushy-lobe"
     assert logged.data.tags["device"] == "cpu"
     assert "torch_version" in logged.data.tags
-    assert logged.data.params == {"activation": "tanh", "dropout": "0.5", "seed": "3", "hidden_sizes": "[32]", "preprocess.normalization": "standardize"}
+    assert logged.data.params == {
+        "activation": "tanh",
+        "dropout": "0.5",
+        "seed": "3",
+        "hidden_sizes": "[32]",
+        "preprocess.normalization": "standardize",
+    }
     history = client.get_metric_history(run.run_id, "train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     assert [m.step for m in client.get_metric_history(run.run_id, "val_accuracy")] == [1, 2, 3]

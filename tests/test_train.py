@@ -8,23 +8,23 @@ import itertools
 import pytest
 import torch
 
-from support.mnist_files import synthetic_digits
-from mnist_mlp.data.mnist import Normalization, Split, load_split, normalize
-from mnist_mlp.errors import UserError
-from mnist_mlp.core.model import MLP
-from mnist_mlp.params import TrainParams
 from mnist_mlp.core.determinism import deterministic
+from mnist_mlp.core.model import MLP
 from mnist_mlp.core.train import (
     TrainingError,
     compute_loss,
     evaluate_logits,
     fit,
     format_epoch,
-    resolve_device,
     make_optimizer,
+    resolve_device,
     seeded_model,
     train_step,
 )
+from mnist_mlp.data.mnist import Normalization, Split, load_split, normalize
+from mnist_mlp.errors import UserError
+from mnist_mlp.params import TrainParams
+from support.mnist_files import synthetic_digits
 
 CPU = torch.device("cpu")
 
@@ -77,7 +77,14 @@ def test_history_has_one_record_per_epoch(tiny_processed):
     assert [record["epoch"] for record in result.history] == [1, 2, 3]
     assert seen == result.history
     assert set(result.history[0]) == {
-        "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_s",
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+        "samples_per_s",
     }
     assert result.seconds > 0
     assert "epoch   3/3" in format_epoch(result.history[-1], 3)
@@ -98,7 +105,9 @@ def test_cuda_without_a_gpu_is_a_user_error():
 
 @pytest.mark.parametrize(
     ("optimizer", "schedule", "loss"),
-    list(itertools.product(["sgd", "rmsprop", "adam", "adamw"], ["none", "cosine", "onecycle"], ["cross_entropy", "mse"])),
+    list(
+        itertools.product(["sgd", "rmsprop", "adam", "adamw"], ["none", "cosine", "onecycle"], ["cross_entropy", "mse"])
+    ),
 )
 def test_every_optimizer_schedule_and_loss_runs_an_epoch(optimizer, schedule, loss):
     train, val = split_of(256, seed=1), split_of(64, seed=2)
@@ -132,8 +141,12 @@ def test_best_on_validation_weights_are_kept():
     model = MLP([32])
     snapshots = []
     result = fit(
-        model, train, val, small(epochs=5, lr=0.001, optimizer="sgd", schedule="none"),
-        CPU, on_epoch=lambda _: snapshots.append(copy.deepcopy(model.state_dict())),
+        model,
+        train,
+        val,
+        small(epochs=5, lr=0.001, optimizer="sgd", schedule="none"),
+        CPU,
+        on_epoch=lambda _: snapshots.append(copy.deepcopy(model.state_dict())),
     )
     accuracies = [record["val_accuracy"] for record in result.history]
     assert result.history[-1]["train_accuracy"] > result.history[0]["train_accuracy"]
@@ -145,7 +158,9 @@ def test_best_on_validation_weights_are_kept():
     assert all(torch.equal(result.best_state[k], best[k]) for k in best)
     assert not all(torch.equal(result.best_state[k], v) for k, v in model.state_dict().items())
     model.load_state_dict(result.best_state)
-    assert accuracy(model, Split(val.images, val.labels, train.normalization)) == pytest.approx(result.best_val_accuracy)
+    assert accuracy(model, Split(val.images, val.labels, train.normalization)) == pytest.approx(
+        result.best_val_accuracy
+    )
 
 
 def test_a_non_finite_loss_stops_training_naming_epoch_and_step():
@@ -225,6 +240,12 @@ def test_the_last_clean_epochs_see_the_digits_as_stored(monkeypatch):
     monkeypatch.setattr(train_module, "augment_batch", counting)
     settings = small(epochs=3, batch_size=64, augment={**AUGMENTED, "last_clean_epochs": 2})
     after_each_epoch = []
-    fit(MLP([8]), split_of(256, seed=1), split_of(32, seed=2), settings, CPU,
-        on_epoch=lambda record: after_each_epoch.append(deformed[0]))  # fmt: skip
+    fit(
+        MLP([8]),
+        split_of(256, seed=1),
+        split_of(32, seed=2),
+        settings,
+        CPU,
+        on_epoch=lambda record: after_each_epoch.append(deformed[0]),
+    )
     assert after_each_epoch == [4, 4, 4]  # 4 batches a epoch: epoch 1 deformed, epochs 2 and 3 as stored

@@ -31,7 +31,9 @@ def specs() -> list[tuple[str, str]]:
     """(package, version) of each script DVC's page loads, in its order."""
     found = CDN_SCRIPT.findall(VegaRenderer.SCRIPTS)
     if not found:
-        raise UserError("dvc_render's page loads no jsdelivr npm scripts any more; tools/offline_plots.py needs an update")
+        raise UserError(
+            "dvc_render's page loads no jsdelivr npm scripts any more; tools/offline_plots.py needs an update"
+        )
     return found
 
 
@@ -58,8 +60,10 @@ def page(folder: Path) -> str:
     """DVC's page (with its {plot_divs} placeholder) whose CDN scripts are the tarballs' code, inline."""
     missing = [f"{name}@{version}" for name, version in specs() if not tarball(folder, name, version).is_file()]
     if missing:
-        raise UserError(f"{folder}: no tarball of {', '.join(missing)}; fetch with "
-                        f"`npm pack --pack-destination {folder} {' '.join(missing)}` (`make plots` does)")
+        raise UserError(
+            f"{folder}: no tarball of {', '.join(missing)}; fetch with "
+            f"`npm pack --pack-destination {folder} {' '.join(missing)}` (`make plots` does)"
+        )
     return PAGE_HTML.replace("{scripts}", "\n".join(inline_script(tarball(folder, *spec)) for spec in specs()))
 
 

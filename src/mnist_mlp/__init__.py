@@ -16,5 +16,7 @@ os.environ.setdefault("MKL_CBWR", MKL_CBWR)
 # system `python`) would end in a ModuleNotFoundError traceback deep in an import.
 _missing = [name for name in ("torch", "pydantic", "yaml") if importlib.util.find_spec(name) is None]
 if _missing:
-    sys.exit(f"mnist-mlp: error: {sys.executable} lacks {', '.join(_missing)}; run inside the project's venv: "
-             "`source .venv/bin/activate` (`make install` creates it)")
+    sys.exit(
+        f"mnist-mlp: error: {sys.executable} lacks {', '.join(_missing)}; run inside the project's venv: "
+        "`source .venv/bin/activate` (`make install` creates it)"
+    )

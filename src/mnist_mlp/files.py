@@ -12,8 +12,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from mnist_mlp.errors import UserError
 
@@ -29,7 +30,7 @@ class NoSpaceError(UserError, OSError):
 
 
 # the outputs staged by `one_unit`: (temp file, target), renamed together when it ends
-_staged: contextvars.ContextVar[Optional[list[tuple[Path, Path]]]] = contextvars.ContextVar("staged", default=None)
+_staged: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
 
 
 @contextlib.contextmanager
@@ -58,7 +59,7 @@ def remove_leftovers(path: str | Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, mode: Optional[int] = None) -> Iterator[Path]:
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it over `path` only on success, with `mode`
     (default: the mode a plain open() would give).
 
@@ -69,7 +70,7 @@ def atomic_path(path: str | Path, mode: Optional[int] = None) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
-    tmp_path: Optional[Path] = Path(tmp)
+    tmp_path: Path | None = Path(tmp)
     try:
         with _no_space_named(path):
             yield tmp_path
@@ -196,10 +197,13 @@ def _yaml_loader():
                         dotted = ".".join(part for part in [*self.keys, key.value] if part)
                         named = f"'{key.value}'" + (f" ({dotted})" if dotted != key.value else "")
                         same_line = earlier.start_mark.line == key.start_mark.line  # `{lr: 1, lr: 2}`
-                        where = [f"line {mark.line + 1}" + (f", column {mark.column + 1}" if same_line else "")
-                                 for mark in (key.start_mark, earlier.start_mark)]
-                        raise _Refused(f"duplicate key {named} at {where[0]} (first at {where[1]}); "
-                                       "a key may appear only once")
+                        where = [
+                            f"line {mark.line + 1}" + (f", column {mark.column + 1}" if same_line else "")
+                            for mark in (key.start_mark, earlier.start_mark)
+                        ]
+                        raise _Refused(
+                            f"duplicate key {named} at {where[0]} (first at {where[1]}); a key may appear only once"
+                        )
             return node
 
         def construct_document(self, node: Any) -> Any:
@@ -212,8 +216,12 @@ def _yaml_loader():
             try:
                 return super().construct_yaml_int(node)
             except ValueError:  # `!!int abc`, or past Python's 4300-digit limit: PyYAML lets int() raise
-                raise yaml.constructor.ConstructorError(None, None, f"cannot read {node.value[:20]!r} as an integer "
-                                                        "(of at most 4300 digits)", node.start_mark) from None
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"cannot read {node.value[:20]!r} as an integer (of at most 4300 digits)",
+                    node.start_mark,
+                ) from None
 
     Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
     Loader.add_implicit_resolver(

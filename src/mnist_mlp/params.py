@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import reprlib
 from pathlib import Path
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mnist_mlp.errors import UserError, redact
 from mnist_mlp.files import read_yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 Normalization = Literal["standardize", "max", "tutorial"]
 Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu"]
@@ -43,9 +44,11 @@ class ParamsError(UserError, ValueError):
 INTERPOLATION = "${"
 
 
-def no_interpolation(value: Optional[str]) -> Optional[str]:
+def no_interpolation(value: str | None) -> str | None:
     if value is not None and INTERPOLATION in value:
-        raise ValueError(f"'{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; a value here is plain text")
+        raise ValueError(
+            f"'{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; a value here is plain text"
+        )
     return value
 
 
@@ -55,19 +58,19 @@ class _Section(BaseModel):
 
 
 class DownloadParams(_Section):
-    mirror: Optional[str] = Field(
+    mirror: str | None = Field(
         default=None,
         description="folder or URL holding the four MNIST files; MNIST_MIRROR overrides it",
     )
 
     @field_validator("mirror")
     @classmethod
-    def _no_interpolation(cls, mirror: Optional[str]) -> Optional[str]:
+    def _no_interpolation(cls, mirror: str | None) -> str | None:
         return no_interpolation(mirror)
 
     @field_validator("mirror")
     @classmethod
-    def _no_credentials(cls, mirror: Optional[str]) -> Optional[str]:
+    def _no_credentials(cls, mirror: str | None) -> str | None:
         # params.yaml is committed and copied into dvc.lock and the model file
         from urllib.parse import urlsplit
 
@@ -101,7 +104,9 @@ class AugmentParams(_Section):
     shear: float = Field(default=0.0, ge=0.0, le=45.0, description="degrees, uniform in [-shear, shear]")
     elastic_alpha: float = Field(default=0.0, ge=0.0, le=100.0, description="elastic displacement, pixels (0 = none)")
     elastic_sigma: float = Field(default=0.0, ge=0.0, le=10.0, description="smoothing of the elastic field, pixels")
-    last_clean_epochs: int = Field(default=0, ge=0, description="the last N epochs train on undeformed digits, as tested")
+    last_clean_epochs: int = Field(
+        default=0, ge=0, description="the last N epochs train on undeformed digits, as tested"
+    )
 
     @field_validator("shift", "rotation", "scale", "shear", "elastic_alpha", "elastic_sigma", mode="before")
     @classmethod
@@ -142,8 +147,10 @@ class TrainParams(_Section):
     def _some_epochs_deformed(cls, augment: AugmentParams, info: ValidationInfo) -> AugmentParams:
         epochs = info.data.get("epochs")
         if augment.last_clean_epochs and epochs is not None and augment.last_clean_epochs >= epochs:
-            raise ValueError(f"train.augment.last_clean_epochs ({augment.last_clean_epochs}) must be below train.epochs "
-                             f"({epochs}): no epoch would see a deformed digit")
+            raise ValueError(
+                f"train.augment.last_clean_epochs ({augment.last_clean_epochs}) must be below train.epochs "
+                f"({epochs}): no epoch would see a deformed digit"
+            )
         return augment
 
     @field_validator("hidden_sizes")
@@ -154,8 +161,10 @@ class TrainParams(_Section):
         widths = [784, *sizes, 10]
         count = sum((inputs + 1) * outputs for inputs, outputs in zip(widths, widths[1:]))
         if count > MAX_PARAMETERS:
-            raise ValueError(f"{count:,} weights and biases; at most {MAX_PARAMETERS:,} ({16 * MAX_PARAMETERS / 1e9:.1f} GB "
-                             "with AdamW's state)")
+            raise ValueError(
+                f"{count:,} weights and biases; at most {MAX_PARAMETERS:,} ({16 * MAX_PARAMETERS / 1e9:.1f} GB "
+                "with AdamW's state)"
+            )
         return sizes
 
     @field_validator("dropout", "label_smoothing", "lr", "momentum", "weight_decay", mode="before")
@@ -175,12 +184,12 @@ class TrackingParams(_Section):
     # A param: it travels with a queued experiment whatever worker runs it, and a new id changes
     # the train stage's params, so the DVC run-cache cannot restore an earlier training and
     # leave the sweep without its MLflow run.
-    sweep_id: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    sweep_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     # set by `mnist-mlp sweep`: the commit its runs start from, plus each params.yaml key taken
     # from the uncommitted workspace (`--from-workspace`): `<sha>` or `<sha>+train.epochs+train.lr`
-    sweep_base: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{40}(\+[A-Za-z0-9_]+\.[A-Za-z0-9_]+)*$")
+    sweep_base: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}(\+[A-Za-z0-9_]+\.[A-Za-z0-9_]+)*$")
     # set by `mnist-mlp sweep`: the Optuna trial number of this run in the study named sweep_id
-    trial: Optional[int] = Field(default=None, ge=0)
+    trial: int | None = Field(default=None, ge=0)
     # the evaluate stage registers each model as a version of it; `mnist-mlp promote` moves its `champion` alias
     registered_model: str = Field(default="mnist-mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -282,6 +291,7 @@ def check_unchanged(path: str | Path, read: Params, *sections: str) -> None:
     """Refuse to finish a stage whose params changed under it: DVC records params.yaml as it is when
     the stage ends, so a second `dvc exp run -S ...` in the same workspace (refused by DVC's lock only
     after it wrote its values) would have dvc.lock claim params this run did not use."""
+
     def leaves(tree: dict, prefix: str) -> dict[str, Any]:
         flat: dict[str, Any] = {}
         for key, value in tree.items():
@@ -289,10 +299,14 @@ def check_unchanged(path: str | Path, read: Params, *sections: str) -> None:
         return flat
 
     now, then = leaves(load_params(path).model_dump(), ""), leaves(read.model_dump(), "")
-    changed = [f"{key} {then[key]} -> {now[key]}" for key in then if key.split(".")[0] in sections and now[key] != then[key]]
+    changed = [
+        f"{key} {then[key]} -> {now[key]}" for key in then if key.split(".")[0] in sections and now[key] != then[key]
+    ]
     if changed:
-        raise ParamsError(f"{path} changed while this stage ran ({', '.join(changed)[:200]}): another `dvc exp run` "
-                          "or an editor wrote it; no output was replaced; run again when it is done")  # fmt: skip
+        raise ParamsError(
+            f"{path} changed while this stage ran ({', '.join(changed)[:200]}): another `dvc exp run` "
+            "or an editor wrote it; no output was replaced; run again when it is done"
+        )
 
 
 # --- what defines a run, and the presets: one home for both ---------------------------------------
@@ -327,9 +341,15 @@ def read_preset(path: str | Path) -> dict:
 
 def apply_preset(base: Params, path: str | Path) -> Params:
     """`base` with a preset's keys laid over it, as `dvc exp run $(mnist-mlp preset NAME)` does."""
+
     def lay_over(tree: dict, values: dict) -> dict:  # nested sections (train.augment) key by key
-        return {**tree, **{key: lay_over(tree.get(key) or {}, value) if isinstance(value, dict) else value
-                           for key, value in values.items()}}
+        return {
+            **tree,
+            **{
+                key: lay_over(tree.get(key) or {}, value) if isinstance(value, dict) else value
+                for key, value in values.items()
+            },
+        }
 
     return validate_params(lay_over(base.model_dump(), read_preset(path)), source=str(path))
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from mnist_mlp.errors import UserError
 
 
-def repo_root(start: Optional[Path] = None) -> Path:
+def repo_root(start: Path | None = None) -> Path:
     """DVC_ROOT when DVC runs us (experiments run in a temp copy), else the nearest folder with `.dvc/`."""
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()

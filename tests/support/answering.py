@@ -51,7 +51,14 @@ class AnswerSheet:
         for block, answers in enumerate(self.answers):
             images[torch.arange(len(LABELS)), block * BLOCK + torch.as_tensor(answers)] = 255
         labels = torch.as_tensor(LABELS, dtype=torch.int64)
-        files.save_torch(path, {"images": images.reshape(-1, 28, 28), "labels": labels,
-                                "one_hot": torch.nn.functional.one_hot(labels, 10).float(),
-                                "mean": torch.tensor(0.0, dtype=torch.float64), "std": torch.tensor(1.0, dtype=torch.float64)})
+        files.save_torch(
+            path,
+            {
+                "images": images.reshape(-1, 28, 28),
+                "labels": labels,
+                "one_hot": torch.nn.functional.one_hot(labels, 10).float(),
+                "mean": torch.tensor(0.0, dtype=torch.float64),
+                "std": torch.tensor(1.0, dtype=torch.float64),
+            },
+        )
         return path

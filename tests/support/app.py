@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import io
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from support.digit_images import training_set
-from mnist_mlp.tracking import runs
-from mnist_mlp.tracking import store
 from mnist_mlp.core.checkpoint import save_checkpoint
-from mnist_mlp.data.mnist import Normalization
 from mnist_mlp.core.model import MLP, PixelClassifier
+from mnist_mlp.data.mnist import Normalization
 from mnist_mlp.params import flatten, validate_params
+from mnist_mlp.tracking import runs, store
+from support.digit_images import training_set
 
 NORMALIZATION = Normalization(mean=0.13, std=0.31)
 PAD = 280  # the page's drawing pad, in pixels
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font_digits() -> tuple[torch.Tensor, torch.Tensor]:
     pixels, labels = training_set()
     return torch.from_numpy(pixels), torch.from_numpy(labels)
@@ -45,7 +44,9 @@ def train_mlp(activation: str = "relu", dropout: float = 0.0, seed: int = 0) -> 
 def save_model(path: Path, activation: str = "relu", dropout: float = 0.0) -> Path:
     """models/model.pt as the train stage writes it, for a small font-trained MLP."""
     params = validate_params({"train": {"hidden_sizes": [64], "activation": activation, "dropout": dropout}})
-    save_checkpoint(path, train_mlp(activation, dropout), NORMALIZATION, params.model_dump(), {"epochs": 1, "device": "cpu"})
+    save_checkpoint(
+        path, train_mlp(activation, dropout), NORMALIZATION, params.model_dump(), {"epochs": 1, "device": "cpu"}
+    )
     return path
 
 
@@ -59,8 +60,12 @@ def log_sweep(root: Path, sweep_id: str, settings: list[tuple[str, float]], expe
     example = _font_digits()[0][:2].numpy()
     for activation, dropout in settings:
         name = f"{sweep_id}-{activation}-do{dropout:g}"
-        params = validate_params({"train": {"hidden_sizes": [64], "activation": activation, "dropout": dropout},
-                                  "tracking": {"experiment": experiment, "sweep_id": sweep_id}})  # fmt: skip
+        params = validate_params(
+            {
+                "train": {"hidden_sizes": [64], "activation": activation, "dropout": dropout},
+                "tracking": {"experiment": experiment, "sweep_id": sweep_id},
+            }
+        )
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("DVC_EXP_NAME", name)  # the run's name, as under `dvc exp run`
             with runs.training_run(experiment, flatten(params), {"sweep_id": sweep_id}) as run:

@@ -15,8 +15,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from mnist_mlp.core.checkpoint import save_checkpoint
-from mnist_mlp.data.mnist import Normalization
 from mnist_mlp.core.model import MLP
+from mnist_mlp.data.mnist import Normalization
 from mnist_mlp.serving.predict import mnist_pixels
 
 # (canvas size, glyph size, where, ink RGB, paper RGB, format): how people's images differ
@@ -33,7 +33,9 @@ def glyph(digit: int, size: int, stroke: int = 0, angle: float = 0.0) -> Image.I
     """The digit in white on black ("L"), on a canvas just larger than the glyph."""
     font = ImageFont.load_default(size=size)
     canvas = Image.new("L", (size * 2, size * 2), 0)
-    ImageDraw.Draw(canvas).text((size // 2, size // 3), str(digit), fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+    ImageDraw.Draw(canvas).text(
+        (size // 2, size // 3), str(digit), fill=255, font=font, stroke_width=stroke, stroke_fill=255
+    )
     return canvas.rotate(angle, resample=Image.Resampling.BICUBIC).crop(canvas.getbbox())
 
 
@@ -76,7 +78,10 @@ def training_set() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(pixels), np.array(labels)
 
 
-def train_font_model(path: Path, normalization: Normalization = Normalization(mean=0.13, std=0.31)) -> Path:
+FONT_NORMALIZATION = Normalization(mean=0.13, std=0.31)
+
+
+def train_font_model(path: Path, normalization: Normalization = FONT_NORMALIZATION) -> Path:
     """A tiny MLP that reads the rendered digits, saved as a real checkpoint with `normalization`."""
     torch.manual_seed(0)
     pixels, labels = training_set()

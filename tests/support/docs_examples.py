@@ -146,8 +146,10 @@ def output_mismatch(expected: list[str], actual: list[str], root: str | Path | N
         return None
     i, j = best
     if i < len(want):
-        return f"expected line {i + 1} not found: {want[i]!r}\n  normalized: {normalize(want[i])!r}\n" \
-               f"  next actual line (normalized): {got[j] if j < len(got) else '<end of output>'!r}"
+        return (
+            f"expected line {i + 1} not found: {want[i]!r}\n  normalized: {normalize(want[i])!r}\n"
+            f"  next actual line (normalized): {got[j] if j < len(got) else '<end of output>'!r}"
+        )
     return f"output has more lines than shown, from: {got[j]!r}"
 
 
@@ -166,7 +168,9 @@ def tiny_params_yaml(text: str, overrides: dict) -> str:
     from ruamel.yaml.comments import CommentedSeq
 
     yaml = YAML()
-    yaml.representer.add_representer(type(None), lambda self, _: self.represent_scalar("tag:yaml.org,2002:null", "null"))
+    yaml.representer.add_representer(
+        type(None), lambda self, _: self.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
     data = yaml.load(text)
     for section, values in overrides.items():
         for key, value in values.items():
@@ -181,32 +185,43 @@ def tiny_params_yaml(text: str, overrides: dict) -> str:
 
 def project_files() -> list[str]:
     """What a clone holds: the repo's tracked and new files, without tests and ignored paths."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     return [name for name in listed if not name.startswith("tests/") and (ROOT / name).is_file()]
 
 
 def environment(repo: Path, mirror: Path, checksums: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("DVC_", "MLFLOW_", "PYTEST_", "MNIST_"))
-           # under `make test` these would make a documented `make X` print "Entering directory" lines
-           and key not in ("VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
-    env.update({
-        "PATH": f"{repo / '.venv' / 'bin'}{os.pathsep}{env['PATH']}",
-        "MNIST_MIRROR": str(mirror),
-        "MNIST_OFFICIAL_MIRRORS": "none",  # never the network
-        "MNIST_CHECKSUMS": str(checksums),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",  # stdout and stderr interleaved as they happen
-        "GIT_AUTHOR_NAME": "docs", "GIT_AUTHOR_EMAIL": "docs@example.com",
-        "GIT_COMMITTER_NAME": "docs", "GIT_COMMITTER_EMAIL": "docs@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-        "COLUMNS": "200",
-    })
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DVC_", "MLFLOW_", "PYTEST_", "MNIST_"))
+        # under `make test` these would make a documented `make X` print "Entering directory" lines
+        and key not in ("VIRTUAL_ENV", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    }
+    env.update(
+        {
+            "PATH": f"{repo / '.venv' / 'bin'}{os.pathsep}{env['PATH']}",
+            "MNIST_MIRROR": str(mirror),
+            "MNIST_OFFICIAL_MIRRORS": "none",  # never the network
+            "MNIST_CHECKSUMS": str(checksums),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",  # stdout and stderr interleaved as they happen
+            "GIT_AUTHOR_NAME": "docs",
+            "GIT_AUTHOR_EMAIL": "docs@example.com",
+            "GIT_COMMITTER_NAME": "docs",
+            "GIT_COMMITTER_EMAIL": "docs@example.com",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "COLUMNS": "200",
+        }
+    )
     return env
 
 
-def make_base_project(folder: Path, venv: Path, tiny_params: dict, empty_store: Path | None = None) -> tuple[Path, dict]:
+def make_base_project(
+    folder: Path, venv: Path, tiny_params: dict, empty_store: Path | None = None
+) -> tuple[Path, dict]:
     """A clone of this project on tiny synthetic MNIST after `dvc repro`, committed: where a reader
     of the docs stands after the quick start. Returns the repo and its environment."""
     repo = folder / "mnist-mlp"
@@ -234,7 +249,9 @@ def make_base_project(folder: Path, venv: Path, tiny_params: dict, empty_store: 
     # a `make X` in the docs must never reinstall the venv from this copy (an editable install of a temp folder)
     stamp = subprocess.run(["make", "-q", ".venv/.installed"], cwd=repo, env=env, capture_output=True)
     if stamp.returncode != 0:
-        raise AssertionError(f"{venv}/.installed is missing: make the venv with `make install` before running the docs tests")
+        raise AssertionError(
+            f"{venv}/.installed is missing: make the venv with `make install` before running the docs tests"
+        )
     run("git", "init", "-q", "-b", "main")
     (repo / ".git" / "info" / "exclude").write_text("/.venv\n")  # a symlink, which `/.venv/` does not match
     run("git", "add", "-A")
@@ -257,8 +274,11 @@ def copy_project(base: Path, base_env: dict, folder: Path) -> tuple[Path, dict]:
             for table in tables:
                 for column in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
                     if column[2].upper().startswith(("VARCHAR", "TEXT")):
-                        connection.execute(f'UPDATE "{table}" SET "{column[1]}" = REPLACE("{column[1]}", ?, ?) '
-                                           f'WHERE "{column[1]}" LIKE ?', (old, new, f"%{old}%"))
+                        connection.execute(
+                            f'UPDATE "{table}" SET "{column[1]}" = REPLACE("{column[1]}", ?, ?) '
+                            f'WHERE "{column[1]}" LIKE ?',
+                            (old, new, f"%{old}%"),
+                        )
     env = {key: value.replace(old, new) for key, value in base_env.items()}
     return repo, env
 
@@ -271,9 +291,16 @@ class Result:
 
 def run_command(command: Command, repo: Path, env: dict) -> Result:
     try:
-        done = subprocess.run(["bash", "-c", command.text], cwd=repo, env=env, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(
+            ["bash", "-c", command.text],
+            cwd=repo,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired as exc:
         return Result(-1, f"timed out after {COMMAND_TIMEOUT_S} s\n{exc.output or ''}")
     return Result(done.returncode, done.stdout)
@@ -333,8 +360,11 @@ def simple_commands(block: Block) -> list[tuple[int, list[str]]]:
 
 def makefile_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text()
-    return {target for line in text.splitlines()
-            for target in (re.match(r"^([\w.-]+(?:\s+[\w.-]+)*)\s*:(?!=)", line) or [None, ""])[1].split()}
+    return {
+        target
+        for line in text.splitlines()
+        for target in (re.match(r"^([\w.-]+(?:\s+[\w.-]+)*)\s*:(?!=)", line) or [None, ""])[1].split()
+    }
 
 
 def static_problem(words: list[str]) -> str | None:

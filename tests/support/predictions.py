@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -26,7 +25,7 @@ def predictions_text(correct: np.ndarray) -> str:
     return f"{HEADER}\n" + "".join(f"{a},{p}\n" for a, p in zip(LABELS, predicted))
 
 
-def log_predictions(client, run_id: str, correct: Optional[np.ndarray] = None, text: Optional[str] = None) -> None:
+def log_predictions(client, run_id: str, correct: np.ndarray | None = None, text: str | None = None) -> None:
     """The predictions of `correct` into run `run_id` (or `text`, as someone else might log it)."""
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "predictions.csv"

@@ -42,9 +42,11 @@ def project_env(folder: Path) -> dict[str, str]:
         "MNIST_CHECKSUMS": str(folder / "checksums.yaml"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'store' / 'mlflow.db'}",
         "OMP_NUM_THREADS": "1",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
-    }  # fmt: skip
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.com",
+    }
     for key in CLEARED_ENV:
         env.pop(key, None)
     return env
@@ -76,7 +78,9 @@ def copy_project(template: Path, folder: Path) -> tuple[Path, dict[str, str]]:
     source = template.parent
     repo = folder / "project"
     # symlinks=True: a link stays a link; .dvc/tmp is DVC's scratch (locks, updater state), made anew
-    shutil.copytree(template, repo, symlinks=True, ignore=lambda where, names: ["tmp"] if Path(where) == template / ".dvc" else [])
+    shutil.copytree(
+        template, repo, symlinks=True, ignore=lambda where, names: ["tmp"] if Path(where) == template / ".dvc" else []
+    )
     shutil.copytree(source / "mirror", folder / "mirror")
     shutil.copy(source / "checksums.yaml", folder / "checksums.yaml")
     (folder / "store").mkdir()

@@ -12,8 +12,8 @@ password in the environment or the secrets file). Each server gets its own datab
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

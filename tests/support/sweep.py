@@ -13,14 +13,28 @@ from support.paths import BIN
 
 def run_sweep(repo: Path, activations: list[str], dropouts: list[str], *extra: str, env: dict | None = None) -> str:
     """`mnist-mlp sweep` for real (a study on two workers, each trial a `dvc exp run --temp`); return its output."""
-    command = [str(BIN / "mnist-mlp"), "sweep", "--activations", *activations, "--dropouts", *dropouts, "--jobs", "2", *extra]
+    command = [
+        str(BIN / "mnist-mlp"),
+        "sweep",
+        "--activations",
+        *activations,
+        "--dropouts",
+        *dropouts,
+        "--jobs",
+        "2",
+        *extra,
+    ]
     return run(command, repo, env=env).stdout
 
 
 def without_venv_on_path() -> dict:
     """os.environ with the venv's bin folder off PATH, as for `.venv/bin/mnist-mlp` called from a plain shell."""
-    return {**os.environ, "PATH": os.pathsep.join(part for part in os.environ["PATH"].split(os.pathsep)
-                                                  if Path(part).resolve() != BIN.resolve())}  # fmt: skip
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join(
+            part for part in os.environ["PATH"].split(os.pathsep) if Path(part).resolve() != BIN.resolve()
+        ),
+    }
 
 
 def sweep_runs(sweep_id: str) -> list:

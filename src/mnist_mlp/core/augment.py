@@ -9,7 +9,6 @@ with one `grid_sample` (affine grid + a Gaussian-smoothed displacement field, as
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -35,14 +34,15 @@ def describe(settings: AugmentParams) -> str:
     return ", ".join(f"{key} {value:g}" for key, value in used.items())
 
 
-def _uniform(count: int, bound: float, like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _uniform(count: int, bound: float, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """(count,) values drawn uniformly from [-bound, bound]."""
     draw = torch.rand(count, device=like.device, dtype=like.dtype, generator=generator)
     return draw.mul_(2.0).sub_(1.0).mul_(bound)
 
 
-def sampling_matrices(count: int, settings: AugmentParams, like: torch.Tensor,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sampling_matrices(
+    count: int, settings: AugmentParams, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(count, 2, 3) matrices for `affine_grid`: each the inverse of a random digit transform.
 
     The digit is sheared, scaled (each axis on its own), rotated and shifted; `affine_grid` wants
@@ -89,12 +89,15 @@ def smoothing_matrix(sigma: float, like: torch.Tensor) -> torch.Tensor:
     distance = offsets.view(-1, 1) - offsets.view(1, -1)  # (28, 28): i - j
     weights = torch.exp(-0.5 * (distance / sigma) ** 2)
     # normalized over every offset a 28-pixel image can have (-27..27), as a convolution kernel is
-    full = torch.exp(-0.5 * (torch.arange(1 - IMAGE_SIDE, IMAGE_SIDE, device=like.device, dtype=like.dtype) / sigma) ** 2)
+    full = torch.exp(
+        -0.5 * (torch.arange(1 - IMAGE_SIDE, IMAGE_SIDE, device=like.device, dtype=like.dtype) / sigma) ** 2
+    )
     return weights / full.sum()
 
 
-def elastic_field(count: int, settings: AugmentParams, like: torch.Tensor,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def elastic_field(
+    count: int, settings: AugmentParams, like: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """(count, 28, 28, 2) displacements in grid units: uniform noise in [-1, 1] per pixel and axis,
     smoothed by a Gaussian of `elastic_sigma` pixels (zero outside the image), times `elastic_alpha` pixels."""
     noise = torch.rand(count, 2, IMAGE_SIDE, IMAGE_SIDE, device=like.device, dtype=like.dtype, generator=generator)
@@ -104,8 +107,9 @@ def elastic_field(count: int, settings: AugmentParams, like: torch.Tensor,
     return field.mul_(settings.elastic_alpha * _UNITS_PER_PIXEL).permute(0, 2, 3, 1)
 
 
-def augment_batch(images: torch.Tensor, settings: AugmentParams, background: float,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, settings: AugmentParams, background: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Fresh random deformations of a float batch (B, 784) or (B, 28, 28); the same shape back.
 
     `background` is the value of a blank pixel in the batch's units (0 for pixels in [0, 1], below 0
@@ -122,8 +126,9 @@ def augment_batch(images: torch.Tensor, settings: AugmentParams, background: flo
     return warped.add_(background).reshape(images.shape)
 
 
-def augmented_figure(images: torch.Tensor, labels: torch.Tensor, settings: AugmentParams, seed: int,
-                     digits: int = 8, versions: int = 7):
+def augmented_figure(
+    images: torch.Tensor, labels: torch.Tensor, settings: AugmentParams, seed: int, digits: int = 8, versions: int = 7
+):
     """A grid of training digits: each row one digit as stored, then `versions` deformations of it (one row of
     digits as stored when augmentation is off)."""
     import matplotlib
@@ -145,12 +150,15 @@ def augmented_figure(images: torch.Tensor, labels: torch.Tensor, settings: Augme
     repeated = originals.repeat_interleave(versions, dim=0)  # (D * V, 28, 28)
     warped = augment_batch(repeated, settings, background=0.0, generator=generator).clamp_(0.0, 1.0)
     warped = warped.view(len(chosen), versions, IMAGE_SIDE, IMAGE_SIDE)
-    figure, grid = plt.subplots(len(chosen), versions + 1, figsize=(1.1 * (versions + 1), 1.15 * len(chosen)),
-                                squeeze=False)
+    figure, grid = plt.subplots(
+        len(chosen), versions + 1, figsize=(1.1 * (versions + 1), 1.15 * len(chosen)), squeeze=False
+    )
     for row, index in enumerate(chosen.tolist()):
         for column in range(versions + 1):
             axes = grid[row, column]
-            axes.imshow((originals[row] if column == 0 else warped[row, column - 1]).numpy(), cmap="gray_r", vmin=0, vmax=1)
+            axes.imshow(
+                (originals[row] if column == 0 else warped[row, column - 1]).numpy(), cmap="gray_r", vmin=0, vmax=1
+            )
             axes.set_xticks([]), axes.set_yticks([])
             if column == 0:
                 axes.set_ylabel(str(int(labels[index])), rotation=0, labelpad=10, fontsize=11)

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from mnist_mlp import files
-from mnist_mlp.errors import UserError
-from mnist_mlp.data.mnist import Normalization, load_error_reason
 from mnist_mlp.core.model import MLP, PixelClassifier
+from mnist_mlp.data.mnist import Normalization, load_error_reason
+from mnist_mlp.errors import UserError
 
 FORMAT_VERSION = 1
 
@@ -76,7 +76,8 @@ def read_training_record(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not readable JSON ({type(exc).__name__}); {expected}") from None
     if not isinstance(record, dict) or any(
-        not isinstance(record.get(key), kind) or isinstance(record.get(key), bool) for key, kind in TRAINING_RECORD_KEYS.items()
+        not isinstance(record.get(key), kind) or isinstance(record.get(key), bool)
+        for key, kind in TRAINING_RECORD_KEYS.items()
     ):
         raise CheckpointError(f"{path}: {expected}")
     return {key: record[key] for key in TRAINING_RECORD_KEYS}

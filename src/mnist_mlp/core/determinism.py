@@ -7,7 +7,7 @@ so that a run's seconds are those of the count it records.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -27,7 +27,10 @@ def deterministic(device: torch.device, threads: int = 0) -> Iterator[None]:
         if device.type != "cpu":
             yield
             return
-        enabled, fill = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+        enabled, fill = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.utils.deterministic.fill_uninitialized_memory,
+        )
         torch.use_deterministic_algorithms(True)
         # every kernel here writes what it allocates: NaN-filling new tensors would cost time, not determinism
         torch.utils.deterministic.fill_uninitialized_memory = False

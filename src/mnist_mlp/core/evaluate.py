@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from mnist_mlp.data.mnist import NUM_CLASSES, Split, normalize
 from mnist_mlp.core.model import MLP, evaluate_logits
+from mnist_mlp.data.mnist import NUM_CLASSES, Split, normalize
 
 CLASSES = list(range(NUM_CLASSES))
 
@@ -77,7 +77,9 @@ def misclassified_figure(images: torch.Tensor, labels: np.ndarray, predictions: 
     for axes, index in zip(grid.flat, wrong):
         axes.imshow(images[index].numpy(), cmap="gray_r")
         axes.set_title(f"{labels[index]} → {predictions[index]}", fontsize=9, color="firebrick")
-    figure.suptitle(f"Misclassified test digits (true → predicted), {len(wrong)} shown of {int((labels != predictions).sum())}")
+    figure.suptitle(
+        f"Misclassified test digits (true → predicted), {len(wrong)} shown of {int((labels != predictions).sum())}"
+    )
     return figure
 
 

@@ -49,9 +49,16 @@ def _version(package: str) -> str:
 def made_by(device: torch.device) -> dict[str, str]:
     """What made a run: the device, CPU model and kind, the versions of torch, MLflow, DVC and Python, and MKL's
     reproducibility mode (mnist_mlp.MKL_CBWR unless the environment set another)."""
-    made = {"device": str(device), "cpu": _cpuinfo().get("model name", platform.processor() or platform.machine()),
-            "cpu_kind": cpu_kind(), "torch": torch.__version__, "mlflow": _version("mlflow"), "dvc": _version("dvc"),
-            "python": platform.python_version(), "mkl_cbwr": os.environ.get("MKL_CBWR", "unset")}
+    made = {
+        "device": str(device),
+        "cpu": _cpuinfo().get("model name", platform.processor() or platform.machine()),
+        "cpu_kind": cpu_kind(),
+        "torch": torch.__version__,
+        "mlflow": _version("mlflow"),
+        "dvc": _version("dvc"),
+        "python": platform.python_version(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR", "unset"),
+    }
     if device.type == "cuda":
         made["gpu"] = torch.cuda.get_device_name(device)
     return made

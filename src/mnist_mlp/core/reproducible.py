@@ -15,7 +15,6 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -37,7 +36,7 @@ class RunOutcome:
     file_md5s: dict[str, str]  # {output file name: md5}: the splits rebuilt from raw (when given), model.pt
 
 
-def train_and_test(data_dir: str, params: Params, out_dir: str, raw_dir: Optional[str] = None) -> RunOutcome:
+def train_and_test(data_dir: str, params: Params, out_dir: str, raw_dir: str | None = None) -> RunOutcome:
     """One run as the stages do it, on CPU with train.threads threads: the splits rebuilt from `raw_dir`
     into `out_dir` (when given), training on `data_dir`'s splits, model.pt written into `out_dir`, the test."""
     from mnist_mlp.core.checkpoint import save_checkpoint
@@ -48,7 +47,9 @@ def train_and_test(data_dir: str, params: Params, out_dir: str, raw_dir: Optiona
 
     out, settings, device = Path(out_dir), params.train, torch.device("cpu")
     if raw_dir is not None:
-        preprocess(raw_dir, out, params.preprocess.normalization, params.preprocess.val_size, params.preprocess.split_seed)
+        preprocess(
+            raw_dir, out, params.preprocess.normalization, params.preprocess.val_size, params.preprocess.split_seed
+        )
     folder = Path(data_dir)
     train, val, test = (load_split(folder / f"{name}.pt") for name in SPLITS)
     model = seeded_model(settings)
@@ -57,10 +58,12 @@ def train_and_test(data_dir: str, params: Params, out_dir: str, raw_dir: Optiona
         metrics, _ = evaluate(model, test)
     save_checkpoint(out / "model.pt", model, train.normalization, params.model_dump(), info)
     names = [f"{name}.pt" for name in SPLITS] * (raw_dir is not None) + ["model.pt"]
-    return RunOutcome(metrics["accuracy"], metrics["loss"], result.best_state, {name: md5_of(out / name) for name in names})
+    return RunOutcome(
+        metrics["accuracy"], metrics["loss"], result.best_state, {name: md5_of(out / name) for name in names}
+    )
 
 
-def in_fresh_process(data_dir: str, params: Params, out_dir: str, raw_dir: Optional[str]) -> RunOutcome:
+def in_fresh_process(data_dir: str, params: Params, out_dir: str, raw_dir: str | None) -> RunOutcome:
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(train_and_test, data_dir, params, out_dir, raw_dir).result()
 
@@ -89,7 +92,7 @@ def differences(first: RunOutcome, second: RunOutcome) -> list[str]:
     return found
 
 
-def check_reproducible(data_dir: str | Path, params: Params, raw_dir: Optional[str | Path] = None) -> RunOutcome:
+def check_reproducible(data_dir: str | Path, params: Params, raw_dir: str | Path | None = None) -> RunOutcome:
     """Run twice, each in a fresh process writing into its own differently named temp folder; return the
     outcome when both are bit-identical (weights, test figures, every output file's md5), else raise."""
     params = params.model_copy(update={"train": params.train.model_copy(update={"device": "cpu"})})

@@ -5,17 +5,17 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from mnist_mlp.core.augment import augment_batch
 from mnist_mlp.core.determinism import deterministic
-from mnist_mlp.errors import UserError
-from mnist_mlp.data.mnist import Split, normalize
 from mnist_mlp.core.model import MLP, evaluate_logits
+from mnist_mlp.data.mnist import Split, normalize
+from mnist_mlp.errors import UserError
 from mnist_mlp.params import TrainParams
 
 
@@ -41,7 +41,9 @@ def seeded_model(params: TrainParams) -> MLP:
 def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
     weights = model.parameters()
     if params.optimizer == "sgd":
-        return torch.optim.SGD(weights, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay, foreach=True)
+        return torch.optim.SGD(
+            weights, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay, foreach=True
+        )
     if params.optimizer == "rmsprop":
         return torch.optim.RMSprop(weights, lr=params.lr, weight_decay=params.weight_decay, foreach=True)
     if params.optimizer == "adam":
@@ -69,7 +71,7 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str, label_sm
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    schedule: Optional[torch.optim.lr_scheduler.LRScheduler],
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
     inputs: torch.Tensor,
     labels: torch.Tensor,
     params: TrainParams,
@@ -103,7 +105,7 @@ def fit(
     val: Split,
     params: TrainParams,
     device: torch.device,
-    on_epoch: Optional[Callable[[dict], None]] = None,
+    on_epoch: Callable[[dict], None] | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train `model` in place; return the best-on-validation weights and per-epoch history.
@@ -188,14 +190,26 @@ def fit(
     return result
 
 
-def train_best(model: MLP, train: Split, val: Split, params: TrainParams, device: torch.device,
-               on_epoch: Optional[Callable[[dict], None]] = None, progress: bool = False) -> tuple[TrainResult, dict]:
+def train_best(
+    model: MLP,
+    train: Split,
+    val: Split,
+    params: TrainParams,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = False,
+) -> tuple[TrainResult, dict]:
     """`fit` with deterministic kernels on train.threads threads, then the best-on-validation weights loaded into
     `model`; (the result, the checkpoint's info). The train stage and `check-reproducible` both train through it."""
     with deterministic(device, params.threads):
         result = fit(model, train, val, params, device, on_epoch=on_epoch, progress=progress)
     model.load_state_dict(result.best_state)
-    info = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch, "epochs": params.epochs, "device": str(device)}
+    info = {
+        "best_val_accuracy": result.best_val_accuracy,
+        "best_epoch": result.best_epoch,
+        "epochs": params.epochs,
+        "device": str(device),
+    }
     return result, info
 
 

@@ -92,12 +92,15 @@ class Normalization:
     std: float
 
     @classmethod
-    def fit(cls, method: str, train_images: torch.Tensor) -> "Normalization":
+    def fit(cls, method: str, train_images: torch.Tensor) -> Normalization:
         if method == "standardize":  # statistics of the training split only
             # from exact integer sums: the same floats whatever the thread count or summation order
             counts = torch.bincount(train_images.flatten().to(torch.int64), minlength=256).tolist()  # uint8: 256 values
             count = sum(counts)
-            total, squares = sum(value * n for value, n in enumerate(counts)), sum(value * value * n for value, n in enumerate(counts))
+            total, squares = (
+                sum(value * n for value, n in enumerate(counts)),
+                sum(value * value * n for value, n in enumerate(counts)),
+            )
             variance = Fraction(squares * count - total * total, count * (count - 1)) / 255**2  # unbiased, as torch.std
             return cls(mean=float(Fraction(total, count * 255)), std=math.sqrt(variance))
         if method == "max":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -32,9 +31,22 @@ SETTING = ["activation", "dropout"]
 AXES = [*SETTING, "seed"]  # what a grid varies; the sweep id differs between sweeps by design
 SPLITS = {"val": "best_val_accuracy", "test": "test_accuracy"}  # split -> its metric; validation chooses
 LABELS = {"val": "best val accuracy", "test": "test accuracy", "seconds": "seconds"}
-FORMATS = {"dropout": "g", "seed": "g", "best_val_accuracy": ".4f", "test_accuracy": ".4f", "train_seconds": ".1f", "test_interval": ""}
-HEADERS = {"best_val_accuracy": "best val accuracy", "test_accuracy": "test accuracy", "train_seconds": "seconds",
-           "test_interval": "test 95 % (Wilson)", "name": "run (DVC experiment)", "run_id": "MLflow run"}  # fmt: skip
+FORMATS = {
+    "dropout": "g",
+    "seed": "g",
+    "best_val_accuracy": ".4f",
+    "test_accuracy": ".4f",
+    "train_seconds": ".1f",
+    "test_interval": "",
+}
+HEADERS = {
+    "best_val_accuracy": "best val accuracy",
+    "test_accuracy": "test accuracy",
+    "train_seconds": "seconds",
+    "test_interval": "test 95 % (Wilson)",
+    "name": "run (DVC experiment)",
+    "run_id": "MLflow run",
+}
 
 
 class CompareError(UserError, LookupError):
@@ -46,7 +58,7 @@ class Estimate:
     """A mean accuracy and its 95 % interval: over seeds (t) when there are several, else Wilson's from the digits."""
 
     mean: float
-    interval: Optional[stats.Interval]  # None: one run whose digits are not known
+    interval: stats.Interval | None  # None: one run whose digits are not known
 
     def __str__(self) -> str:
         return f"{self.mean:.4f}" + (f" {self.interval}" if self.interval else "")
@@ -58,7 +70,9 @@ def estimate(runs: pd.DataFrame, split: str) -> Estimate:
     per_seed = runs.groupby("seed")[SPLITS[split]].mean()
     if len(per_seed) >= 2:
         mean, interval = stats.mean_interval(per_seed.to_numpy())
-        return Estimate(mean, stats.Interval(max(interval.low, 0.0), min(interval.high, 1.0)))  # an accuracy is in [0, 1]
+        return Estimate(
+            mean, stats.Interval(max(interval.low, 0.0), min(interval.high, 1.0))
+        )  # an accuracy is in [0, 1]
     correct, total = runs[f"{split}_correct"], runs[f"{split}_total"]
     if correct.isna().any() or total.isna().any():
         return Estimate(float(per_seed.mean()), None)
@@ -105,8 +119,9 @@ def setting_name(setting) -> str:
     return f"{activation}/{number_text(dropout)}"
 
 
-def _read_predictions(runs: pd.DataFrame, test: Optional[predictions.LocalTest] = None
-                      ) -> tuple[dict[str, predictions.Predictions], dict[str, str]]:  # fmt: skip
+def _read_predictions(
+    runs: pd.DataFrame, test: predictions.LocalTest | None = None
+) -> tuple[dict[str, predictions.Predictions], dict[str, str]]:
     """run_id -> its per-digit test answers, and run_id -> why it has none usable. With the local test split (`test`),
     each run's own model, verified file by file, answers it: a predictions file in the store is never read, since
     anyone who can log a run could have written one. Without it, the run's logged file, as untrusted input. Either
@@ -118,7 +133,9 @@ def _read_predictions(runs: pd.DataFrame, test: Optional[predictions.LocalTest] 
     for run in runs.itertuples():
         try:
             if test is not None:
-                answers = predictions.Predictions(test.labels, loading.predicted_digits(f"runs:/{run.run_id}/model", test.pixels))
+                answers = predictions.Predictions(
+                    test.labels, loading.predicted_digits(f"runs:/{run.run_id}/model", test.pixels)
+                )
             else:
                 answers = predictions.logged(run.run_id)
         except UserError as exc:  # a crafted or missing model, an unreadable file
@@ -127,8 +144,11 @@ def _read_predictions(runs: pd.DataFrame, test: Optional[predictions.LocalTest] 
         if answers is None:
             continue
         if not np.isclose(answers.correct.mean(), run.test_accuracy, atol=1e-4):  # another model's metrics or file
-            what = f"its model scores {answers.correct.mean():.4f} on {test.source}" if test is not None else \
-                f"{predictions.ARTIFACT} scores {answers.correct.mean():.4f}"  # fmt: skip
+            what = (
+                f"its model scores {answers.correct.mean():.4f} on {test.source}"
+                if test is not None
+                else f"{predictions.ARTIFACT} scores {answers.correct.mean():.4f}"
+            )
             problems[run.run_id] = f"run {run.run_id}: {what}, not the run's test accuracy {run.test_accuracy:.4f}"
             continue
         found[run.run_id] = answers
@@ -142,48 +162,74 @@ def _with_digits(runs: pd.DataFrame, logged: dict[str, predictions.Predictions])
     runs["val_total"] = val_size
     runs["val_correct"] = (runs["best_val_accuracy"] * val_size).round()  # accuracy = right / val_size exactly
     runs["test_total"] = [len(logged[run_id].actual) if run_id in logged else np.nan for run_id in runs["run_id"]]
-    runs["test_correct"] = [int(logged[run_id].correct.sum()) if run_id in logged else np.nan for run_id in runs["run_id"]]
-    runs["test_interval"] = [stats.accuracy_interval(int(c), int(t)) if pd.notna(c) else None
-                             for c, t in zip(runs["test_correct"], runs["test_total"])]  # fmt: skip
+    runs["test_correct"] = [
+        int(logged[run_id].correct.sum()) if run_id in logged else np.nan for run_id in runs["run_id"]
+    ]
+    runs["test_interval"] = [
+        stats.accuracy_interval(int(c), int(t)) if pd.notna(c) else None
+        for c, t in zip(runs["test_correct"], runs["test_total"])
+    ]
     return runs
 
 
-def _paired_tests(runs: pd.DataFrame, logged: dict[str, predictions.Predictions], choice: tuple[str, float]
-                  ) -> tuple[list[Verdict], str]:  # fmt: skip
+def _paired_tests(
+    runs: pd.DataFrame, logged: dict[str, predictions.Predictions], choice: tuple[str, float]
+) -> tuple[list[Verdict], str]:
     """Every other setting against the choice, seed by seed: each digit's share of right answers over the seeds both
     settings ran, an exact sign test (stats.paired), Holm over the family. A setting with no seed in common with
     the choice is not tested, and said so."""
     missing = sorted(runs.loc[~runs["run_id"].isin(logged), "name"].fillna("?"))
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        return [], (f"{len(missing)} of {len(runs)} runs logged no per-digit predictions ({predictions.ARTIFACT}; "
-                    f"evaluate logs it with every run): {', '.join(missing[:5])}{more}")  # fmt: skip
+        return [], (
+            f"{len(missing)} of {len(runs)} runs logged no per-digit predictions ({predictions.ARTIFACT}; "
+            f"evaluate logs it with every run): {', '.join(missing[:5])}{more}"
+        )
     first = next(iter(logged.values())).actual
     if any(len(found.actual) != len(first) or (found.actual != first).any() for found in logged.values()):
         return [], "the runs were tested on different digits (another test split), so no test pairs them"
     # setting -> seed -> each digit's share right over that seed's runs (several only where settings mix other params)
-    by_seed = {setting: {int(seed): np.mean([logged[run_id].correct for run_id in runs_of_seed["run_id"]], axis=0)
-                         for seed, runs_of_seed in group.groupby("seed")}
-               for setting, group in runs.groupby(SETTING, sort=True)}  # fmt: skip
+    by_seed = {
+        setting: {
+            int(seed): np.mean([logged[run_id].correct for run_id in runs_of_seed["run_id"]], axis=0)
+            for seed, runs_of_seed in group.groupby("seed")
+        }
+        for setting, group in runs.groupby(SETTING, sort=True)
+    }
     others = [setting for setting in by_seed if setting != choice]
     if not others:
         return [], "one setting, nothing to test it against"
     common = {setting: sorted(by_seed[choice].keys() & by_seed[setting].keys()) for setting in others}
     unpaired = [setting for setting in others if not common[setting]]
     tested = [setting for setting in others if common[setting]]
-    tests = [stats.paired(stats.share_right(by_seed[choice], common[setting]), stats.share_right(by_seed[setting], common[setting]),
-                          tuple(common[setting])) for setting in tested]  # fmt: skip
+    tests = [
+        stats.paired(
+            stats.share_right(by_seed[choice], common[setting]),
+            stats.share_right(by_seed[setting], common[setting]),
+            tuple(common[setting]),
+        )
+        for setting in tested
+    ]
     adjusted = stats.holm([test.p_value for test in tests])
-    why = (f"no seed in common with {setting_name(choice)}, so no paired test: {', '.join(map(setting_name, unpaired))}"
-           if unpaired else "")  # fmt: skip
+    why = (
+        f"no seed in common with {setting_name(choice)}, so no paired test: {', '.join(map(setting_name, unpaired))}"
+        if unpaired
+        else ""
+    )
     return [Verdict(setting, test, p) for setting, test, p in zip(tested, tests, adjusted)], why
 
 
 def _curves(group: pd.DataFrame) -> pd.DataFrame:
     """Validation accuracy per epoch over a setting's runs: mean and its 95 % t-interval (the mean alone for one run)."""
     client = store.client()
-    history = pd.DataFrame([(point.step, point.value) for run_id in group["run_id"]
-                            for point in client.get_metric_history(run_id, "val_accuracy")], columns=["epoch", "value"])  # fmt: skip
+    history = pd.DataFrame(
+        [
+            (point.step, point.value)
+            for run_id in group["run_id"]
+            for point in client.get_metric_history(run_id, "val_accuracy")
+        ],
+        columns=["epoch", "value"],
+    )
     rows = []
     for epoch, values in history.groupby("epoch")["value"]:
         mean, interval = stats.mean_interval(values.to_numpy())
@@ -195,9 +241,15 @@ def _effects(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Each axis's values averaged over the other axis (per seed first), when both axes vary."""
     if any(runs[axis].nunique() < 2 for axis in SETTING):
         return {}
-    return {axis: pd.DataFrame([{axis: value, "runs": len(group), **{split: estimate(group, split) for split in SPLITS}}
-                                for value, group in runs.groupby(axis, sort=True)])  # fmt: skip
-            for axis in SETTING}
+    return {
+        axis: pd.DataFrame(
+            [
+                {axis: value, "runs": len(group), **{split: estimate(group, split) for split in SPLITS}}
+                for value, group in runs.groupby(axis, sort=True)
+            ]
+        )
+        for axis in SETTING
+    }
 
 
 def select_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -215,25 +267,37 @@ def select_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     points = candidates[point].fillna("(none)").astype(str).apply(tuple, axis=1)
     for index, duplicate_of in points[points.duplicated(keep="first")].items():
         kept = candidates.loc[points[points == duplicate_of].index[0]]
-        reasons[index] = (f"a second run of the same params ({setting_name((kept['activation'], kept['dropout']))} seed "
-                          f"{kept['seed']:g}): counted once, as {kept['run_id']}")
+        reasons[index] = (
+            f"a second run of the same params ({setting_name((kept['activation'], kept['dropout']))} seed "
+            f"{kept['seed']:g}): counted once, as {kept['run_id']}"
+        )
     first = candidates[~points.duplicated(keep="first")]
     left_out = runs[reasons != ""].assign(reason=reasons[reasons != ""])
     return runs.loc[first.index], left_out
 
 
-def compare(experiment: str, sweep_id: str = LATEST, test: Optional[predictions.LocalTest] = None) -> Comparison:
+def compare(experiment: str, sweep_id: str = LATEST, test: predictions.LocalTest | None = None) -> Comparison:
     """Read a sweep's runs (`latest`: the newest finished one's; `all`: every run), their histories and per-digit
     answers: each run's verified model run on the local test split `test`, or without it their logged files."""
     if sweep_id != ALL:
         sweep_id, _ = queries.sweep_models(experiment, sweep_id)
-    found = queries.search_runs(experiment, "" if sweep_id == ALL else f"tags.sweep_id = {store.literal(sweep_id, 'sweep id')}")
+    found = queries.search_runs(
+        experiment, "" if sweep_id == ALL else f"tags.sweep_id = {store.literal(sweep_id, 'sweep id')}"
+    )
     column = lambda name: found[name] if name in found else pd.Series(float("nan"), found.index)  # noqa: E731
-    runs = pd.DataFrame({"run_id": found["run_id"], "name": column("tags.dvc_exp_name").fillna(column("tags.mlflow.runName")),
-                         "status": found["status"], "start_time": column("start_time"), "activation": column("params.activation"),
-                         "dropout": pd.to_numeric(column("params.dropout")), "seed": pd.to_numeric(column("params.seed")),
-                         **{name: column(f"metrics.{name}") for name in (*SPLITS.values(), "train_seconds")},
-                         **found.filter(regex=r"^params\.")})  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "run_id": found["run_id"],
+            "name": column("tags.dvc_exp_name").fillna(column("tags.mlflow.runName")),
+            "status": found["status"],
+            "start_time": column("start_time"),
+            "activation": column("params.activation"),
+            "dropout": pd.to_numeric(column("params.dropout")),
+            "seed": pd.to_numeric(column("params.seed")),
+            **{name: column(f"metrics.{name}") for name in (*SPLITS.values(), "train_seconds")},
+            **found.filter(regex=r"^params\."),
+        }
+    )
     kept, left_out = select_runs(runs)
     logged, problems = _read_predictions(kept, test)
     if problems:  # a run whose file is unusable is left out, named; the other runs are still paired
@@ -241,29 +305,52 @@ def compare(experiment: str, sweep_id: str = LATEST, test: Optional[predictions.
         left_out = pd.concat([left_out, kept[unusable].assign(reason=kept.loc[unusable, "run_id"].map(problems))])
         kept = kept[~unusable]
     if kept.empty:
-        raise CompareError(f"none of the {len(runs)} run(s) of sweep '{sweep_id}' counts: "
-                           + "; ".join(f"{run.name or run.run_id}: {run.reason}" for run in left_out.itertuples()))
-    params = kept.filter(regex=r"^params\.").rename(columns=lambda name: name.removeprefix("params.")).dropna(axis=1, how="all")
+        raise CompareError(
+            f"none of the {len(runs)} run(s) of sweep '{sweep_id}' counts: "
+            + "; ".join(f"{run.name or run.run_id}: {run.reason}" for run in left_out.itertuples())
+        )
+    params = (
+        kept.filter(regex=r"^params\.")
+        .rename(columns=lambda name: name.removeprefix("params."))
+        .dropna(axis=1, how="all")
+    )
     distinct = params.nunique(dropna=False)
     shared = {key: params[key].iloc[0] for key in sorted(distinct.index[distinct == 1])}
-    mixed = {key: sorted(params[key].fillna("(none)").unique()) for key in sorted(distinct.index[distinct > 1])
-             if key not in (*AXES, "tracking.sweep_id", "tracking.trial")}  # fmt: skip
+    mixed = {
+        key: sorted(params[key].fillna("(none)").unique())
+        for key in sorted(distinct.index[distinct > 1])
+        if key not in (*AXES, "tracking.sweep_id", "tracking.trial")
+    }
     kept = _with_digits(kept, logged)
     rows, curves = [], {}
     for setting, group in kept.groupby(SETTING, sort=True):
-        rows.append({"activation": setting[0], "dropout": setting[1], "runs": len(group),
-                     **{split: estimate(group, split) for split in SPLITS}, "seconds": round(group["train_seconds"].mean(), 1)})  # fmt: skip
+        rows.append(
+            {
+                "activation": setting[0],
+                "dropout": setting[1],
+                "runs": len(group),
+                **{split: estimate(group, split) for split in SPLITS},
+                "seconds": round(group["train_seconds"].mean(), 1),
+            }
+        )
         curves[setting] = _curves(group)
     summary = pd.DataFrame(rows)
     summary["val_mean"] = [value.mean for value in summary["val"]]
     # validation ranks (ties: activation, dropout order); the test digits never choose
-    summary = summary.sort_values(["val_mean", *SETTING], ascending=[False, True, True], kind="stable").reset_index(drop=True)
+    summary = summary.sort_values(["val_mean", *SETTING], ascending=[False, True, True], kind="stable").reset_index(
+        drop=True
+    )
     choice = (summary.loc[0, "activation"], summary.loc[0, "dropout"])
     verdicts, untested = _paired_tests(kept, logged, choice)
-    answers_from = (f"each run's own model, verified file by file, run on {test.source}" if test is not None else
-                    f"each run's logged {predictions.ARTIFACT} (no local test split to run the models on: checked against "
-                    "the run's accuracy only)")  # fmt: skip
-    return Comparison(sweep_id, kept, left_out, summary, shared, mixed, curves, _effects(kept), verdicts, untested, answers_from)
+    answers_from = (
+        f"each run's own model, verified file by file, run on {test.source}"
+        if test is not None
+        else f"each run's logged {predictions.ARTIFACT} (no local test split to run the models on: checked against "
+        "the run's accuracy only)"
+    )
+    return Comparison(
+        sweep_id, kept, left_out, summary, shared, mixed, curves, _effects(kept), verdicts, untested, answers_from
+    )
 
 
 def chosen(result: Comparison) -> pd.Series:
@@ -281,19 +368,27 @@ def _p_bound(verdicts: list[Verdict], at_least: bool) -> str:
 
 def _points(verdicts: list[Verdict]) -> str:  # accuracy differences over the seeds each pair shares
     points = sorted(abs(100 * verdict.paired.accuracy_difference) for verdict in verdicts)
-    return f"{points[0]:.2f} points" if len(points) == 1 or points[0] == points[-1] else f"{points[0]:.2f}–{points[-1]:.2f} points"
+    return (
+        f"{points[0]:.2f} points"
+        if len(points) == 1 or points[0] == points[-1]
+        else f"{points[0]:.2f}–{points[-1]:.2f} points"
+    )
 
 
 def headline(result: Comparison) -> str:
     """What the comparison concludes: the validation choice, the settings level with it on the test digits, the worse ones."""
     best = chosen(result)
     choice = setting_name((best["activation"], best["dropout"]))
-    line = (f"Chosen on validation (the test digits never choose): {choice}, mean best validation accuracy {best['val']} "
-            f"over {best['runs']} run(s); its test accuracy, reported beside it: {best['test']}.")  # fmt: skip
+    line = (
+        f"Chosen on validation (the test digits never choose): {choice}, mean best validation accuracy {best['val']} "
+        f"over {best['runs']} run(s); its test accuracy, reported beside it: {best['test']}."
+    )
     if not result.verdicts:
         line += f" No paired test: {result.untested}." if result.untested else ""
     else:
-        by_outcome = {outcome: [v for v in result.verdicts if v.outcome == outcome] for outcome in ("level", "worse", "better")}
+        by_outcome = {
+            outcome: [v for v in result.verdicts if v.outcome == outcome] for outcome in ("level", "worse", "better")
+        }
         level = by_outcome["level"]
         names = lambda verdicts: ", ".join(setting_name(v.setting) for v in verdicts)  # noqa: E731
         if level:
@@ -305,22 +400,31 @@ def headline(result: Comparison) -> str:
             line += f" Worse by {_points(worse)} ({_p_bound(worse, at_least=False)}): {names(worse)}."
         if by_outcome["better"]:
             better = by_outcome["better"]
-            line += (f" Better on the test digits than the validation choice by {_points(better)} "
-                     f"({_p_bound(better, at_least=False)}): {names(better)}.")  # fmt: skip
+            line += (
+                f" Better on the test digits than the validation choice by {_points(better)} "
+                f"({_p_bound(better, at_least=False)}): {names(better)}."
+            )
         if result.untested:
             line += f" Not tested: {result.untested}."
     if (result.summary["runs"] == 1).all():
-        line += (" Each setting has one run (one seed, one sample): the seed-to-seed spread is in no interval or test, "
-                 "so this cannot separate settings; `make sweep` runs three seeds per setting.")  # fmt: skip
+        line += (
+            " Each setting has one run (one seed, one sample): the seed-to-seed spread is in no interval or test, "
+            "so this cannot separate settings; `make sweep` runs three seeds per setting."
+        )
     return line
 
 
 def notes(result: Comparison) -> list[str]:
     """What the report and stdout both say: the shared settings, a warning on mixed ones, the plots command."""
-    lines = [f"Settings all {len(result.runs)} runs shared: " + ", ".join(f"{key}={value}" for key, value in result.shared.items())]
+    lines = [
+        f"Settings all {len(result.runs)} runs shared: "
+        + ", ".join(f"{key}={value}" for key, value in result.shared.items())
+    ]
     if result.mixed:
         differing = "; ".join(f"{key} ({', '.join(values)})" for key, values in result.mixed.items())
-        lines.append(f"WARNING: these runs differ in more than {', '.join(AXES)}: {differing}; the comparison mixes settings")
+        lines.append(
+            f"WARNING: these runs differ in more than {', '.join(AXES)}: {differing}; the comparison mixes settings"
+        )
     number_order = lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]  # noqa: E731
     names = " ".join(dict.fromkeys(sorted(result.runs["name"].dropna(), key=number_order)))  # sweep-2 before sweep-10
     if len(result.left_out):
@@ -330,14 +434,16 @@ def notes(result: Comparison) -> list[str]:
 
 def _table(frame: pd.DataFrame, left: int = 1) -> str:
     """A markdown table, numbers in FORMATS (blank when missing), the first `left` columns left-aligned."""
+
     def cell(value, name):
         if value is None or (not isinstance(value, (Estimate, stats.Interval)) and pd.isna(value)):
             return ""
         return str(value) if isinstance(value, (Estimate, stats.Interval)) else format(value, FORMATS.get(name, ""))
 
     cells = frame.apply(lambda column: column.map(lambda value: cell(value, column.name)))
-    return cells.rename(columns=HEADERS).to_markdown(index=False, disable_numparse=True,
-                                                     colalign=["left"] * left + ["right"] * (frame.shape[1] - left))  # fmt: skip
+    return cells.rename(columns=HEADERS).to_markdown(
+        index=False, disable_numparse=True, colalign=["left"] * left + ["right"] * (frame.shape[1] - left)
+    )
 
 
 def settings_table(result: Comparison) -> pd.DataFrame:
@@ -349,13 +455,21 @@ def settings_table(result: Comparison) -> pd.DataFrame:
 def verdicts_table(result: Comparison) -> pd.DataFrame:
     best = chosen(result)
     choice = setting_name((best["activation"], best["dropout"]))
-    return pd.DataFrame([{"setting": setting_name(v.setting), "seeds paired": " ".join(f"{seed:g}" for seed in v.paired.seeds),
-                          f"digits {choice} got right more often": v.paired.only_first,
-                          "digits it got right more often": v.paired.only_second,
-                          f"{choice} minus it, points [95 %]": f"{100 * v.paired.accuracy_difference:+.2f} {v.paired.difference.points()}",
-                          "p": stats.p_text(v.paired.p_value).removeprefix("p = "),
-                          "Holm-adjusted p": stats.p_text(v.p_holm).removeprefix("p = "), "outcome": v.outcome}
-                         for v in sorted(result.verdicts, key=lambda v: v.p_holm, reverse=True)])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "setting": setting_name(v.setting),
+                "seeds paired": " ".join(f"{seed:g}" for seed in v.paired.seeds),
+                f"digits {choice} got right more often": v.paired.only_first,
+                "digits it got right more often": v.paired.only_second,
+                f"{choice} minus it, points [95 %]": f"{100 * v.paired.accuracy_difference:+.2f} {v.paired.difference.points()}",
+                "p": stats.p_text(v.paired.p_value).removeprefix("p = "),
+                "Holm-adjusted p": stats.p_text(v.p_holm).removeprefix("p = "),
+                "outcome": v.outcome,
+            }
+            for v in sorted(result.verdicts, key=lambda v: v.p_holm, reverse=True)
+        ]
+    )
 
 
 def markdown(result: Comparison) -> str:
@@ -371,27 +485,40 @@ def markdown(result: Comparison) -> str:
         _table(settings_table(result)),
     ]
     if result.verdicts:
-        parts += ["## Paired tests on the test digits",
-                  "Each setting against the validation choice on the same test digits, paired seed by seed: each digit's "
-                  "share of right answers over the seeds both settings ran; the counts are the digits one setting got right "
-                  "on more of those seeds than the other; `p` is a paired t-test of the per-digit differences (the exact "
-                  "McNemar test where every digit is simply right or wrong in both, as with one seed each); a positive "
-                  "difference means the choice is ahead; its 95 % interval "
-                  f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
-                  f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more. "
-                  f"The per-digit answers: {result.answers_from}.",
-                  _table(verdicts_table(result))]  # fmt: skip
+        parts += [
+            "## Paired tests on the test digits",
+            "Each setting against the validation choice on the same test digits, paired seed by seed: each digit's "
+            "share of right answers over the seeds both settings ran; the counts are the digits one setting got right "
+            "on more of those seeds than the other; `p` is a paired t-test of the per-digit differences (the exact "
+            "McNemar test where every digit is simply right or wrong in both, as with one seed each); a positive "
+            "difference means the choice is ahead; its 95 % interval "
+            f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
+            f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more. "
+            f"The per-digit answers: {result.answers_from}.",
+            _table(verdicts_table(result)),
+        ]
     if result.untested:
         parts.append(f"No paired test: {result.untested}.")
     for axis, table in result.effects.items():
         other = next(name for name in SETTING if name != axis)
-        parts += [f"## Main effect of {axis} (averaged over {other}, per seed first)",
-                  _table(table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"}))]  # fmt: skip
-    parts += ["## The runs (each one sample)",
-              _table(result.runs.sort_values(AXES)[["name", *AXES, "best_val_accuracy", "test_accuracy", "test_interval",
-                                                    "train_seconds", "run_id"]], left=2)]  # fmt: skip
+        parts += [
+            f"## Main effect of {axis} (averaged over {other}, per seed first)",
+            _table(table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"})),
+        ]
+    parts += [
+        "## The runs (each one sample)",
+        _table(
+            result.runs.sort_values(AXES)[
+                ["name", *AXES, "best_val_accuracy", "test_accuracy", "test_interval", "train_seconds", "run_id"]
+            ],
+            left=2,
+        ),
+    ]
     if len(result.left_out):
-        parts += [f"## Runs left out ({len(result.left_out)})", _table(result.left_out[["name", "run_id", "status", "reason"]], left=4)]
+        parts += [
+            f"## Runs left out ({len(result.left_out)})",
+            _table(result.left_out[["name", "run_id", "status", "reason"]], left=4),
+        ]
     return "\n\n".join(parts) + "\n"
 
 
@@ -407,26 +534,47 @@ def figure(result: Comparison):
     activations = sorted(result.summary["activation"].unique())
     dropouts = sorted(result.summary["dropout"].unique())
     width = 2 * len(activations)
-    mosaic = [["val"] * len(activations) + ["test"] * len(activations),
-              [name for activation in activations for name in (f"curve {activation}",) * 2]]  # fmt: skip
+    mosaic = [
+        ["val"] * len(activations) + ["test"] * len(activations),
+        [name for activation in activations for name in (f"curve {activation}",) * 2],
+    ]
     fig, axes = plt.subplot_mosaic(mosaic, figsize=(max(12, 2.2 * width), 9), height_ratios=[1, 1])
     best = chosen(result)
-    for split, title in (("val", "best validation accuracy (chooses)"), ("test", "test accuracy (reported, never chooses)")):
+    for split, title in (
+        ("val", "best validation accuracy (chooses)"),
+        ("test", "test accuracy (reported, never chooses)"),
+    ):
         panel = axes[split]
         for index, activation in enumerate(activations):
             cells = result.summary[result.summary["activation"] == activation]
             offset = (index - (len(activations) - 1) / 2) * 0.12
             x = [dropouts.index(dropout) + offset for dropout in cells["dropout"]]
             means = [value.mean for value in cells[split]]
-            errors = np.array([[value.mean - value.interval.low, value.interval.high - value.mean] if value.interval else [0, 0]
-                               for value in cells[split]]).T  # fmt: skip
+            errors = np.array(
+                [
+                    [value.mean - value.interval.low, value.interval.high - value.mean] if value.interval else [0, 0]
+                    for value in cells[split]
+                ]
+            ).T
             panel.errorbar(x, means, yerr=errors, fmt="o", capsize=3, label=activation)
             for position, (_, cell) in zip(x, cells.iterrows()):
                 if (cell["activation"], cell["dropout"]) == (best["activation"], best["dropout"]):
-                    panel.plot(position, cell[split].mean, marker="*", markersize=16, color="black", zorder=3,
-                               label="validation choice")  # fmt: skip
-        panel.set(xticks=range(len(dropouts)), xticklabels=[number_text(d) for d in dropouts], xlabel="dropout",
-                  ylabel="accuracy", title=f"{title}, 95 % intervals")  # fmt: skip
+                    panel.plot(
+                        position,
+                        cell[split].mean,
+                        marker="*",
+                        markersize=16,
+                        color="black",
+                        zorder=3,
+                        label="validation choice",
+                    )
+        panel.set(
+            xticks=range(len(dropouts)),
+            xticklabels=[number_text(d) for d in dropouts],
+            xlabel="dropout",
+            ylabel="accuracy",
+            title=f"{title}, 95 % intervals",
+        )
         panel.grid(alpha=0.3)
         panel.legend(fontsize="small", loc="lower left")
     # one y scale for every panel, so that activations compare across panels; past 5 epochs, from epoch 2 on
@@ -439,7 +587,12 @@ def figure(result: Comparison):
         for (curve_activation, dropout), curve in result.curves.items():
             if curve_activation != activation or curve.empty:
                 continue
-            (line,) = panel.plot(curve["epoch"], curve["mean"], marker="o" if len(curve) < 6 else None, label=f"dropout {number_text(dropout)}")
+            (line,) = panel.plot(
+                curve["epoch"],
+                curve["mean"],
+                marker="o" if len(curve) < 6 else None,
+                label=f"dropout {number_text(dropout)}",
+            )
             panel.fill_between(curve["epoch"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         if limits is not None:
@@ -472,8 +625,10 @@ def preset_settings(root: Path) -> dict[str, dict[str, str]]:
     (the schema's defaults, which params.yaml ships) and each preset params/<name>.yaml laid over them."""
     base = Params()
     resolved = {"default": base} | {name: apply_preset(base, path) for name, path in preset_paths(root).items()}
-    return {name: {key: str(value) for key, value in flatten(params).items() if key not in PER_RUN_KEYS}
-            for name, params in resolved.items()}  # fmt: skip
+    return {
+        name: {key: str(value) for key, value in flatten(params).items() if key not in PER_RUN_KEYS}
+        for name, params in resolved.items()
+    }
 
 
 def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
@@ -482,7 +637,9 @@ def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
     sample); 95 % intervals as in compare."""
     found = queries.search_runs(experiment, "attributes.status = 'FINISHED'")
     if found.empty or "metrics.test_accuracy" not in found:
-        raise CompareError(f"no finished run with a test accuracy in experiment '{experiment}' yet; run `dvc repro` first")
+        raise CompareError(
+            f"no finished run with a test accuracy in experiment '{experiment}' yet; run `dvc repro` first"
+        )
     found = found[found["metrics.test_accuracy"].notna()].sort_values("start_time", ascending=False)
     rows = []
     for name, settings in preset_settings(root).items():
@@ -493,17 +650,30 @@ def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
         matched = found[matching].drop_duplicates("params.seed")  # newest first: the newest run of each seed
         if matched.empty:
             continue
-        runs = pd.DataFrame({"run_id": matched["run_id"], "seed": pd.to_numeric(matched["params.seed"]),
-                             **{metric: matched[f"metrics.{metric}"] for metric in (*SPLITS.values(), "train_seconds")},
-                             "params.preprocess.val_size": matched["params.preprocess.val_size"]})  # fmt: skip
+        runs = pd.DataFrame(
+            {
+                "run_id": matched["run_id"],
+                "seed": pd.to_numeric(matched["params.seed"]),
+                **{metric: matched[f"metrics.{metric}"] for metric in (*SPLITS.values(), "train_seconds")},
+                "params.preprocess.val_size": matched["params.preprocess.val_size"],
+            }
+        )
         logged, _ = _read_predictions(runs)
         runs = _with_digits(runs, logged)
-        rows.append({"preset": name, "runs": len(runs), "seeds": ", ".join(sorted(matched["params.seed"], key=int)),
-                     **{f"{LABELS[split]} [95 %]": estimate(runs, split) for split in SPLITS},
-                     "seconds": round(runs["train_seconds"].mean(), 1)})  # fmt: skip
+        rows.append(
+            {
+                "preset": name,
+                "runs": len(runs),
+                "seeds": ", ".join(sorted(matched["params.seed"], key=int)),
+                **{f"{LABELS[split]} [95 %]": estimate(runs, split) for split in SPLITS},
+                "seconds": round(runs["train_seconds"].mean(), 1),
+            }
+        )
     if not rows:
-        raise CompareError(f"no finished run of experiment '{experiment}' has the params of default or a preset "
-                           f"({', '.join(preset_paths(root))})")
+        raise CompareError(
+            f"no finished run of experiment '{experiment}' has the params of default or a preset "
+            f"({', '.join(preset_paths(root))})"
+        )
     table = pd.DataFrame(rows)
     order = [value.mean for value in table[f"{LABELS['val']} [95 %]"]]
     return table.iloc[np.argsort(order, kind="stable")[::-1]].reset_index(drop=True)  # validation ranks
@@ -512,11 +682,17 @@ def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
 def write_presets_report(table: pd.DataFrame, experiment: str, reports: Path) -> Path:
     """reports/presets.md: the table, and how runs were matched to presets."""
     path = reports / "presets.md"
-    write_text(path, "\n\n".join([
-        f"# Presets side by side: experiment `{experiment}`",
-        f"Finished runs in the MLflow store `{location.tracking_uri()}`, each under the preset whose every param it "
-        f"logged ({', '.join(sorted(PER_RUN_KEYS))} may differ); the newest run per seed. Ranked on mean best "
-        "validation accuracy (the test digits never rank); 95 % intervals: t over seeds, Wilson's for one run.",
-        _table(table),
-    ]) + "\n")
+    write_text(
+        path,
+        "\n\n".join(
+            [
+                f"# Presets side by side: experiment `{experiment}`",
+                f"Finished runs in the MLflow store `{location.tracking_uri()}`, each under the preset whose every param it "
+                f"logged ({', '.join(sorted(PER_RUN_KEYS))} may differ); the newest run per seed. Ranked on mean best "
+                "validation accuracy (the test digits never rank); 95 % intervals: t over seeds, Wilson's for one run.",
+                _table(table),
+            ]
+        )
+        + "\n",
+    )
     return path

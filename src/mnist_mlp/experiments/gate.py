@@ -26,7 +26,7 @@ import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -51,11 +51,11 @@ class MetricsRegressed(UserError):
 class MetricRule(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    better: Optional[Literal["higher", "lower"]] = None
-    abs_tolerance: Optional[float] = Field(default=None, ge=0)
-    rel_tolerance: Optional[float] = Field(default=None, ge=0)
-    floor: Optional[float] = None
-    ceiling: Optional[float] = None
+    better: Literal["higher", "lower"] | None = None
+    abs_tolerance: float | None = Field(default=None, ge=0)
+    rel_tolerance: float | None = Field(default=None, ge=0)
+    floor: float | None = None
+    ceiling: float | None = None
 
     @field_validator("abs_tolerance", "rel_tolerance", "floor", "ceiling", mode="before")
     @classmethod
@@ -64,7 +64,7 @@ class MetricRule(BaseModel):
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "MetricRule":
+    def _consistent(self) -> MetricRule:
         if self.better is None and (self.abs_tolerance is not None or self.rel_tolerance is not None):
             raise ValueError("a tolerance needs 'better: higher' or 'better: lower'")
         if self.better is None and self.floor is None and self.ceiling is None:
@@ -113,7 +113,9 @@ def parse_metrics(text: str, source: str) -> dict:
     try:
         metrics = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise GateError(f"{source}: not valid JSON ({exc}); expected the metrics written by the evaluate stage") from None
+        raise GateError(
+            f"{source}: not valid JSON ({exc}); expected the metrics written by the evaluate stage"
+        ) from None
     if not isinstance(metrics, dict):
         raise GateError(f"{source}: expected a JSON object of metrics, got {type(metrics).__name__}")
     return metrics
@@ -135,13 +137,13 @@ def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         raise GateError("git not found on PATH; install git or pass --baseline FILE") from None
 
 
-def read_baseline_from_git(rev: str, metrics_path: str | Path) -> tuple[Optional[dict], str]:
+def read_baseline_from_git(rev: str, metrics_path: str | Path) -> tuple[dict | None, str]:
     """(metrics committed at `rev`, "rev:path"); None when there are none yet (no commits, or not in `rev`)."""
     text, source = _committed(rev, metrics_path)
     return (None if text is None else parse_metrics(text, source)), source
 
 
-def _committed(rev: str, file: str | Path) -> tuple[Optional[str], str]:
+def _committed(rev: str, file: str | Path) -> tuple[str | None, str]:
     """(the file's text as committed at `rev` or None, "rev:path")."""
     path = Path(file).resolve()
     folder = path.parent if path.parent.is_dir() else Path.cwd()
@@ -156,7 +158,9 @@ def _committed(rev: str, file: str | Path) -> tuple[Optional[str], str]:
     if _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], folder).returncode != 0:
         if _git(["rev-parse", "--verify", "--quiet", "HEAD"], folder).returncode != 0:
             return None, source  # a repository without commits: nothing to compare with yet
-        raise GateError(f"unknown git revision {rev!r}; pass --baseline-rev with a branch, tag or commit (e.g. origin/main)")
+        raise GateError(
+            f"unknown git revision {rev!r}; pass --baseline-rev with a branch, tag or commit (e.g. origin/main)"
+        )
     shown = _git(["show", source], folder)
     if shown.returncode != 0:
         return None, source  # the file is not committed at that revision yet
@@ -190,7 +194,7 @@ def expand(pattern: str, metrics: dict, source: str) -> dict[str, float]:
     return {name: float(value) for name, value in found.items()}
 
 
-def lookup(name: str, metrics: dict) -> Optional[float]:
+def lookup(name: str, metrics: dict) -> float | None:
     node: Any = metrics
     for part in name.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -204,7 +208,7 @@ def lookup(name: str, metrics: dict) -> Optional[float]:
 @dataclass
 class Row:
     metric: str
-    baseline: Optional[float]
+    baseline: float | None
     new: float
     verdict: str = "ok"
     failures: list[str] = field(default_factory=list)
@@ -222,7 +226,7 @@ def _exceeds(amount: float, limit: float) -> bool:
     return amount > limit and not math.isclose(amount, limit, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def judge(name: str, rule: MetricRule, new: float, baseline: Optional[float], new_metric: bool = False) -> Row:
+def judge(name: str, rule: MetricRule, new: float, baseline: float | None, new_metric: bool = False) -> Row:
     """`new_metric`: the baseline file exists but lacks this metric, so only bounds apply."""
     row = Row(name, baseline, new)
     notes = ["new metric, not in the baseline"] if new_metric else []
@@ -250,7 +254,7 @@ def judge(name: str, rule: MetricRule, new: float, baseline: Optional[float], ne
     return row
 
 
-def compare(rules: Rules, metrics: dict, baseline: Optional[dict], source: str = "metrics") -> list[Row]:
+def compare(rules: Rules, metrics: dict, baseline: dict | None, source: str = "metrics") -> list[Row]:
     """One row per concrete metric, in rules order; every metric a rule names must be in `metrics`."""
     rows = []
     for pattern, rule in rules.metrics.items():
@@ -272,7 +276,7 @@ class GateReport:
     baseline_source: str
     has_baseline: bool
     rows: list[Row]
-    paired: Optional[stats.Paired] = None  # new model against the baseline's, on the same test digits
+    paired: stats.Paired | None = None  # new model against the baseline's, on the same test digits
     paired_source: str = ""  # where the baseline's predictions came from, or why there is no paired test
 
     @property
@@ -288,9 +292,11 @@ class GateReport:
 
     def paired_line(self) -> str:
         found = self.paired
-        return (f"{found.only_first} digits right only in the new model, {found.only_second} only in the baseline: "
-                f"{found.digits:+d} of {found.total:,} ({100 * found.accuracy_difference:+.2f} points, 95 % "
-                f"{found.difference.points()}), exact McNemar {stats.p_text(found.p_value)}")  # fmt: skip
+        return (
+            f"{found.only_first} digits right only in the new model, {found.only_second} only in the baseline: "
+            f"{found.digits:+d} of {found.total:,} ({100 * found.accuracy_difference:+.2f} points, 95 % "
+            f"{found.difference.points()}), exact McNemar {stats.p_text(found.p_value)}"
+        )
 
     def markdown(self) -> str:
         if self.has_baseline:
@@ -298,22 +304,35 @@ class GateReport:
         else:
             against = f"no baseline yet (`{self.baseline_source}` does not exist): only floors and ceilings apply"
         if self.paired is not None:
-            verdict = {"worse": "worse beyond noise", "level": "level within noise", "better": "better beyond noise"}[self.paired.first_is()]
-            paired = f"Paired on the same test digits against `{self.paired_source}`: {self.paired_line()}: **{verdict}**."
+            verdict = {"worse": "worse beyond noise", "level": "level within noise", "better": "better beyond noise"}[
+                self.paired.first_is()
+            ]
+            paired = (
+                f"Paired on the same test digits against `{self.paired_source}`: {self.paired_line()}: **{verdict}**."
+            )
         else:
             paired = f"No paired test: {self.paired_source}."
         if self.failures:
             outcome = f"**FAIL**: {len(self.failures)} broken rule(s) in {len(self.rows)} metrics"
         else:
             outcome = f"**PASS**: {len(self.rows)} metrics, no regression, every floor and ceiling held"
-        return "\n".join([f"### Metric gate: `{self.metrics_source}`, {against}", "", markdown_table(self.rows), "",
-                          paired, "", outcome])  # fmt: skip
+        return "\n".join(
+            [
+                f"### Metric gate: `{self.metrics_source}`, {against}",
+                "",
+                markdown_table(self.rows),
+                "",
+                paired,
+                "",
+                outcome,
+            ]
+        )
 
 
 def run_gate(
     metrics_path: str | Path,
     rules_path: str | Path,
-    baseline_path: Optional[str | Path] = None,
+    baseline_path: str | Path | None = None,
     baseline_rev: str = "main",
 ) -> GateReport:
     """Load everything, refuse unusable input, and judge every metric the rules name."""
@@ -331,14 +350,19 @@ def run_gate(
 def _scored(found: predictions.Predictions, source: str, metrics: dict, metrics_source: str) -> predictions.Predictions:
     """`found`, once it scores the test accuracy of the metrics beside it: two files of one run agree to the digit."""
     accuracy = metrics.get("test", {}).get("accuracy")
-    if not isinstance(accuracy, (int, float)) or abs(float(found.correct.mean()) - accuracy) > 1e-6 + 0.5 / len(found.actual):
-        raise GateError(f"{source} scores {found.correct.mean():.4f}, not {metrics_source}'s test accuracy {accuracy}: "
-                        "the predictions and the metrics are not of one run")  # fmt: skip
+    if not isinstance(accuracy, (int, float)) or abs(float(found.correct.mean()) - accuracy) > 1e-6 + 0.5 / len(
+        found.actual
+    ):
+        raise GateError(
+            f"{source} scores {found.correct.mean():.4f}, not {metrics_source}'s test accuracy {accuracy}: "
+            "the predictions and the metrics are not of one run"
+        )
     return found
 
 
-def _paired(metrics_path: str | Path, baseline_path: Optional[str | Path], baseline_rev: str,
-            metrics: dict, baseline: Optional[dict]) -> tuple[Optional[stats.Paired], str]:  # fmt: skip
+def _paired(
+    metrics_path: str | Path, baseline_path: str | Path | None, baseline_rev: str, metrics: dict, baseline: dict | None
+) -> tuple[stats.Paired | None, str]:
     """The new predictions against the baseline's (beside each metrics file, each checked to score its metrics'
     test accuracy), or None and why not."""
     new_path = Path(metrics_path).parent / PREDICTIONS
@@ -360,7 +384,9 @@ def _paired(metrics_path: str | Path, baseline_path: Optional[str | Path], basel
             return None, f"{source} is not committed"
         if len(text) > predictions.MAX_BYTES:
             raise predictions.PredictionsError(f"{source}: {len(text):,} characters, more than a predictions file")
-        old = _scored(predictions.parse(text, source), source, baseline, f"{baseline_rev}:{Path(metrics_path).as_posix()}")
+        old = _scored(
+            predictions.parse(text, source), source, baseline, f"{baseline_rev}:{Path(metrics_path).as_posix()}"
+        )
     if len(new.actual) != len(old.actual) or (new.actual != old.actual).any():
         return None, f"{new_path} and {source} hold different test digits"
     return stats.paired(new.correct, old.correct), source

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.experiments import gate, stats
@@ -29,7 +28,6 @@ from mnist_mlp.tracking.predictions import LocalTest
 ACCURACY_TOLERANCE = 1e-4  # a model's accuracy on the test split against its run's logged one (float rounding only)
 
 
-
 class PromotionRefused(UserError):
     """The candidate broke a rule against the champion, or is not better beyond noise; one line says which."""
 
@@ -37,11 +35,11 @@ class PromotionRefused(UserError):
 @dataclass
 class Promotion:
     candidate: registry.ModelVersion
-    previous: Optional[registry.ModelVersion]
+    previous: registry.ModelVersion | None
     rows: list[gate.Row]
     alias: str
     moved: bool
-    paired: Optional[stats.Paired] = None  # candidate against the previous champion, on the same test digits
+    paired: stats.Paired | None = None  # candidate against the previous champion, on the same test digits
 
     def line(self) -> str:
         name, accuracy = self.candidate.name, _accuracy(self.rows)
@@ -53,9 +51,15 @@ class Promotion:
         else:
             against = f"passed the gate against version {self.previous.version} (run {self.previous.run_id})"
             # one test, candidate against champion: no multiplicity to correct
-            verdict = "better beyond noise" if self.paired.first_is() == "better" else "level within noise, promoted by --allow-level"
+            verdict = (
+                "better beyond noise"
+                if self.paired.first_is() == "better"
+                else "level within noise, promoted by --allow-level"
+            )
             against += f", {verdict}: {paired_text(self.paired, self.previous.version)}"
-        return f"promote: {target} -> version {self.candidate.version} (run {self.candidate.run_id}{accuracy}); {against}"
+        return (
+            f"promote: {target} -> version {self.candidate.version} (run {self.candidate.run_id}{accuracy}); {against}"
+        )
 
 
 def _accuracy(rows: list[gate.Row]) -> str:
@@ -65,9 +69,11 @@ def _accuracy(rows: list[gate.Row]) -> str:
 
 def paired_text(result: stats.Paired, other: str) -> str:
     """The counts both ways, the difference with its 95 % interval and the p-value, against version `other`."""
-    return (f"{result.only_first} digits right only in the candidate, {result.only_second} only in version {other}: "
-            f"{result.digits:+d} digits ({100 * result.accuracy_difference:+.2f} points, 95 % {result.difference.points()}), "
-            f"exact McNemar {stats.p_text(result.p_value)}")  # fmt: skip
+    return (
+        f"{result.only_first} digits right only in the candidate, {result.only_second} only in version {other}: "
+        f"{result.digits:+d} digits ({100 * result.accuracy_difference:+.2f} points, 95 % {result.difference.points()}), "
+        f"exact McNemar {stats.p_text(result.p_value)}"
+    )
 
 
 def right_digits(name: str, version: registry.ModelVersion, test: LocalTest):
@@ -78,14 +84,23 @@ def right_digits(name: str, version: registry.ModelVersion, test: LocalTest):
     correct = loading.predicted_digits(f"models:/{name}/{version.version}", test.pixels) == test.labels
     logged = registry.run_metrics(version.run_id).get("test_accuracy")
     if logged is None or not np.isclose(correct.mean(), logged, rtol=0, atol=ACCURACY_TOLERANCE):
-        raise PromotionRefused(f"refused: {version.label}'s model scores {correct.mean():.4f} on {test.source}, not its run's "
-                               f"logged test accuracy {'(none)' if logged is None else f'{logged:.4f}'}: those metrics are not "
-                               "this model's on this test split")  # fmt: skip
+        raise PromotionRefused(
+            f"refused: {version.label}'s model scores {correct.mean():.4f} on {test.source}, not its run's "
+            f"logged test accuracy {'(none)' if logged is None else f'{logged:.4f}'}: those metrics are not "
+            "this model's on this test split"
+        )
     return correct
 
 
-def promote(name: str, rules_path: str | Path, run_id: Optional[str] = None, version: Optional[str] = None,
-            alias: str = registry.CHAMPION, allow_level: bool = False, test: Optional[LocalTest] = None) -> Promotion:  # fmt: skip
+def promote(
+    name: str,
+    rules_path: str | Path,
+    run_id: str | None = None,
+    version: str | None = None,
+    alias: str = registry.CHAMPION,
+    allow_level: bool = False,
+    test: LocalTest | None = None,
+) -> Promotion:
     """Judge the candidate against `name@alias` and move the alias to it when no rule breaks and, run on the local
     `test` digits, it is better beyond noise (or level, with `allow_level`)."""
     rules = gate.load_rules(rules_path)
@@ -94,7 +109,9 @@ def promote(name: str, rules_path: str | Path, run_id: Optional[str] = None, ver
         champion = registry.alias_version(name, alias)
         metrics = registry.metrics_tree(registry.run_metrics(candidate.run_id))
         if champion is not None and champion.version == candidate.version:
-            return Promotion(candidate, champion, gate.compare(rules, metrics, None, candidate.label), alias, moved=False)
+            return Promotion(
+                candidate, champion, gate.compare(rules, metrics, None, candidate.label), alias, moved=False
+            )
         baseline = registry.metrics_tree(registry.run_metrics(champion.run_id)) if champion else None
         rows = gate.compare(rules, metrics, baseline, candidate.label)
         failures = [failure for row in rows for failure in row.failures]
@@ -104,26 +121,40 @@ def promote(name: str, rules_path: str | Path, run_id: Optional[str] = None, ver
         result = _judged(name, candidate, champion, against, test, allow_level)
         now = registry.alias_version(name, alias)
         if (now and now.version) != (champion and champion.version):
-            raise PromotionRefused(f"refused: {name}@{alias} moved to version {now.version if now else '(none)'} while "
-                                   f"{candidate.label} was judged {against}; run promote again")  # fmt: skip
+            raise PromotionRefused(
+                f"refused: {name}@{alias} moved to version {now.version if now else '(none)'} while "
+                f"{candidate.label} was judged {against}; run promote again"
+            )
         registry.set_alias(name, alias, candidate.version)
     return Promotion(candidate, champion, rows, alias, moved=True, paired=result)
 
 
-def _judged(name: str, candidate: registry.ModelVersion, champion: Optional[registry.ModelVersion], against: str,
-            test: Optional[LocalTest], allow_level: bool) -> Optional[stats.Paired]:  # fmt: skip
+def _judged(
+    name: str,
+    candidate: registry.ModelVersion,
+    champion: registry.ModelVersion | None,
+    against: str,
+    test: LocalTest | None,
+    allow_level: bool,
+) -> stats.Paired | None:
     """The candidate's and the champion's models run on the test digits and paired; refused unless better (or level,
     with `allow_level`). None where there is no champion."""
     mine = right_digits(name, candidate, test) if test is not None else None
     if champion is None:
         return None
     if test is None or mine is None:
-        raise PromotionRefused(f"refused: {candidate.label} stays out, {against}: no local test split to run both models "
-                               "on (data/processed/test.pt: `dvc repro preprocess` makes it)")  # fmt: skip
+        raise PromotionRefused(
+            f"refused: {candidate.label} stays out, {against}: no local test split to run both models "
+            "on (data/processed/test.pt: `dvc repro preprocess` makes it)"
+        )
     result = stats.paired(mine, right_digits(name, champion, test))
     if result.first_is() == "worse":
-        raise PromotionRefused(f"refused: {candidate.label} is worse beyond noise {against}: {paired_text(result, champion.version)}")
+        raise PromotionRefused(
+            f"refused: {candidate.label} is worse beyond noise {against}: {paired_text(result, champion.version)}"
+        )
     if not allow_level and result.first_is() == "level":
-        raise PromotionRefused(f"refused: {candidate.label} is level within noise: keeping version {champion.version} "
-                               f"({paired_text(result, champion.version)}); --allow-level promotes a level candidate")  # fmt: skip
+        raise PromotionRefused(
+            f"refused: {candidate.label} is level within noise: keeping version {champion.version} "
+            f"({paired_text(result, champion.version)}); --allow-level promotes a level candidate"
+        )
     return result

@@ -14,9 +14,9 @@ here persists its outputs so that a failed run keeps the previous ones.)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 from mnist_mlp.errors import UserError
 
@@ -32,7 +32,7 @@ class Missing:
     files: int  # of a folder: how many of its files are missing (0 for a file)
 
 
-def _cached_outputs(repo, rev: Optional[str]) -> Iterator:
+def _cached_outputs(repo, rev: str | None) -> Iterator:
     """The outputs of REV's dvc.lock (None: the workspace's) that DVC caches (not `cache: false`), as DVC's Output objects."""
     from dvc.exceptions import DvcException
     from dvc.scm import RevError
@@ -44,7 +44,7 @@ def _cached_outputs(repo, rev: Optional[str]) -> Iterator:
         raise RestoreError(f"{rev}: not a commit of {repo.root_dir} ({exc})") from None
 
 
-def cached_hashes(root: str | Path, rev: Optional[str] = None) -> dict[str, str]:
+def cached_hashes(root: str | Path, rev: str | None = None) -> dict[str, str]:
     """{output: hash} of every cached output that REV's dvc.lock (None: the workspace's) names; a folder's ends in .dir."""
     from dvc.repo import Repo
 
@@ -58,7 +58,7 @@ CPU_DEPENDENT_STAGES = ("train",)
 RECORD = "reports/training_run.json"  # the train stage's record: made_by names the CPU kind that made the model
 
 
-def recorded_cpu_kind(root: str | Path, rev: str = "HEAD") -> Optional[str]:
+def recorded_cpu_kind(root: str | Path, rev: str = "HEAD") -> str | None:
     """The CPU kind REV's training record names (None where REV has no record, or one without made_by)."""
     import json
     import subprocess
@@ -88,7 +88,9 @@ def check_committed(root: str | Path, rev: str, here: str) -> tuple[bool, list[s
         if was == now:
             lines.append(f"{path}: {now}, the committed bytes")
         elif stage_of.get(path) in CPU_DEPENDENT_STAGES and made_on != here:
-            lines.append(f"{path}: committed {was}, built {now}: CPU-dependent, and this is another CPU kind (not compared)")
+            lines.append(
+                f"{path}: committed {was}, built {now}: CPU-dependent, and this is another CPU kind (not compared)"
+            )
         else:
             ok = False
             lines.append(f"{path}: committed {was}, built {now}: other bytes")
@@ -115,7 +117,10 @@ def missing_outputs(root: str | Path, rev: str) -> list[Missing]:
 
 def describe(missing: list[Missing]) -> str:
     """'models/model.pt (md5 ef7f9595)', or for a folder '..., 3 of its files)', comma-separated."""
-    return ", ".join(f"{item.path} (md5 {item.md5[:8]}" + (f", {item.files} of its files)" if item.files else ")") for item in missing)
+    return ", ".join(
+        f"{item.path} (md5 {item.md5[:8]}" + (f", {item.files} of its files)" if item.files else ")")
+        for item in missing
+    )
 
 
 def fetch_missing(root: str | Path, rev: str) -> list[Missing]:
@@ -136,7 +141,7 @@ def fetch_missing(root: str | Path, rev: str) -> list[Missing]:
     return missing
 
 
-def restore(root: str | Path, rev: str = "HEAD", rebuild: bool = True) -> Optional[bool]:
+def restore(root: str | Path, rev: str = "HEAD", rebuild: bool = True) -> bool | None:
     """`dvc exp apply REV` once every output it would check out is in the local cache (fetched from the default
     remote where needed); returns None then. Otherwise, with `rebuild`, the outputs no cache holds are rebuilt
     (`rebuild_missing`: True when they came out as REV's bytes); without, nothing changes and RestoreError names them."""
@@ -177,6 +182,10 @@ def _git_restore(root: str | Path, rev: str) -> None:
     """Every file git tracks, as REV has it, into the workspace; HEAD and the index stay."""
     import subprocess
 
-    done = subprocess.run(["git", "restore", f"--source={rev}", "--worktree", "--", "."], cwd=root, capture_output=True, text=True)
+    done = subprocess.run(
+        ["git", "restore", f"--source={rev}", "--worktree", "--", "."], cwd=root, capture_output=True, text=True
+    )
     if done.returncode != 0:
-        raise RestoreError(f"{rev}: git could not restore its files ({(done.stderr.strip().splitlines() or ['?'])[-1]})")
+        raise RestoreError(
+            f"{rev}: git could not restore its files ({(done.stderr.strip().splitlines() or ['?'])[-1]})"
+        )

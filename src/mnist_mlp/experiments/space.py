@@ -16,7 +16,7 @@ from __future__ import annotations
 import builtins
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,16 +34,18 @@ class Dimension(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     # the file's own words; builtins.*: inside this class, `float` and `int` name the fields
-    float: Optional[tuple[builtins.float, builtins.float]] = None  # noqa: A003
-    int: Optional[tuple[builtins.int, builtins.int]] = None  # noqa: A003
-    choice: Optional[list[Any]] = Field(default=None, min_length=2)
+    float: tuple[builtins.float, builtins.float] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None
+    choice: list[Any] | None = Field(default=None, min_length=2)
     log: bool = False
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Dimension":
+    def _one_kind(self) -> Dimension:
         kinds = [kind for kind in ("float", "int", "choice") if getattr(self, kind) is not None]
         if len(kinds) != 1:
-            raise ValueError(f"give exactly one of float: [low, high], int: [low, high], choice: [...] (got {kinds or 'none'})")
+            raise ValueError(
+                f"give exactly one of float: [low, high], int: [low, high], choice: [...] (got {kinds or 'none'})"
+            )
         bounds = self.float or self.int
         if bounds and not bounds[0] < bounds[1]:
             raise ValueError(f"low {bounds[0]} must be below high {bounds[1]}")
@@ -72,7 +74,9 @@ class Space(BaseModel):
             elif dimension.int:
                 drawn[key] = trial.suggest_int(key, *dimension.int, log=dimension.log)
             else:
-                drawn[key] = json.loads(trial.suggest_categorical(key, [json.dumps(value) for value in dimension.choice]))
+                drawn[key] = json.loads(
+                    trial.suggest_categorical(key, [json.dumps(value) for value in dimension.choice])
+                )
         return drawn
 
 

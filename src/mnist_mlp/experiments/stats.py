@@ -17,8 +17,8 @@ whatever their run counts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class Interval:
         return f"[{100 * self.low:+.2f}, {100 * self.high:+.2f}]"
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, Optional[Interval]]:
+def mean_interval(values: Sequence[float]) -> tuple[float, Interval | None]:
     """(mean, its 95 % t-interval over the values, e.g. seeds); no interval from fewer than two values."""
     from scipy import stats
 
@@ -81,8 +81,8 @@ class Paired:
         """How many more digits the first got right (over seeds: on more of them)."""
         return self.only_first - self.only_second
 
-    def first_is(self, p_value: Optional[float] = None) -> str:
-        """"better", "worse" or "level": the first model against the second, decided by `p_value` (default
+    def first_is(self, p_value: float | None = None) -> str:
+        """ "better", "worse" or "level": the first model against the second, decided by `p_value` (default
         this test's own; a Holm-adjusted one where it is one of several)."""
         if (self.p_value if p_value is None else p_value) >= ALPHA:
             return "level"
@@ -98,8 +98,15 @@ def paired(first_correct: np.ndarray, second_correct: np.ndarray, seeds: tuple =
 
     first, second = np.asarray(first_correct, dtype=float), np.asarray(second_correct, dtype=float)
     if first.shape != second.shape or first.ndim != 1 or not len(first):
-        raise ValueError(f"paired needs two equally long vectors over the same digits, got shapes {first.shape} and {second.shape}")
-    if not (np.isfinite(first).all() and np.isfinite(second).all()) or first.min() < 0 or second.min() < 0 or max(first.max(), second.max()) > 1:
+        raise ValueError(
+            f"paired needs two equally long vectors over the same digits, got shapes {first.shape} and {second.shape}"
+        )
+    if (
+        not (np.isfinite(first).all() and np.isfinite(second).all())
+        or first.min() < 0
+        or second.min() < 0
+        or max(first.max(), second.max()) > 1
+    ):
         raise ValueError("paired needs per-digit correctness: booleans, or shares of right answers in [0, 1]")
     difference = first - second  # per digit, in [-1, 1]
     only_first, only_second = int((difference > 0).sum()), int((difference < 0).sum())
@@ -110,8 +117,15 @@ def paired(first_correct: np.ndarray, second_correct: np.ndarray, seeds: tuple =
         p_value = float(mcnemar([[0, only_first], [only_second, 0]], exact=True).pvalue)
     else:  # shares over several seeds: the paired t-test of the per-digit differences
         p_value = float(stats.ttest_1samp(difference, 0.0).pvalue)
-    found = stats.bootstrap((difference,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
-                            method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED), batch=500)
+    found = stats.bootstrap(
+        (difference,),
+        np.mean,
+        confidence_level=CONFIDENCE,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        method="percentile",
+        rng=np.random.default_rng(BOOTSTRAP_SEED),
+        batch=500,
+    )
     interval = Interval(float(found.confidence_interval.low), float(found.confidence_interval.high))
     return Paired(only_first, only_second, len(first), p_value, interval, float(difference.mean()), tuple(seeds))
 

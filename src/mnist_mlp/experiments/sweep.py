@@ -12,10 +12,10 @@ import json
 import math
 import os
 import sysconfig
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Optional, Sequence
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.params import SWEEP_KEYS, validate_params
@@ -36,7 +36,7 @@ class Sweep:
     sweep_id: str
     grid: dict[str, list]  # param -> its values
     sets: dict[str, str]  # --set param -> its value as typed (DVC reads it with Hydra's grammar)
-    experiment: Optional[str] = None  # tracking.experiment, when --set gives it
+    experiment: str | None = None  # tracking.experiment, when --set gives it
 
     @property
     def size(self) -> int:
@@ -65,8 +65,10 @@ def _parse_set(item: str):
     if len(item) > MAX_SET_LENGTH:
         raise SweepError(f"--set {item[:40]!r}...: {len(item):,} characters; at most {MAX_SET_LENGTH:,}")
     if INTERPOLATION in item:
-        raise SweepError(f"--set {item!r}: '{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; "
-                         "a value here is plain text")
+        raise SweepError(
+            f"--set {item!r}: '{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; "
+            "a value here is plain text"
+        )
 
     try:
         (override,) = to_hydra_overrides([item])
@@ -87,16 +89,27 @@ def override_text(key: str, value: object) -> str:
     import yaml
 
     # a list as compact JSON ([512,512], also YAML); `...` is YAML's end-of-document marker
-    text = json.dumps(value, separators=(",", ":")) if isinstance(value, list) else \
-        yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()  # fmt: skip
+    text = (
+        json.dumps(value, separators=(",", ":"))
+        if isinstance(value, list)
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    )
     if any(char.isspace() or char in "'\"" for char in text):
-        raise SweepError(f"'{key}' = {text}: a value with spaces or quotes cannot pass through "
-                         "`$(mnist-mlp preset ...)`; give it with -S on the command line")  # fmt: skip
+        raise SweepError(
+            f"'{key}' = {text}: a value with spaces or quotes cannot pass through "
+            "`$(mnist-mlp preset ...)`; give it with -S on the command line"
+        )
     return f"{key}={text}"
 
 
-def plan(activations: Sequence[str] = (), dropouts: Sequence[float] = (), seeds: Sequence[int] = (),
-         sets: Sequence[str] = (), sweep_id: Optional[str] = None, preset: Optional[dict] = None) -> Sweep:  # fmt: skip
+def plan(
+    activations: Sequence[str] = (),
+    dropouts: Sequence[float] = (),
+    seeds: Sequence[int] = (),
+    sets: Sequence[str] = (),
+    sweep_id: str | None = None,
+    preset: dict | None = None,
+) -> Sweep:
     """The grid, every value validated before anything is queued; the sweep id defaults to the time.
 
     `preset` (params.preset_values): every key of it goes as a --set (given `sets` win), and its activation
@@ -131,11 +144,11 @@ def check_size(grid: dict[str, list]) -> None:
         raise SweepError(f"a grid of {points:,} points; at most {MAX_GRID_POINTS:,}")
 
 
-def threads_per_worker(jobs: int, cores: Optional[int] = None) -> int:
+def threads_per_worker(jobs: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
-def with_own_scripts(env: Optional[dict] = None) -> dict:
+def with_own_scripts(env: dict | None = None) -> dict:
     """`env` (default os.environ) with this interpreter's scripts folder first on PATH: `.venv/bin/mnist-mlp sweep`
     runs the venv's `dvc`, and its stages the venv's `python`, whatever the caller's PATH holds."""
     env = dict(os.environ if env is None else env)
@@ -154,9 +167,14 @@ def sweep_base(root: Path, set_keys: Sequence[str] = (), from_workspace: bool = 
     taken = {key: change for key, change in sorted(changed.items()) if key not in {*OWN_KEYS, *set_keys}}
     described = ", ".join(f"{key} ({change['old']} -> {change['new']})" for key, change in taken.items())
     if taken and not from_workspace:
-        raise SweepError(f"params.yaml differs from HEAD ({commit[:7]}) in {described}; every trial would "
-                         "start from it: commit it, restore it (`git checkout params.yaml`), or pass --from-workspace "
-                         "to sweep from it on purpose")  # fmt: skip
+        raise SweepError(
+            f"params.yaml differs from HEAD ({commit[:7]}) in {described}; every trial would "
+            "start from it: commit it, restore it (`git checkout params.yaml`), or pass --from-workspace "
+            "to sweep from it on purpose"
+        )
     if taken:
-        print(f"note: sweeping from the workspace: params.yaml differs from HEAD ({commit[:7]}) in {described}", flush=True)
+        print(
+            f"note: sweeping from the workspace: params.yaml differs from HEAD ({commit[:7]}) in {described}",
+            flush=True,
+        )
     return "+".join([commit, *taken])

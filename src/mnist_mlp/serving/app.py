@@ -21,20 +21,20 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_mlp.serving import predict
-from mnist_mlp.tracking import queries
+from mnist_mlp.core.model import architecture
 from mnist_mlp.data.mnist import INPUT_SIZE
 from mnist_mlp.errors import UserError
-from mnist_mlp.core.model import architecture
 from mnist_mlp.params import Params, validate_params
+from mnist_mlp.serving import predict
+from mnist_mlp.tracking import queries
 
 DEFAULT_PORT = 8000  # 5000 is the MLflow UI's, 5001 `mnist-mlp serve`'s
 CURRENT = "current"
@@ -86,8 +86,8 @@ class Entry:
     name: str  # `current`, a sweep run's name, or the URI given on the command line
     title: str  # what tells it apart: its params
     source: str  # checkpoint path or MLflow model URI
-    classifier: Optional[torch.nn.Module] = None
-    error: Optional[str] = None
+    classifier: torch.nn.Module | None = None
+    error: str | None = None
 
     def describe(self) -> dict:
         described = {"name": self.name, "title": self.title, "source": self.source}
@@ -97,8 +97,8 @@ class Entry:
 @dataclass
 class Lineup:
     entries: list[Entry]  # the current model first
-    sweep_id: Optional[str] = None  # the sweep whose models follow it, if any
-    notice: Optional[str] = None  # why no sweep is shown, with the command that makes one
+    sweep_id: str | None = None  # the sweep whose models follow it, if any
+    notice: str | None = None  # why no sweep is shown, with the command that makes one
 
     def describe(self) -> dict:
         notice = for_client(self.notice) if self.notice else self.notice
@@ -151,18 +151,24 @@ def arrange(models: Sequence[queries.SweepModel]) -> list[tuple[queries.SweepMod
 class Models:
     """The models that answer, each loaded once and kept; the checkpoint is reloaded when it changes."""
 
-    def __init__(self, current: str, uris: Sequence[str] = (), experiment: str = Params().tracking.experiment, sweep: Optional[str] = None):
+    def __init__(
+        self,
+        current: str,
+        uris: Sequence[str] = (),
+        experiment: str = Params().tracking.experiment,
+        sweep: str | None = None,
+    ):
         self.current_source = str(current)
         self.uris = list(uris)
         self.experiment = experiment
         self.default_sweep = sweep  # None: the command line's URIs if any, else the latest sweep
         self._lock = threading.Lock()
-        self._current: tuple[Optional[int], Entry] | None = None  # (checkpoint mtime, entry)
+        self._current: tuple[int | None, Entry] | None = None  # (checkpoint mtime, entry)
         self._uris: dict[str, Entry] = {}  # name -> entry of a URI given on the command line
         self._sweeps: dict[str, Lineup] = {}  # sweep id or `latest` -> its models, or why there are none
         self._found_at: dict[str, float] = {}  # sweep id or `latest` -> when it was looked up (monotonic)
 
-    def lineup(self, sweep: Optional[str] = None, refresh: bool = False) -> Lineup:
+    def lineup(self, sweep: str | None = None, refresh: bool = False) -> Lineup:
         """The current model, then the sweep's models (`sweep`, default as set up) or the URIs' models.
 
         `refresh` looks the sweep up in the store again (a page load does); predictions use what was found
@@ -214,7 +220,9 @@ class Models:
             name = model.name if names.count(model.name) == 1 else f"{model.name}-{model.run_id[:8]}"
             # a model loaded before keeps its weights, not its title: the fields that differ change as a sweep grows
             loaded = known.get(model.model_uri)
-            entries.append(dataclasses.replace(loaded, name=name, title=title) if loaded else _load(name, title, model.model_uri))
+            entries.append(
+                dataclasses.replace(loaded, name=name, title=title) if loaded else _load(name, title, model.model_uri)
+            )
         return Lineup(entries, sweep_id)
 
 
@@ -238,7 +246,9 @@ def _decoded_pixels(data: bytes, name: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise TooLarge(f"{name}: {image.width}x{image.height} pixels; at most {MAX_PIXELS / 1e6:.1f} megapixels")
+                raise TooLarge(
+                    f"{name}: {image.width}x{image.height} pixels; at most {MAX_PIXELS / 1e6:.1f} megapixels"
+                )
             image.load()
             # phone photos store their rotation in EXIF instead of rotating the pixels
             image = ImageOps.exif_transpose(image)
@@ -266,12 +276,14 @@ def answers(entries: Sequence[Entry], pixels: np.ndarray) -> list[dict]:
         with torch.no_grad():
             probabilities = entry.classifier(batch)[0]
         milliseconds = 1000 * (time.perf_counter() - start)
-        out.append({
-            **entry.describe(),
-            "label": int(probabilities.argmax()),
-            "probabilities": [round(float(p), 6) for p in probabilities],
-            "milliseconds": round(milliseconds, 3),
-        })  # fmt: skip
+        out.append(
+            {
+                **entry.describe(),
+                "label": int(probabilities.argmax()),
+                "probabilities": [round(float(p), 6) for p in probabilities],
+                "milliseconds": round(milliseconds, 3),
+            }
+        )
     return out
 
 
@@ -324,12 +336,14 @@ def create_app(models: Models, port: int = DEFAULT_PORT):
         name = Path(upload.filename or "image").name
         pixels = upload_pixels(upload.read(), name)
         lineup = models.lineup(request.args.get("sweep"))
-        return jsonify({
-            "sweep": lineup.sweep_id,
-            "notice": lineup.notice,
-            "pixels": np.round(pixels, 4).tolist(),
-            "models": answers(lineup.entries, pixels),
-        })  # fmt: skip
+        return jsonify(
+            {
+                "sweep": lineup.sweep_id,
+                "notice": lineup.notice,
+                "pixels": np.round(pixels, 4).tolist(),
+                "models": answers(lineup.entries, pixels),
+            }
+        )
 
     @app.errorhandler(UserError)
     def user_error(exc: UserError):
@@ -368,7 +382,9 @@ REQUEST_TIMEOUT_S = 10  # a connection silent this long while sending its reques
 MAX_CONNECTIONS = 32  # served at once; a drawing page needs one or two, more are closed unanswered
 
 
-def bounded_server(port: int, wsgi_app, fd: int, timeout_s: float = REQUEST_TIMEOUT_S, connections: int = MAX_CONNECTIONS):
+def bounded_server(
+    port: int, wsgi_app, fd: int, timeout_s: float = REQUEST_TIMEOUT_S, connections: int = MAX_CONNECTIONS
+):
     """werkzeug's threaded server with bounds: `timeout_s` of silence per connection (a client that sends its header
     or body a byte a minute holds no thread for long), and at most `connections` at once (more are closed)."""
     import threading
@@ -405,7 +421,9 @@ def serve(models: Models, port: int) -> None:
     try:  # bound here: werkzeug would print its own lines and exit
         listener = socket.create_server(("127.0.0.1", port))
     except OSError as exc:
-        raise AppError(f"127.0.0.1:{port}: cannot listen ({exc.strerror}); choose another port: --port N (make app APP_PORT=N)") from None
+        raise AppError(
+            f"127.0.0.1:{port}: cannot listen ({exc.strerror}); choose another port: --port N (make app APP_PORT=N)"
+        ) from None
     with listener:
         server = bounded_server(port, create_app(models, port), listener.fileno())
     print(f"mnist-mlp app: open http://127.0.0.1:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)

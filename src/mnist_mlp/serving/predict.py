@@ -9,18 +9,18 @@ the model sees what it was trained on whatever the image's size, colors or margi
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_mlp.errors import UserError
 from mnist_mlp.data.mnist import IMAGE_SIDE as FIELD
 from mnist_mlp.data.mnist import INPUT_SIZE, NUM_CLASSES
+from mnist_mlp.errors import UserError
 
 BOX = 20
 CENTER = 14.0  # where MNIST's centers of mass sit (measured on the test split: 13.99, 14.00)
@@ -44,9 +44,9 @@ class ModelError(UserError, ValueError):
 @dataclass
 class Prediction:
     file: str
-    label: Optional[int] = None
+    label: int | None = None
     top_k: list[tuple[int, float]] = field(default_factory=list)
-    error: Optional[str] = None
+    error: str | None = None
 
     def as_dict(self) -> dict:
         if self.error is not None:

@@ -17,7 +17,9 @@ DEFAULT_PORT = 5001  # 5000 is the MLflow UI's
 
 def default_model_uri(metrics_path: str | Path) -> str:
     """`runs:/<id>/model` of the run recorded in reports/metrics.json by the evaluate stage."""
-    from mnist_mlp.tracking.registry import evaluated_run_id  # here: importing it loads MLflow, which `mnist-mlp --help` must not wait for
+    from mnist_mlp.tracking.registry import (
+        evaluated_run_id,  # here: importing it loads MLflow, which `mnist-mlp --help` must not wait for
+    )
 
     return f"runs:/{evaluated_run_id(metrics_path, '--model-uri runs:/<run id>/model')}/model"
 
@@ -33,6 +35,17 @@ def is_loopback(host: str) -> bool:
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
     # this interpreter's mlflow, and --env-manager local: no virtualenv built per model
     return [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-        "--env-manager", "local", "-h", host, "-p", str(port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]

@@ -8,8 +8,8 @@ The true label starts each file name (`7-blue-on-yellow.png`), so a check can sc
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -48,7 +48,12 @@ STYLES: list[tuple[str, int, Style, str]] = [
     ("black-on-white", 10, _ink_on_paper((0, 0, 0), (255, 255, 255)), "PNG"),
     ("white-on-black-original-size", 1, lambda digit: digit, "PNG"),
     ("blue-on-yellow", 8, _ink_on_paper((20, 40, 160), (250, 235, 140)), "PNG"),
-    ("off-center-large-canvas", 6, _on_canvas((640, 480), (40, 260), _ink_on_paper((30, 30, 30), (240, 240, 240))), "PNG"),
+    (
+        "off-center-large-canvas",
+        6,
+        _on_canvas((640, 480), (40, 260), _ink_on_paper((30, 30, 30), (240, 240, 240))),
+        "PNG",
+    ),
     ("jpeg-pencil-on-gray", 12, _ink_on_paper((70, 70, 70), (200, 200, 190)), "JPEG"),
     ("small-in-corner", 3, _on_canvas((400, 300), (300, 10), _ink_on_paper((0, 0, 0), (255, 255, 255))), "PNG"),
     ("red-on-white-jpeg", 5, _ink_on_paper((200, 20, 20), (255, 255, 255)), "JPEG"),

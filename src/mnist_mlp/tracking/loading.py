@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -15,7 +15,6 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.tracking.location import tracking_uri
 from mnist_mlp.tracking.model_check import verify_model_folder
 from mnist_mlp.tracking.store import check_tracking_server, failure_line
-
 
 # MLflow 3.17 unpickles by default: a pickled model, and the weights inside a pt2 archive.
 # With this it refuses the first and loads the second only after checking it holds no pickle.
@@ -58,7 +57,9 @@ def verified_model(model_uri: str) -> Iterator[Path]:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
         except (MlflowException, OSError, ValueError) as exc:
-            raise ModelURIError(f"{model_uri}: cannot download the MLflow model from {tracking_uri()} ({failure_line(exc)})") from None
+            raise ModelURIError(
+                f"{model_uri}: cannot download the MLflow model from {tracking_uri()} ({failure_line(exc)})"
+            ) from None
         verify_model_folder(local, model_uri)
         yield local
 
@@ -74,7 +75,9 @@ def load_pixel_classifier(model_uri: str):
             with _environment(NO_PICKLE_ENV):
                 return mlflow.pytorch.load_model(str(local))
         except (MlflowException, OSError, RuntimeError, ValueError) as exc:
-            raise ModelURIError(f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({failure_line(exc)})") from None
+            raise ModelURIError(
+                f"{model_uri}: cannot load the MLflow model from {tracking_uri()} ({failure_line(exc)})"
+            ) from None
 
 
 def predicted_digits(model_uri: str, pixels):

@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from mnist_mlp.project import repo_root
 
 
-def tracking_uri(root: Optional[Path] = None) -> str:
+def tracking_uri(root: Path | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
 
 
-def artifact_root(root: Optional[Path] = None) -> str:
+def artifact_root(root: Path | None = None) -> str:
     """Where a local store's artifacts go: `mlartifacts` beside its SQLite file (the repo's, or
     MLFLOW_TRACKING_URI's), never a folder relative to the current directory."""
     db = local_sqlite_path(tracking_uri(root))
     return ((db.parent if db else (root or repo_root())) / "mlartifacts").as_uri()
 
 
-def local_sqlite_path(uri: str) -> Optional[Path]:
+def local_sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 

@@ -19,15 +19,29 @@ import yaml
 from mnist_mlp.errors import UserError
 
 # the files `mlflow.pytorch.log_model(..., serialization_format="pt2")` writes, and nothing else
-TOP_FILES = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
-             "serving_input_example.json", "registered_model_meta"}  # fmt: skip
+TOP_FILES = {
+    "MLmodel",
+    "conda.yaml",
+    "python_env.yaml",
+    "requirements.txt",
+    "input_example.json",
+    "serving_input_example.json",
+    "registered_model_meta",
+}
 DATA_FILES = {"model.pt2"}
 FLAVORS = {"pytorch", "python_function"}
 LOADER_MODULE = "mlflow.pytorch"
 # the keys each flavor may hold, with the only values allowed where it matters
 PYTORCH_KEYS = {"code": None, "model_data": "data", "pytorch_version": ..., "serialization_format": "pt2"}
-PYFUNC_KEYS = {"loader_module": LOADER_MODULE, "data": "data", "code": None, "env": ..., "config": ...,
-               "python_version": ..., "pickle_module_name": "mlflow.pytorch.pickle_module"}  # fmt: skip
+PYFUNC_KEYS = {
+    "loader_module": LOADER_MODULE,
+    "data": "data",
+    "code": None,
+    "env": ...,
+    "config": ...,
+    "python_version": ...,
+    "pickle_module_name": "mlflow.pytorch.pickle_module",
+}
 
 
 class ModelCheckError(UserError, ValueError):
@@ -85,4 +99,6 @@ def verify_model_folder(folder: str | Path, uri: str) -> None:
         check_files(Path(folder))
         check_mlmodel(Path(folder))
     except ValueError as exc:
-        raise ModelCheckError(f"{uri}: refused: not a model this project logged ({exc}); nothing of it was loaded") from None
+        raise ModelCheckError(
+            f"{uri}: refused: not a model this project logged ({exc}); nothing of it was loaded"
+        ) from None

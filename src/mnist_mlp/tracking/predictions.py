@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,28 +53,32 @@ def parse(text: str, source: str) -> Predictions:
     pairs = []
     for number, line in enumerate(lines[1:], start=2):
         fields = line.strip().split(",")
-        if len(fields) != 2 or not all(len(field) == 1 and field in DIGITS for field in fields):  # not str.isdigit: '٣' is one
+        if len(fields) != 2 or not all(
+            len(field) == 1 and field in DIGITS for field in fields
+        ):  # not str.isdigit: '٣' is one
             raise PredictionsError(f"{source}:{number}: {line[:40]!r} is not two digits; {expected}")
         pairs.append((int(fields[0]), int(fields[1])))
     table = np.asarray(pairs, dtype=np.int8)
     return Predictions(table[:, 0], table[:, 1])
 
 
-def read(path: str | Path, source: Optional[str] = None) -> Predictions:
+def read(path: str | Path, source: str | None = None) -> Predictions:
     """The predictions file at `path`; errors name `source` (default: the path)."""
     path = Path(path)
     source = source or str(path)
     if not path.is_file():
         raise PredictionsError(f"{source}: not found; run `dvc repro evaluate` to write it")
     if path.stat().st_size > MAX_BYTES:
-        raise PredictionsError(f"{source}: {path.stat().st_size:,} bytes, more than a predictions file ({MAX_BYTES:,} at most)")
+        raise PredictionsError(
+            f"{source}: {path.stat().st_size:,} bytes, more than a predictions file ({MAX_BYTES:,} at most)"
+        )
     try:
         return parse(path.read_text(encoding="utf-8"), source)
     except UnicodeDecodeError:
         raise PredictionsError(f"{source}: not UTF-8 text; expected the evaluate stage's predictions") from None
 
 
-def logged(run_id: str) -> Optional[Predictions]:
+def logged(run_id: str) -> Predictions | None:
     """The predictions run `run_id` logged, None when it logged none (runs from before they were logged)."""
     from mlflow.exceptions import MlflowException
 
@@ -88,8 +92,10 @@ def logged(run_id: str) -> Optional[Predictions]:
         if item is None:
             return None
         if item.is_dir or (item.file_size or 0) > MAX_BYTES:
-            raise PredictionsError(f"run {run_id}: {ARTIFACT} is {'a folder' if item.is_dir else f'{item.file_size:,} bytes'}, "
-                                   f"not a predictions file ({MAX_BYTES:,} bytes at most)")  # fmt: skip
+            raise PredictionsError(
+                f"run {run_id}: {ARTIFACT} is {'a folder' if item.is_dir else f'{item.file_size:,} bytes'}, "
+                f"not a predictions file ({MAX_BYTES:,} bytes at most)"
+            )
         with tempfile.TemporaryDirectory(prefix="mnist-mlp-predictions-") as scratch:
             local = Path(store.download_artifacts(run_id, ARTIFACT, scratch))
             if local.is_symlink() or not local.is_file():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import mlflow
 import pandas as pd
@@ -12,7 +11,6 @@ from mlflow.exceptions import MlflowException
 from mnist_mlp.errors import UserError
 from mnist_mlp.tracking.location import local_sqlite_path, tracking_uri
 from mnist_mlp.tracking.store import check_tracking_server, client, failure_line, literal
-
 
 # --- the models of a sweep, for `mnist-mlp app` ------------------------------------------------
 
@@ -23,6 +21,7 @@ class NoRunsError(UserError, LookupError):
 
 class SweepModel:
     """A FINISHED run of a sweep and the model its evaluate stage logged."""
+
     def __init__(self, name: str, run_id: str, params: dict[str, str]):
         self.name, self.run_id, self.params = name, run_id, params
         self.model_uri = f"runs:/{run_id}/model"
@@ -45,26 +44,51 @@ def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[S
         if found is None:
             raise NoRunsError(f"no experiment '{experiment}' in {uri}; `make sweep` (or `make sweep-quick`) makes one")
         if sweep_id == "latest":
-            newest = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id != ''", max_results=1,
-                                       order_by=["attributes.start_time DESC"])  # fmt: skip
+            newest = store.search_runs(
+                [found.experiment_id],
+                f"{finished} and tags.sweep_id != ''",
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
             if not newest:
-                raise NoRunsError(f"no finished sweep in experiment '{experiment}' of {uri}; run `make sweep` (or `make sweep-quick`)")
+                raise NoRunsError(
+                    f"no finished sweep in experiment '{experiment}' of {uri}; run `make sweep` (or `make sweep-quick`)"
+                )
             sweep_id = newest[0].data.tags["sweep_id"]
-        runs = store.search_runs([found.experiment_id], f"{finished} and tags.sweep_id = {literal(sweep_id, 'sweep id')}", max_results=1000,
-                                 order_by=["attributes.start_time ASC"])  # fmt: skip
+        runs = store.search_runs(
+            [found.experiment_id],
+            f"{finished} and tags.sweep_id = {literal(sweep_id, 'sweep id')}",
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+        )
     except (MlflowException, OSError) as exc:
         raise NoRunsError(f"cannot read the sweeps in {uri} ({failure_line(exc)})") from None
     if not runs:
-        raise NoRunsError(f"no finished run of sweep '{sweep_id}' in experiment '{experiment}' of {uri}; `make sweep` runs one")
-    return sweep_id, [SweepModel(run.data.tags.get("dvc_exp_name") or run.info.run_name or run.info.run_id, run.info.run_id, dict(run.data.params)) for run in runs]
+        raise NoRunsError(
+            f"no finished run of sweep '{sweep_id}' in experiment '{experiment}' of {uri}; `make sweep` runs one"
+        )
+    return sweep_id, [
+        SweepModel(
+            run.data.tags.get("dvc_exp_name") or run.info.run_name or run.info.run_id,
+            run.info.run_id,
+            dict(run.data.params),
+        )
+        for run in runs
+    ]
 
 
-def search_runs(experiment: Optional[str], filter_string: str = "", **options) -> pd.DataFrame:
+def search_runs(experiment: str | None, filter_string: str = "", **options) -> pd.DataFrame:
     """`mlflow.search_runs` on the project's store: one row per run of `experiment` (None: of every
     experiment) matching `filter_string`, newest first; columns run_id, status, params.*, metrics.*, tags.*."""
     check_tracking_server()
     mlflow.set_tracking_uri(tracking_uri())
     if experiment is not None and client().get_experiment_by_name(experiment) is None:
-        raise NoRunsError(f"no experiment '{experiment}' in {tracking_uri()}; `make sweep` (or `make sweep-quick`) makes one")
-    return mlflow.search_runs(experiment_names=[experiment] if experiment else None,
-                              search_all_experiments=experiment is None, filter_string=filter_string, **options)  # fmt: skip
+        raise NoRunsError(
+            f"no experiment '{experiment}' in {tracking_uri()}; `make sweep` (or `make sweep-quick`) makes one"
+        )
+    return mlflow.search_runs(
+        experiment_names=[experiment] if experiment else None,
+        search_all_experiments=experiment is None,
+        filter_string=filter_string,
+        **options,
+    )

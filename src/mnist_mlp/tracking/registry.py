@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional
+from typing import NamedTuple
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -29,7 +30,11 @@ _PER_CLASS_METRIC = re.compile(rf"^test_({'|'.join(PER_CLASS)})_(\d+)$")
 def logged_metrics(test: dict) -> dict[str, float]:
     """metrics.json's `test` section as MLflow metric names: test_<name>, and test_<metric>_<class> per class."""
     flat = {f"test_{key}": float(value) for key, value in test.items() if key != "per_class"}
-    flat |= {f"test_{metric}_{label}": float(value) for label, row in test["per_class"].items() for metric, value in row.items()}
+    flat |= {
+        f"test_{metric}_{label}": float(value)
+        for label, row in test["per_class"].items()
+        for metric, value in row.items()
+    }
     return flat
 
 
@@ -95,15 +100,19 @@ def version_of_run(name: str, run_id: str) -> ModelVersion:
     """The newest version of `name` registered from run `run_id`."""
     if not run_id.isalnum():
         raise RegistryError(f"run id {run_id!r}: expected the hex id MLflow gives a run")
-    found = client().search_model_versions(f"name = {literal(name, 'registered model')} and run_id = {literal(run_id, 'run id')}",
-                                           order_by=["version_number DESC"])  # fmt: skip
+    found = client().search_model_versions(
+        f"name = {literal(name, 'registered model')} and run_id = {literal(run_id, 'run id')}",
+        order_by=["version_number DESC"],
+    )
     if not found:
-        raise RegistryError(f"run {run_id} registered no version of '{name}' in {tracking_uri()}; "
-                            "the evaluate stage registers one (`dvc repro`)")  # fmt: skip
+        raise RegistryError(
+            f"run {run_id} registered no version of '{name}' in {tracking_uri()}; "
+            "the evaluate stage registers one (`dvc repro`)"
+        )
     return _model_version(found[0])
 
 
-def alias_version(name: str, alias: str) -> Optional[ModelVersion]:
+def alias_version(name: str, alias: str) -> ModelVersion | None:
     """The version `name@alias` points at; None when the alias (or the model) does not exist yet."""
     try:
         version = client().get_registered_model(name).aliases.get(alias)

@@ -9,8 +9,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -25,7 +26,7 @@ from mnist_mlp.tracking.location import tracking_uri
 from mnist_mlp.tracking.store import TrackingServerError, ensure_experiment, failure_reason
 
 
-def git_commit(cwd: Path) -> Optional[str]:
+def git_commit(cwd: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -61,12 +62,12 @@ def run_tags(extra: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in tags.items() if value}
 
 
-def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
+def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 @contextlib.contextmanager
-def _active(run) -> Iterator["Run"]:
+def _active(run) -> Iterator[Run]:
     """End the run FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM: never left RUNNING."""
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     run_id = run.info.run_id
@@ -78,8 +79,9 @@ def _active(run) -> Iterator["Run"]:
     except MlflowException as exc:
         # MLflow's own retries are spent (a server gone for minutes, a locked store): one line, not a traceback
         _end_run(run_id, "FAILED")
-        raise TrackingServerError(f"{tracking_uri()}: an MLflow call failed during run {run_id} "
-                                  f"({failure_reason(exc)}); the run ended FAILED") from None  # fmt: skip
+        raise TrackingServerError(
+            f"{tracking_uri()}: an MLflow call failed during run {run_id} ({failure_reason(exc)}); the run ended FAILED"
+        ) from None
     except BaseException:
         _end_run(run_id, "FAILED")
         raise
@@ -94,8 +96,10 @@ def _end_run(run_id: str, status: str) -> None:
     try:
         mlflow.end_run(status)
     except MlflowException as exc:
-        raise TrackingServerError(f"{tracking_uri()}: cannot end MLflow run {run_id} as {status} ({failure_reason(exc)}); "
-                                  "it stays RUNNING there until `mnist-mlp close-stale-runs` ends it") from None  # fmt: skip
+        raise TrackingServerError(
+            f"{tracking_uri()}: cannot end MLflow run {run_id} as {status} ({failure_reason(exc)}); "
+            "it stays RUNNING there until `mnist-mlp close-stale-runs` ends it"
+        ) from None
 
 
 def _start_new_run(experiment_id: str, name: str, tags: dict[str, str]):
@@ -113,7 +117,7 @@ def _log_params(params: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def training_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator["Run"]:
+def training_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) -> Iterator[Run]:
     """Open a new run with all params and tags logged up front."""
     with _active(_start_new_run(ensure_experiment(experiment), run_name(params), tags)) as active:
         _log_params(params)
@@ -121,7 +125,7 @@ def training_run(experiment: str, params: dict[str, Any], tags: dict[str, str]) 
 
 
 @contextlib.contextmanager
-def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iterator["Run"]:
+def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iterator[Run]:
     """Reopen the train stage's run to add test metrics, figures and the model.
 
     When that run is not in this store (a model restored from a DVC cache, a deleted
@@ -142,6 +146,7 @@ def evaluation_run(run_id: str, experiment: str, params: dict[str, Any]) -> Iter
 
 class Run:
     """The active run of a train or evaluate stage."""
+
     def __init__(self, run_id: str):
         self.run_id = run_id
 
@@ -152,8 +157,10 @@ class Run:
 
     def log_datasets(self, splits: dict[str, tuple[Path, str]]) -> None:
         """The cached splits that trained the model ({split: (file, md5)}), in the UI's Dataset column."""
-        datasets = [MetaDataset(LocalArtifactDatasetSource(str(Path(path).resolve())), name=f"mnist-{split}", digest=md5)
-                    for split, (path, md5) in splits.items()]
+        datasets = [
+            MetaDataset(LocalArtifactDatasetSource(str(Path(path).resolve())), name=f"mnist-{split}", digest=md5)
+            for split, (path, md5) in splits.items()
+        ]
         mlflow.log_inputs(datasets, contexts=list(splits), tags_list=[None] * len(datasets))
 
     def log_metrics(self, metrics: dict[str, float]) -> None:

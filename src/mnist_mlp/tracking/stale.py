@@ -14,8 +14,7 @@ from typing import NamedTuple
 import pandas as pd
 import psutil
 
-from mnist_mlp.tracking import queries
-from mnist_mlp.tracking import store
+from mnist_mlp.tracking import queries, store
 
 CLOSED_TAG = "mnist_mlp.closed_stale"
 
@@ -62,8 +61,10 @@ def close_trial_runs(experiment: str, study: str, trial: int, reason: str) -> li
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    query = (f"tags.sweep_id = {store.literal(study, 'study')} and tags.sweep_trial = '{int(trial)}' "
-             "and attributes.status = 'RUNNING'")  # fmt: skip
+    query = (
+        f"tags.sweep_id = {store.literal(study, 'study')} and tags.sweep_trial = '{int(trial)}' "
+        "and attributes.status = 'RUNNING'"
+    )
     ended = [run.info.run_id for run in client.search_runs([found.experiment_id], query, max_results=100)]
     for run_id in ended:
         client.set_tag(run_id, CLOSED_TAG, f"closed by mnist-mlp sweep: {reason}")

@@ -6,7 +6,6 @@ import contextlib
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Optional
 
 import mlflow
 from filelock import FileLock
@@ -33,7 +32,7 @@ _answered: set[str] = set()
 
 def network_reason(exc: BaseException) -> str:
     """Why a request failed, from the exception chain's OSError (not from MLflow's message text)."""
-    cause: Optional[BaseException] = exc
+    cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused"
@@ -47,7 +46,7 @@ def network_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def check_tracking_server(uri: Optional[str] = None) -> None:
+def check_tracking_server(uri: str | None = None) -> None:
     """An http(s) store must answer within seconds, and take our credentials, before any work starts.
 
     Without this a dead URI costs MLflow's default retries (7, about 4 minutes) per call, and a
@@ -64,19 +63,34 @@ def check_tracking_server(uri: Optional[str] = None) -> None:
     try:
         health = http_request(creds, "/health", "GET", max_retries=0, timeout=PREFLIGHT_TIMEOUT, raise_on_status=False)
         if health.status_code != 200:
-            raise TrackingServerError(f"{uri}: not an MLflow tracking server (HTTP {health.status_code} at /health); {fix}")
+            raise TrackingServerError(
+                f"{uri}: not an MLflow tracking server (HTTP {health.status_code} at /health); {fix}"
+            )
         # /health needs no login; this does
-        probe = http_request(creds, "/api/2.0/mlflow/experiments/search", "POST", max_retries=0,
-                             timeout=LOGIN_TIMEOUT, raise_on_status=False, json={"max_results": 1})  # fmt: skip
+        probe = http_request(
+            creds,
+            "/api/2.0/mlflow/experiments/search",
+            "POST",
+            max_retries=0,
+            timeout=LOGIN_TIMEOUT,
+            raise_on_status=False,
+            json={"max_results": 1},
+        )
     except MlflowException as exc:
-        raise TrackingServerError(f"{uri}: MLflow tracking server not answering ({network_reason(exc)}); {fix}") from None
+        raise TrackingServerError(
+            f"{uri}: MLflow tracking server not answering ({network_reason(exc)}); {fix}"
+        ) from None
     if probe.status_code == 401:
         who = f"user {creds.username!r}" if creds.username else "no MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD"
-        raise TrackingServerError(f"{uri}: the tracking server refused the credentials (HTTP 401, {who}); "
-                                  "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an MLflow user")  # fmt: skip
+        raise TrackingServerError(
+            f"{uri}: the tracking server refused the credentials (HTTP 401, {who}); "
+            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD of an MLflow user"
+        )
     if probe.status_code == 403:
-        raise TrackingServerError(f"{uri}: user {creds.username!r} may not read experiments (HTTP 403); "
-                                  "ask the server's admin for READ or EDIT permission")  # fmt: skip
+        raise TrackingServerError(
+            f"{uri}: user {creds.username!r} may not read experiments (HTTP 403); "
+            "ask the server's admin for READ or EDIT permission"
+        )
     if probe.status_code != 200:
         raise TrackingServerError(f"{uri}: the tracking server answered HTTP {probe.status_code} to a search; {fix}")
     _answered.add(uri)
@@ -86,9 +100,9 @@ class StoreError(UserError, RuntimeError):
     """The local MLflow store cannot be used (locked, damaged); the message names it and what to do."""
 
 
-def store_failure(exc: BaseException) -> Optional[StoreError]:
+def store_failure(exc: BaseException) -> StoreError | None:
     """A one-line StoreError for a SQLite failure anywhere in `exc`'s chain (by SQLite's error code), else None."""
-    cause: Optional[BaseException] = exc
+    cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, sqlite3.Error):
         cause = cause.__cause__ or cause.__context__
     code = getattr(cause, "sqlite_errorname", None)
@@ -96,15 +110,19 @@ def store_failure(exc: BaseException) -> Optional[StoreError]:
         return None
     uri = tracking_uri()
     if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-        return StoreError(f"{uri}: the MLflow store is locked by another process ({code}); "
-                          "wait for it to finish, or stop it, then run again")  # fmt: skip
+        return StoreError(
+            f"{uri}: the MLflow store is locked by another process ({code}); "
+            "wait for it to finish, or stop it, then run again"
+        )
     if code in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-        return StoreError(f"{uri}: the MLflow store is damaged ({code}: {cause}); "
-                          "restore it from a backup, or move it aside to start a new store")  # fmt: skip
+        return StoreError(
+            f"{uri}: the MLflow store is damaged ({code}: {cause}); "
+            "restore it from a backup, or move it aside to start a new store"
+        )
     return StoreError(f"{uri}: the MLflow store failed ({code}: {cause})")
 
 
-def ensure_experiment(name: str, root: Optional[Path] = None) -> str:
+def ensure_experiment(name: str, root: Path | None = None) -> str:
     """Create (once) the store and the experiment with an absolute artifact location; return its id.
 
     A file lock serializes the first creation: two queue workers migrating a new
@@ -124,7 +142,9 @@ def ensure_experiment(name: str, root: Optional[Path] = None) -> str:
         # a server decides its own artifact store; a local store gets an absolute folder
         location = artifact_root(root) if not uri.startswith(("http://", "https://")) else None
         # a model-training experiment: the UI opens on its runs table, not the GenAI traces overview
-        return client.create_experiment(name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"})
+        return client.create_experiment(
+            name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+        )
 
 
 def failure_reason(exc: MlflowException) -> str:
