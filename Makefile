@@ -56,6 +56,8 @@ test: install  ## the test suite in its tiers: fast, then integration, docs and 
 
 ui: install  ## the MLflow UI on 127.0.0.1 against the project's store (a tracking server serves its own UI)
 	@case "$(STORE)" in http://*|https://*) echo "the tracking server at $(STORE) serves the UI: open $(STORE)"; exit 0;; esac; \
+	$(BIN)/python -c "import socket; socket.create_server(('127.0.0.1', $(UI_PORT))).close()" 2>/dev/null || \
+		{ echo "make ui: 127.0.0.1:$(UI_PORT) is taken; choose another port: make ui UI_PORT=5050" >&2; exit 1; }; \
 	$(BIN)/mlflow ui --backend-store-uri "$(STORE)" --host 127.0.0.1 --port $(UI_PORT)
 
 demo: install  ## draw ten real test digits as PNG/JPEG in different styles into $(SAMPLES), then classify them

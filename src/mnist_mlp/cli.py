@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--search",
         type=Path,
         metavar="FILE",
-        help="a TPE search over the ranges of FILE (e.g. params/search.yaml) instead of the grid",
+        help="a TPE search over the ranges of FILE (e.g. params/search/default.yaml) instead of the grid",
     )
     sweep.add_argument(
         "--trials", type=_positive, metavar="N", help="with --search: trials in all (default: the file's)"

@@ -1,4 +1,4 @@
-"""A search space file (params/search.yaml): which params a TPE search draws, over what ranges, for how many trials.
+"""A search space file (params/search/default.yaml): which params a TPE search draws, over what ranges, for how many trials.
 
     trials: 12             # trials in the study, over every worker
     startup_trials: 4      # random trials before TPE models the results (Optuna's n_startup_trials)
@@ -111,7 +111,7 @@ def read(path: Path, fixed: set[str] = frozenset()) -> Space:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise SpaceError(f"{path}: no such search space file; see params/search.yaml") from None
+        raise SpaceError(f"{path}: no such search space file; see params/search/default.yaml") from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
     return parse(data, str(path), fixed)
