@@ -106,7 +106,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
         quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
         server = subprocess.Popen(
             serve.serve_command(str(local), args.host, args.port),
-            env={**quiet, **os.environ, "MLFLOW_TRACKING_URI": store_uri, **loading.NO_PICKLE_ENV},
+            env={
+                **quiet,
+                **os.environ,
+                "MLFLOW_TRACKING_URI": store_uri,
+                **loading.NO_PICKLE_ENV,
+                **serve.SERVER_BOUNDS,
+            },
         )
         # a SIGTERM to this pid stops the server too, then the copy is removed
         signal.signal(signal.SIGTERM, lambda signum, frame: server.terminate())

@@ -32,6 +32,16 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+# The bounds of the server `mlflow models serve` starts (uvicorn, which reads UVICORN_* for its options): at most 32
+# requests at once (more get 503), 5 s for an idle connection, 16 kB of header, and 30 s to answer one request.
+SERVER_BOUNDS = {
+    "UVICORN_LIMIT_CONCURRENCY": "32",
+    "UVICORN_TIMEOUT_KEEP_ALIVE": "5",
+    "UVICORN_H11_MAX_INCOMPLETE_EVENT_SIZE": "16384",
+    "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "30",
+}
+
+
 def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> list[str]:
     # this interpreter's mlflow, and --env-manager local: no virtualenv built per model
     return [
