@@ -13,14 +13,20 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# Every MLflow store a test opens without naming its own goes to a session temp folder, never the project's
+# mlflow.db or mlruns/: set before anything below imports MLflow, whose default is sqlite:///mlflow.db in the
+# current folder. A study storage is each throwaway project's own optuna.db (support.project clears STUDY_STORAGE).
+SESSION_STORE = f"sqlite:///{Path(tempfile.mkdtemp(prefix='mnist-mlp-test-stores-')) / 'mlflow.db'}"
+os.environ["MLFLOW_TRACKING_URI"] = SESSION_STORE
 
-from support import browser as browser_support
-from support.checkout import checkout_changes, snapshot
-from support.faults import stage_in_process
-from support.mnist_files import write_tiny_mnist
-from support.params import tiny_params
-from support.project import CLEARED_ENV, build_template, copy_project
+import pytest  # noqa: E402
+
+from support import browser as browser_support  # noqa: E402
+from support.checkout import checkout_changes, snapshot  # noqa: E402
+from support.faults import stage_in_process  # noqa: E402
+from support.mnist_files import write_tiny_mnist  # noqa: E402
+from support.params import tiny_params  # noqa: E402
+from support.project import CLEARED_ENV, build_template, copy_project  # noqa: E402
 
 # --- the checkout stays as the session found it ----------------------------------------------------
 
@@ -28,12 +34,15 @@ _CHECKOUT_BEFORE: dict = {}
 
 
 def pytest_sessionstart(session) -> None:
-    """Every MLflow store a test opens without naming its own goes to a session temp folder, never the project's
-    mlflow.db or mlruns/; a study storage is each throwaway project's own optuna.db (STUDY_STORAGE is cleared for
-    them, support.project); and the checkout's files are noted."""
-    stores = Path(tempfile.mkdtemp(prefix="mnist-mlp-test-stores-"))
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{stores / 'mlflow.db'}"
+    """Note the checkout's files, to compare them with what the session leaves."""
     _CHECKOUT_BEFORE.update(snapshot())
+
+
+@pytest.fixture(autouse=True)
+def _session_store_in_the_environment() -> None:
+    """Before every test: MLflow's `set_tracking_uri(None)` (which fixtures call to reset MLflow) also unsets
+    MLFLOW_TRACKING_URI, and the next MLflow call would then make sqlite:///mlflow.db in the checkout."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", SESSION_STORE)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
