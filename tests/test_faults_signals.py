@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_mlp.params import MAX_EPOCHS
 from support.cli import run
 from support.faults import (
     fresh_store,
@@ -35,7 +36,7 @@ from support.mnist_files import write_tiny_mnist
 from support.params import set_train_params, tiny_params
 from support.paths import BIN
 
-FOREVER = 100_000  # epochs: the process is always signalled long before the end
+FOREVER = MAX_EPOCHS  # the most params allow: the process is always signalled long before the end
 
 
 def _wait_for_line(stream, prefix: str, timeout: float = 300) -> str:
