@@ -232,8 +232,9 @@ def make_base_project(
     committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, capture_output=True, text=True)
     defaults = committed.stdout if committed.returncode == 0 else (ROOT / "params.yaml").read_text()
     (repo / "params.yaml").write_text(tiny_params_yaml(defaults, tiny_params))
-    # make never reinstalls into the shared venv: its `.installed` stamp is newer than this
-    os.utime(repo / "pyproject.toml", (0, 0))
+    # make never reinstalls into the shared venv: its `.installed` stamp is newer than these, its prerequisites
+    for prerequisite in ("pyproject.toml", "requirements/lock.txt"):
+        os.utime(repo / prerequisite, (0, 0))
     (repo / ".venv").symlink_to(venv)
     if empty_store:  # an MLflow schema migration takes 10-15 s
         shutil.copy(empty_store, repo / "mlflow.db")

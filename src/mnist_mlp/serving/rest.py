@@ -33,11 +33,10 @@ def is_loopback(host: str) -> bool:
 
 
 # The bounds of the server `mlflow models serve` starts (uvicorn, which reads UVICORN_* for its options): at most 32
-# requests at once (more get 503), 5 s for an idle connection, 16 kB of header, and 30 s to answer one request.
+# connections at once (a request past them gets 503 at once), 5 s for an idle connection, 30 s to answer a request.
 SERVER_BOUNDS = {
     "UVICORN_LIMIT_CONCURRENCY": "32",
     "UVICORN_TIMEOUT_KEEP_ALIVE": "5",
-    "UVICORN_H11_MAX_INCOMPLETE_EVENT_SIZE": "16384",
     "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "30",
 }
 
