@@ -1,26 +1,27 @@
 """The MLflow UI in headless Chromium, against a store holding a small real sweep.
 
 Run alone with `make test-browser` (pytest -m browser). Needs the Debian packages
-chromium and chromium-driver (`make browser-deps`). Saves reports/figures/mlflow_runs.png
-and mlflow_run.png, the screenshots the README shows.
+chromium and chromium-driver (`make browser-deps`). Saves mlflow_runs.png and mlflow_run.png in the
+test's temp folder, or in $SCREENSHOTS (`SCREENSHOTS=$PWD/reports/figures make test-browser` refreshes the ones
+the docs show): a test run leaves the checkout as it found it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from mnist_mlp.files import write_bytes
 from support.browser import call, wait_for_texts
-from support.paths import ROOT
 from support.sweep import run_sweep
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-FIGURES = ROOT / "reports" / "figures"
 
 
-def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: str, browser):
+def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: str, browser, tmp_path: Path):
+    figures = Path(os.environ.get("SCREENSHOTS") or tmp_path)
     output = run_sweep(project, ["relu", "tanh"], ["0.0", "0.5"], "--set", "train.epochs=1", "--sweep-id", "ui-check")
     names = [f"ui-check-{index}" for index in range(4)]  # <study>-<trial>, trials numbered from 0
     assert all(name in output for name in names), output
@@ -47,7 +48,7 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
     # the experiment's runs table in the UI lists them by name (<study>-<trial>, their DVC experiments)
     browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs")
     wait_for_texts(browser, [runs[name]["info"]["run_name"] for name in names])
-    write_bytes(FIGURES / "mlflow_runs.png", browser.get_screenshot_as_png())
+    write_bytes(figures / "mlflow_runs.png", browser.get_screenshot_as_png())
 
     # docs/sweeps.md's link: only this sweep's runs, best validation accuracy first
     run_names = {
@@ -67,4 +68,4 @@ def test_the_ui_shows_every_run_of_a_real_sweep(project: Path, mlflow_server: st
     first = runs[names[0]]
     browser.get(f"{mlflow_server}/#/experiments/{experiment['experiment_id']}/runs/{first['info']['run_id']}")
     wait_for_texts(browser, [first["info"]["run_name"], "activation", "test_accuracy"])
-    write_bytes(FIGURES / "mlflow_run.png", browser.get_screenshot_as_png())
+    write_bytes(figures / "mlflow_run.png", browser.get_screenshot_as_png())
