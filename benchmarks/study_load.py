@@ -4,8 +4,8 @@
 
 Needs `make server-deps` (PostgreSQL and the MLflow role). Makes a throwaway database on that PostgreSQL
 (dropped afterwards), then one grid study of `--points` points through the project's own code
-(study.create: WAITING trials with GridSampler's ids), then `--workers` processes that each run the
-project's worker loop (study.serve: stale-trial check, pop, heartbeats every HEARTBEAT_S, tell) with
+(storage.create: WAITING trials with GridSampler's ids), then `--workers` processes that each run the
+project's worker loop (worker.take_trials: stale-trial check, pop, heartbeats every HEARTBEAT_S, tell) with
 an objective that sleeps `--trial-s` instead of training. Every storage call each worker makes is
 timed (the RDBStorage methods, wrapped). The result is INVALID (exit 1) unless every point ends
 COMPLETE exactly once and no trial is left RUNNING, WAITING or FAIL (a point two workers took in a
@@ -54,7 +54,8 @@ def _worker(url: str, trial_s: float, out: multiprocessing.Queue) -> None:
 
     import optuna
 
-    from mnist_mlp.experiments import study
+    from mnist_mlp.sweeps import storage as studies
+    from mnist_mlp.sweeps import worker
 
     timings: dict[str, list[float]] = {name: [] for name in TIMED}
 
@@ -71,7 +72,7 @@ def _worker(url: str, trial_s: float, out: multiprocessing.Queue) -> None:
     for name in TIMED:
         if hasattr(optuna.storages.RDBStorage, name):
             setattr(optuna.storages.RDBStorage, name, timed(name, getattr(optuna.storages.RDBStorage, name)))
-    loaded, definition = study.load(STUDY, study.open_storage(url))
+    loaded, definition = studies.load(STUDY, studies.open_storage(url))
 
     def sleep(trial):
         values = definition.suggest(trial)
@@ -79,12 +80,13 @@ def _worker(url: str, trial_s: float, out: multiprocessing.Queue) -> None:
         return float(sum(hash(str(value)) % 100 for value in values.values()))
 
     with contextlib.redirect_stdout(io.StringIO()):  # one line per trial from 8 workers would bury the result
-        study.serve(loaded, definition, sleep, poll_s=0.5)
+        worker.take_trials(loaded, definition, sleep, poll_s=0.5)
     out.put({name: values for name, values in timings.items() if values})
 
 
 def measure(workers: int, points: int, trial_s: float) -> dict:
-    from mnist_mlp.experiments import study
+    from mnist_mlp.sweeps import definition as definitions
+    from mnist_mlp.sweeps import storage as studies
 
     base = server.Settings.from_env({})
     password = server.read_secrets().get("MLFLOW_DB_PASSWORD")
@@ -95,9 +97,9 @@ def measure(workers: int, points: int, trial_s: float) -> dict:
     with server.connect(base, password) as admin:
         admin.execute(f"CREATE DATABASE {database}")
     try:
-        storage = study.open_storage(url)
+        storage = studies.open_storage(url)
         grid = {"train.seed": list(range(points))}
-        made = study.create(STUDY, study.Definition("grid", "0" * 40, "study-load", {}, grid=grid), storage)
+        made = studies.create(STUDY, definitions.Definition("grid", "0" * 40, "study-load", {}, grid=grid), storage)
         queue: multiprocessing.Queue = multiprocessing.Queue()
         started = time.monotonic()
         processes = [multiprocessing.Process(target=_worker, args=(url, trial_s, queue)) for _ in range(workers)]
@@ -117,8 +119,8 @@ def measure(workers: int, points: int, trial_s: float) -> dict:
         with server.connect(base, password) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     merged: dict[str, list[float]] = {}
-    for worker in timings:
-        for name, values in worker.items():
+    for timing in timings:
+        for name, values in timing.items():
             merged.setdefault(name, []).extend(values)
     every = [value for values in merged.values() for value in values]
     percentile = lambda values, q: round(float(np.percentile(values, q)) * 1000, 1)  # noqa: E731

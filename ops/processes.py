@@ -50,7 +50,8 @@ class NotReady(ProcessError):
     """It was still running, but `ready()` did not hold within the timeout."""
 
 
-def _alive(pid: int) -> bool:
+def _exists(pid: int) -> bool:
+    """A process with this pid exists, a zombie not yet reaped included (tracking/stale.py's `_running` is stricter)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -127,7 +128,7 @@ class ManagedProcess:
             os.waitpid(self._pid, os.WNOHANG)  # reaped if it is our child after all, so that it stops counting as alive
         except ChildProcessError:
             pass
-        return _alive(self._pid)
+        return _exists(self._pid)
 
     def log_tail(self, chars: int = TAIL_CHARS) -> str:
         if self.log is None or not self.log.is_file():

@@ -15,6 +15,7 @@ from mnist_mlp.params import check_unchanged, flatten, load_params, validate_par
 from mnist_mlp.project import run_cli
 from mnist_mlp.tracking import predictions as logged_predictions
 from mnist_mlp.tracking import runs
+from mnist_mlp.tracking.failures import store_failure
 from mnist_mlp.tracking.registry import logged_metrics, register_run_model
 
 
@@ -71,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli("evaluate", main)
+    run_cli("evaluate", main, store_failure)

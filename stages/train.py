@@ -21,6 +21,7 @@ from mnist_mlp.files import md5_of, one_unit, save_figure, write_csv
 from mnist_mlp.params import check_unchanged, flatten, load_params
 from mnist_mlp.project import run_cli
 from mnist_mlp.tracking import runs
+from mnist_mlp.tracking.failures import store_failure
 
 
 def main() -> None:
@@ -85,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli("train", main)
+    run_cli("train", main, store_failure)

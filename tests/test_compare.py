@@ -1,4 +1,4 @@
-"""compare.py on a real SQLite MLflow store holding runs logged the way the stages log them."""
+"""verdicts/compare.py on a real SQLite MLflow store holding runs logged the way the stages log them."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import yaml
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from mnist_mlp.experiments import compare
-from mnist_mlp.params import Params, apply_preset, flatten
 from mnist_mlp.tracking.queries import NoRunsError
+from mnist_mlp.verdicts import compare
 from support.cli import cli_in_process, run
 from support.predictions import LABELS, log_predictions, right
 from support.stores import new_experiment
@@ -42,13 +41,13 @@ def log_run(
         log_predictions(client, run_id, correct)
         test_accuracy = float(np.mean(correct))
     params = {
-        "activation": activation,
-        "dropout": dropout,
-        "seed": seed,
-        "epochs": len(curve),
-        "lr": 0.002,
+        "train.activation": activation,
+        "train.dropout": dropout,
+        "train.seed": seed,
+        "train.epochs": len(curve),
+        "train.lr": 0.002,
         "tracking.sweep_id": sweep_id or None,
-        **params,
+        **{f"train.{key}": value for key, value in params.items()},  # as flatten() keys them
     }
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
@@ -259,7 +258,7 @@ def test_latest_sweep_by_default_with_intervals_over_seeds(store, tmp_path):
         and curve.loc[0, "low"] < 0.75 < curve.loc[0, "high"]
     )
     # the grid varied activation, dropout and seed; everything else was the same in every run
-    assert result.shared == {"epochs": "2", "lr": "0.002", "tracking.sweep_id": "B"} and result.mixed == {}
+    assert result.shared == {"train.epochs": "2", "train.lr": "0.002", "tracking.sweep_id": "B"} and result.mixed == {}
 
     table, picture = compare.write_report(result, tmp_path / "reports")
     rows = [
@@ -283,7 +282,10 @@ def test_latest_sweep_by_default_with_intervals_over_seeds(store, tmp_path):
         "FAILED",
         "status FAILED",
     ] in rows and "cannot separate settings" not in text  # relu/0.5: two seeds
-    assert "Settings all 7 runs shared: epochs=2, lr=0.002, tracking.sweep_id=B" in text and "WARNING" not in text
+    assert (
+        "Settings all 7 runs shared: tracking.sweep_id=B, train.epochs=2, train.lr=0.002" in text
+        and "WARNING" not in text
+    )
     assert "dvc plots diff B-relu-0.0 B-relu-0.2" in text
     assert "workspace" not in text and "| old " not in text
     with Image.open(picture) as image:
@@ -297,8 +299,11 @@ def test_runs_that_differ_beyond_the_grid_are_named_in_a_warning(store, tmp_path
     monkeypatch.chdir(tmp_path)
     code, out, err = cli_in_process(["compare", "--reports", str(tmp_path / "reports")], capsys)
     assert code == 0, err
-    warning = "WARNING: these runs differ in more than activation, dropout, seed: lr (0.002, 0.01); the comparison mixes settings"
-    shared = "Settings all 2 runs shared: dropout=0.0, epochs=1, hidden_sizes=[512, 512], seed=0, tracking.sweep_id=C"
+    warning = "WARNING: these runs differ in more than activation, dropout, seed: train.lr (0.002, 0.01); the comparison mixes settings"
+    shared = (
+        "Settings all 2 runs shared: tracking.sweep_id=C, train.dropout=0.0, train.epochs=1, "
+        "train.hidden_sizes=[512, 512], train.seed=0"
+    )
     plots = "dvc plots diff C-1 C-2 --open"
     for line in (warning, shared, plots):
         assert line in out and line in (tmp_path / "reports" / "compare.md").read_text()
@@ -315,7 +320,10 @@ def test_a_named_sweep_and_all_runs(store):
     duplicate = everything.left_out.set_index("name").loc["workspace", "reason"]
     b_relu = everything.runs.set_index("name").loc["B-relu-0.2", "run_id"]
     assert duplicate == f"a second run of the same params (relu/0.2 seed 0): counted once, as {b_relu}"
-    assert everything.mixed == {"epochs": ["1", "2"], "lr": ["0.002", "0.1"]}  # a sweep id alone would not count
+    assert everything.mixed == {
+        "train.epochs": ["1", "2"],
+        "train.lr": ["0.002", "0.1"],
+    }  # a sweep id alone would not count
 
 
 def test_the_default_experiment_is_the_one_in_params_yaml(store, tmp_path, monkeypatch, capsys):
@@ -345,65 +353,6 @@ def test_no_sweep_yet_points_to_make_sweep(mlflow_store):
     with pytest.raises(NoRunsError, match="make sweep"):
         compare.compare("mnist-mlp")
     assert len(compare.compare("mnist-mlp", compare.ALL).runs) == 1
-
-
-def log_preset_run(client, experiment_id, params, seed, test_accuracy, status="FINISHED"):
-    """A run with every param the train stage logs (params.flatten), as the stage logs them."""
-    run_id = client.create_run(experiment_id).info.run_id
-    for key, value in {**flatten(params), "seed": seed}.items():
-        client.log_param(run_id, key, str(value))
-    client.log_metric(run_id, "best_val_accuracy", test_accuracy - 0.001)
-    client.log_metric(run_id, "test_accuracy", test_accuracy)
-    client.log_metric(run_id, "train_seconds", 60.0)
-    client.set_terminated(run_id, status)
-    time.sleep(0.01)  # distinct start times: the newest run of a seed counts
-    return run_id
-
-
-def test_presets_side_by_side_count_each_run_under_the_preset_whose_params_it_logged(
-    mlflow_store, tmp_path, monkeypatch, capsys
-):
-    presets = tmp_path / "project" / "params"
-    presets.mkdir(parents=True)
-    (presets / "wide.yaml").write_text("train:\n  hidden_sizes: [1024, 1024]\n  augment:\n    shift: 2\n")
-    (presets / "short.yaml").write_text("train:\n  epochs: 2\n")
-    wide = apply_preset(Params(), presets / "wide.yaml")
-    client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = new_experiment(client, "mnist-mlp")
-    log_preset_run(client, experiment_id, Params(), 0, 0.90)
-    log_preset_run(client, experiment_id, wide, 0, 0.50)  # an older run of seed 0: replaced by the rerun below
-    for seed, accuracy in ((0, 0.990), (1, 0.994), (2, 0.992)):
-        log_preset_run(client, experiment_id, wide, seed, accuracy)
-    log_preset_run(client, experiment_id, wide, 3, 0.2, status="FAILED")
-    almost = wide.model_copy(update={"train": wide.train.model_copy(update={"dropout": 0.3})})
-    log_preset_run(client, experiment_id, almost, 4, 0.1)  # one param off: no preset's run
-    log_preset_run(client, experiment_id, Params(tracking={"sweep_id": "s1"}, train={"device": "cpu"}), 1, 0.92)
-
-    table = compare.compare_presets("mnist-mlp", tmp_path / "project").set_index("preset")  # the project root
-    assert list(table.index) == ["wide", "default"]  # ranked on validation; `short` has no run
-    assert table.loc["default", "runs"] == 2 and table.loc["default", "seeds"] == "0, 1"
-    assert str(table.loc["default", "test accuracy [95 %]"]).startswith("0.9100 [")
-    assert table.loc["wide", "runs"] == 3 and table.loc["wide", "seeds"] == "0, 1, 2"
-    assert table.loc["wide", "test accuracy [95 %]"].mean == pytest.approx(0.992)
-
-    monkeypatch.chdir(tmp_path / "project")
-    (tmp_path / "project" / "params.yaml").write_text("{}\n")
-    code, out, err = cli_in_process(["compare", "--presets", "--reports", "reports"], capsys)
-    assert code == 0, err
-    assert str(table.loc["wide", "test accuracy [95 %]"]) in out and out.splitlines()[-1] == "wrote reports/presets.md"
-    assert "| wide     |      3 | 0, 1, 2 |" in (tmp_path / "project" / "reports" / "presets.md").read_text()
-
-
-def test_presets_without_runs_are_one_clear_line(mlflow_store, tmp_path):
-    client = mlflow.MlflowClient(mlflow_store)
-    experiment_id = new_experiment(client, "mnist-mlp")
-    (tmp_path / "params").mkdir()
-    (tmp_path / "params" / "fast.yaml").write_text("train:\n  epochs: 2\n")  # the presets of the project at tmp_path
-    with pytest.raises(compare.CompareError, match="no finished run with a test accuracy in experiment 'mnist-mlp'"):
-        compare.compare_presets("mnist-mlp", tmp_path)
-    log_preset_run(client, experiment_id, Params(train={"epochs": 3}), 0, 0.9)
-    with pytest.raises(compare.CompareError, match=r"has the params of default or a preset \(fast\)"):
-        compare.compare_presets("mnist-mlp", tmp_path)
 
 
 @pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mnist_mlp.cli import main
-from mnist_mlp.experiments import gate
+from mnist_mlp.verdicts import gate
 from support.cli import cli_in_process, run
 from support.paths import BIN, ROOT
 

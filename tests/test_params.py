@@ -150,15 +150,15 @@ def test_load_params_reports_missing_and_invalid_yaml(tmp_path):
         load_params(bad)
 
 
-def test_flatten_makes_train_keys_plain_columns_and_others_dotted():
+def test_flatten_keys_every_param_as_params_yaml_and_dvc_do():
     flat = flatten(validate_params({"train": {"activation": "tanh", "dropout": 0.5}}))
-    assert flat["activation"] == "tanh"
-    assert flat["dropout"] == 0.5
-    assert flat["hidden_sizes"] == [512, 512]
+    assert flat["train.activation"] == "tanh"
+    assert flat["train.dropout"] == 0.5
+    assert flat["train.hidden_sizes"] == [512, 512]
     assert flat["preprocess.normalization"] == "standardize"
     assert flat["tracking.experiment"] == "mnist-mlp"
     assert not any(key.startswith("download") for key in flat)
-    assert "train.dropout" not in flat
+    assert "dropout" not in flat
 
 
 def test_preset_is_laid_over_the_params(tmp_path: Path):
@@ -208,8 +208,8 @@ def test_augment_is_off_by_default_and_each_value_is_bounded():
 
 def test_flatten_dots_nested_train_sections():
     flat = flatten(validate_params({"train": {"augment": {"rotation": 10}}}))
-    assert flat["augment.rotation"] == 10.0 and flat["augment.shift"] == 0.0
-    assert "augment" not in flat
+    assert flat["train.augment.rotation"] == 10.0 and flat["train.augment.shift"] == 0.0
+    assert "train.augment" not in flat
 
 
 def test_a_preset_sets_nested_keys_one_by_one(tmp_path: Path):

@@ -248,7 +248,7 @@ def test_the_same_model_with_another_seed_is_level_within_noise_and_keeps_the_ch
 
 
 def promote_stats_interval(first: np.ndarray, second: np.ndarray) -> str:
-    from mnist_mlp.experiments import stats
+    from mnist_mlp.verdicts import stats
 
     return stats.paired(first, second).difference.points()
 
@@ -309,7 +309,7 @@ def test_a_model_that_does_not_score_its_runs_logged_accuracy_is_refused(champio
 
 def test_a_champion_that_moved_while_a_promote_judged_is_not_overwritten(champion, rules, capsys, monkeypatch):
     """Two promotes at once: the one that judged against the old champion is refused, never kept for being later."""
-    from mnist_mlp.experiments import promote
+    from mnist_mlp.verdicts import promote
 
     better, best = (
         register("digits", report_test(0.97), 1, right(1_940)),

@@ -1,4 +1,4 @@
-"""experiments/restore.py from fresh clones: the same bytes as the commit, and a way back that never loses a model.
+"""pipeline/restore.py from fresh clones: the same bytes as the commit, and a way back that never loses a model.
 
 A build in a clone reproduces the committed hashes of data/processed and models/model.pt (two builds in
 folders of other names: no path or temp name inside a file), so the clone's cache holds what the commit
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from mnist_mlp.core.machine import cpu_kind
-from mnist_mlp.experiments.restore import cached_hashes, check_committed
+from mnist_mlp.pipeline.restore import cached_hashes, check_committed
 from support.cli import run
 from support.paths import BIN
 

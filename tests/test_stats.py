@@ -1,4 +1,4 @@
-"""experiments/stats.py on cases with a known answer."""
+"""verdicts/stats.py on cases with a known answer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from mnist_mlp.experiments.stats import Interval, accuracy_interval, holm, mean_interval, p_text, paired, share_right
+from mnist_mlp.verdicts.stats import Interval, accuracy_interval, holm, mean_interval, p_text, paired, share_right
 
 DIGITS = 10_000
 

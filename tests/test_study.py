@@ -1,4 +1,4 @@
-"""study.py and space.py: a sweep as an Optuna study. Fast: the definition, the grid's WAITING trials, a dead
+"""sweeps/ (definition, storage, worker, study, space) and verdicts/search.py: a sweep as an Optuna study. Fast: the definition, the grid's WAITING trials, a dead
 worker's trial retried and its MLflow run KILLED, racing workers, the search space file, joining. Integration:
 real studies of `dvc exp run --temp` trials (a grid on two workers, a TPE search), then `compare`."""
 
@@ -13,7 +13,11 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from mnist_mlp.experiments import space, study
+from mnist_mlp.sweeps import definition as definitions
+from mnist_mlp.sweeps import space, worker
+from mnist_mlp.sweeps import storage as studies
+from mnist_mlp.sweeps import study as sweep_study
+from mnist_mlp.verdicts import search
 from support.cli import cli_in_process, run
 from support.paths import BIN
 from support.stores import new_experiment
@@ -22,30 +26,32 @@ from support.sweep import run_sweep, sweep_runs, without_venv_on_path
 GRID = {"train.activation": ["relu", "tanh", "sigmoid"], "train.dropout": [0.0, 0.5], "train.seed": [0, 1]}
 
 
-def _grid(name: str = "g", grid: dict = GRID, experiment: str = "mnist-mlp") -> study.Definition:
-    return study.Definition("grid", "a" * 40, experiment, {"train.epochs": "1"}, grid=grid)
+def _grid(name: str = "g", grid: dict = GRID, experiment: str = "mnist-mlp") -> definitions.Definition:
+    return definitions.Definition("grid", "a" * 40, experiment, {"train.epochs": "1"}, grid=grid)
 
 
 @pytest.fixture
 def storage(tmp_path: Path):
     """A fresh SQLite study storage with 1 s heartbeats and a 1 s grace period."""
-    return study.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_s=1, grace_s=1)
+    return studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_s=1, grace_s=1)
 
 
 def test_a_grid_study_holds_its_definition_and_one_waiting_trial_per_point(storage):
-    made = study.create("g", _grid(), storage)
+    made = studies.create("g", _grid(), storage)
     trials = made.get_trials()
     assert [t.state for t in trials] == [TrialState.WAITING] * 12
     points = {tuple(t.params[key] for key in GRID) for t in trials}
     assert points == {
         (a, d, s) for a in GRID["train.activation"] for d in GRID["train.dropout"] for s in GRID["train.seed"]
     }
-    loaded, definition = study.load("g", storage)
+    loaded, definition = studies.load("g", storage)
     assert definition == _grid() and definition.size == 12 and definition.commit == "a" * 40
     # GridSampler hands each popped trial its own point; the objective reads it with suggest
     trial = loaded.ask()
     assert definition.suggest(trial) == trials[0].params
-    assert study.has_work(definition, loaded.get_trials()) and study.progress(definition, loaded.get_trials()) == (
+    assert definitions.has_work(definition, loaded.get_trials()) and definitions.progress(
+        definition, loaded.get_trials()
+    ) == (
         0,
         12,
     )
@@ -53,20 +59,20 @@ def test_a_grid_study_holds_its_definition_and_one_waiting_trial_per_point(stora
 
 @pytest.mark.bad_input
 def test_a_study_that_exists_or_is_missing_is_one_line(storage):
-    study.create("g", _grid(), storage)
+    studies.create("g", _grid(), storage)
     with pytest.raises(
-        study.StudyError,
+        definitions.StudyError,
         match=r"^study g already exists in sqlite:///.*optuna.db: `--join` works on it; or choose another --study$",
     ):
-        study.create("g", _grid(), storage)
+        studies.create("g", _grid(), storage)
     with pytest.raises(
-        study.StudyError,
+        definitions.StudyError,
         match=r"^no study h in sqlite:///.*; start it with `mnist-mlp sweep --study h` \(without --join\)",
     ):
-        study.load("h", storage)
+        studies.load("h", storage)
     optuna.create_study(study_name="foreign", storage=storage)
-    with pytest.raises(study.StudyError, match="study foreign: no mnist-mlp definition in it"):
-        study.load("foreign", storage)
+    with pytest.raises(definitions.StudyError, match="study foreign: no mnist-mlp definition in it"):
+        studies.load("foreign", storage)
 
 
 @pytest.mark.bad_input
@@ -98,40 +104,40 @@ def test_a_study_that_exists_or_is_missing_is_one_line(storage):
 )
 def test_a_tampered_definition_in_a_shared_storage_is_refused_before_any_trial_runs(storage, change, message):
     """Anyone who can write the team's study database can write a study's definition: it is checked on load."""
-    made = study.create("g", _grid(), storage)
-    made.set_user_attr(study.DEFINITION, {**made.user_attrs[study.DEFINITION], **change})
-    with pytest.raises(study.StudyError, match=rf"^study g's definition is refused: .*{message}"):
-        study.load("g", storage)
+    made = studies.create("g", _grid(), storage)
+    made.set_user_attr(definitions.DEFINITION, {**made.user_attrs[definitions.DEFINITION], **change})
+    with pytest.raises(definitions.StudyError, match=rf"^study g's definition is refused: .*{message}"):
+        studies.load("g", storage)
 
 
 def test_a_definitions_sets_are_checked_together_as_a_command_lines_are(storage):
     """One key's range can depend on another's: the best preset's elastic_alpha needs its elastic_sigma."""
     deformed = {"train.epochs": "2", "train.augment.elastic_alpha": "20", "train.augment.elastic_sigma": "4"}
-    study.create("g", study.Definition("grid", "a" * 40, "mnist-mlp", deformed, grid=GRID), storage)
-    assert study.load("g", storage)[1].sets == deformed
+    studies.create("g", definitions.Definition("grid", "a" * 40, "mnist-mlp", deformed, grid=GRID), storage)
+    assert studies.load("g", storage)[1].sets == deformed
     unsmoothed = {**deformed, "train.augment.elastic_sigma": "0"}
-    made = study.create("h", study.Definition("grid", "a" * 40, "mnist-mlp", deformed, grid=GRID), storage)
-    made.set_user_attr(study.DEFINITION, {**made.user_attrs[study.DEFINITION], "sets": unsmoothed})
+    made = studies.create("h", definitions.Definition("grid", "a" * 40, "mnist-mlp", deformed, grid=GRID), storage)
+    made.set_user_attr(definitions.DEFINITION, {**made.user_attrs[definitions.DEFINITION], "sets": unsmoothed})
     with pytest.raises(
-        study.StudyError, match=r"^study h's definition is refused: .*'train.augment.elastic_sigma' \(got 0\)"
+        definitions.StudyError, match=r"^study h's definition is refused: .*'train.augment.elastic_sigma' \(got 0\)"
     ):
-        study.load("h", storage)
+        studies.load("h", storage)
 
 
 @pytest.mark.bad_input
 def test_an_unreachable_storage_is_one_line_without_its_password():
     with pytest.raises(
-        study.StudyError,
+        definitions.StudyError,
         match=r"^study storage postgresql\+psycopg://mlflow:\*\*\*@127.0.0.1:9/studies: cannot open it",
     ):
-        study.open_storage("postgresql+psycopg://mlflow:secret@127.0.0.1:9/studies")
+        studies.open_storage("postgresql+psycopg://mlflow:secret@127.0.0.1:9/studies")
 
 
 @pytest.mark.fault
 def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_runs_again(
     storage, mlflow_store, capsys
 ):
-    made = study.create("g", _grid(), storage)
+    made = studies.create("g", _grid(), storage)
     client = mlflow.MlflowClient(mlflow_store)  # the store the project's code opens, whatever another test set globally
     found = client.get_experiment_by_name("mnist-mlp")
     experiment = found.experiment_id if found else new_experiment(client, "mnist-mlp")
@@ -157,13 +163,13 @@ def test_a_dead_workers_trial_fails_by_heartbeat_ends_its_mlflow_run_killed_and_
     )
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     assert "trial 0 of study g lost its worker" in capsys.readouterr().out
-    _, definition = study.load("g", storage)
+    _, definition = studies.load("g", storage)
     # the failed trial is not one of the grid's ends: the retry is
-    assert study.progress(definition, trials) == (0, 12) and study.has_work(definition, trials)
+    assert definitions.progress(definition, trials) == (0, 12) and definitions.has_work(definition, trials)
 
 
 def test_two_workers_on_one_grid_point_the_later_trial_yields(storage):
-    made = study.create("g", _grid(grid={"train.activation": ["relu"], "train.dropout": [0.0]}), storage)
+    made = studies.create("g", _grid(grid={"train.activation": ["relu"], "train.dropout": [0.0]}), storage)
     first = made.ask()  # the point's WAITING trial
     second = made.ask()  # a race: GridSampler gives a new trial the same (only) point
     values = {"train.activation": "relu", "train.dropout": 0.0}
@@ -171,13 +177,13 @@ def test_two_workers_on_one_grid_point_the_later_trial_yields(storage):
         "train.activation", ["relu"]
     )
     second.suggest_categorical("train.dropout", [0.0])
-    study._yield_duplicate(made, first, values)  # the lower number runs
+    worker._yield_duplicate(made, first, values)  # the lower number runs
     with pytest.raises(optuna.TrialPruned, match="is trial 0's"):
-        study._yield_duplicate(made, second, values)
+        worker._yield_duplicate(made, second, values)
 
 
 def test_a_search_has_work_until_its_trials_are_taken_retries_not_counted():
-    definition = study.Definition(
+    definition = definitions.Definition(
         "search",
         "a" * 40,
         "mnist-mlp",
@@ -195,14 +201,14 @@ def test_a_search_has_work_until_its_trials_are_taken_retries_not_counted():
     trials = [frozen(0, TrialState.COMPLETE), frozen(1, TrialState.FAIL)]
     for number, trial in enumerate(trials):
         trial.number = number
-    assert study.has_work(definition, trials)  # 2 of 3 taken
+    assert definitions.has_work(definition, trials)  # 2 of 3 taken
     retry = frozen(2, TrialState.RUNNING, retry_history=[1])
     retry.number = 2
-    assert study.has_work(definition, [*trials, retry])  # trial 1 died and runs again as 2: still 2 of 3
+    assert definitions.has_work(definition, [*trials, retry])  # trial 1 died and runs again as 2: still 2 of 3
     third = frozen(3, TrialState.RUNNING)
     third.number = 3
-    assert not study.has_work(definition, [*trials, retry, third])
-    assert study.progress(definition, [*trials, retry, third]) == (1, 3)
+    assert not definitions.has_work(definition, [*trials, retry, third])
+    assert definitions.progress(definition, [*trials, retry, third]) == (1, 3)
 
 
 @pytest.mark.bad_input
@@ -258,14 +264,14 @@ def test_the_projects_search_space_file_is_valid_and_draws_lists_as_choices():
 @pytest.mark.bad_input
 def test_a_clone_on_another_commit_or_with_stray_params_cannot_join(project, tmp_path, monkeypatch, capsys):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = study.open_storage(url)
+    storage = studies.open_storage(url)
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    study.create(
-        "other", study.Definition("grid", "b" * 40, "mnist-mlp", {}, grid={"train.activation": ["relu"]}), storage
+    studies.create(
+        "other", definitions.Definition("grid", "b" * 40, "mnist-mlp", {}, grid={"train.activation": ["relu"]}), storage
     )
-    study.create(
+    studies.create(
         "here",
-        study.Definition("grid", head, "mnist-mlp", {"train.epochs": "1"}, grid={"train.activation": ["relu"]}),
+        definitions.Definition("grid", head, "mnist-mlp", {"train.epochs": "1"}, grid={"train.activation": ["relu"]}),
         storage,
     )
     monkeypatch.chdir(project)
@@ -298,12 +304,12 @@ def test_the_overhead_is_wall_time_against_the_training_spread_over_the_workers(
             "trial_seconds": [70.0, 50.0, 5.0],
         }
     )
-    assert study.overhead_line(table, 75.0, 2) == (
+    assert sweep_study.overhead_line(table, 75.0, 2) == (
         "wall 75 s on 2 worker(s) for 100 s of training (120 s of whole trials): 1.50x the packing limit of 50 s"
     )
     # a trial is not split between workers: the longest training is the limit where it is longer
     table["train_seconds"] = [60.0, 40.0, None]
-    assert study.overhead_line(table.iloc[:1], 75.0, 2) == (
+    assert sweep_study.overhead_line(table.iloc[:1], 75.0, 2) == (
         "wall 75 s on 2 worker(s) for 60 s of training (70 s of whole trials): 1.25x the packing limit of 60 s"
     )
 
@@ -415,7 +421,7 @@ def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_imp
     best = found.best_trial  # Optuna's own choice: the highest validation accuracy
     assert compared.startswith(f"Chosen on validation: trial {best.number} (tpe-{best.number}: ")
     assert f"best validation accuracy {best.value:.4f}" in compared and "its test accuracy" in compared
-    importances = optuna.importance.get_param_importances(found, evaluator=study.importance_evaluator())
+    importances = optuna.importance.get_param_importances(found, evaluator=search.importance_evaluator())
     assert (
         "importances (Optuna, fANOVA on validation): " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
         in compared
@@ -426,10 +432,10 @@ def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_imp
 
 
 def _pop_until_empty(url: str, out) -> None:
-    """A worker's loop (study.serve) with an objective that only notes the trial it was handed."""
-    loaded, definition = study.load("race", study.open_storage(url))
+    """A worker's loop (worker.take_trials) with an objective that only notes the trial it was handed."""
+    loaded, definition = studies.load("race", studies.open_storage(url))
     got = []
-    study.serve(loaded, definition, lambda trial: got.append(trial.number) or 1.0, poll_s=0.1)
+    worker.take_trials(loaded, definition, lambda trial: got.append(trial.number) or 1.0, poll_s=0.1)
     out.put(got)
 
 
@@ -438,17 +444,17 @@ def test_workers_racing_on_one_sqlite_file_never_pop_the_same_trial(tmp_path):
     import multiprocessing
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study.create("race", _grid(grid={"train.seed": list(range(40))}), study.open_storage(url))
+    studies.create("race", _grid(grid={"train.seed": list(range(40))}), studies.open_storage(url))
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     workers = [context.Process(target=_pop_until_empty, args=(url, out)) for _ in range(4)]
-    for worker in workers:
-        worker.start()
+    for process in workers:
+        process.start()
     got = [number for _ in workers for number in out.get(timeout=120)]
-    for worker in workers:
-        worker.join()
+    for process in workers:
+        process.join()
     assert len(got) == len(set(got)), sorted(got)  # no trial handed to two workers
-    final = study.load("race", study.open_storage(url))[0].get_trials()
+    final = studies.load("race", studies.open_storage(url))[0].get_trials()
     assert sorted(t.params["train.seed"] for t in final if t.state == TrialState.COMPLETE) == list(range(40))
 
 
@@ -458,8 +464,8 @@ def test_the_search_report_ranks_on_mlflows_values_and_names_a_trial_the_storage
 ):
     """A trial value edited in the shared storage (0.999 where MLflow holds 0.1218) is left out, named, never chosen."""
     space_file = {"trials": 3, "startup_trials": 3, "space": {"train.lr": {"float": [0.001, 0.1], "log": True}}}
-    definition = study.Definition("search", "a" * 40, "mnist-mlp", {"train.epochs": "1"}, space=space_file)
-    made = study.create("s", definition, storage)
+    definition = definitions.Definition("search", "a" * 40, "mnist-mlp", {"train.epochs": "1"}, space=space_file)
+    made = studies.create("s", definition, storage)
     client = mlflow.MlflowClient(mlflow_store)
     experiment = new_experiment(client, "mnist-mlp")
     lr = optuna.distributions.FloatDistribution(0.001, 0.1, log=True)
@@ -476,7 +482,7 @@ def test_the_search_report_ranks_on_mlflows_values_and_names_a_trial_the_storage
             )
         )
     monkeypatch.setenv("STUDY_STORAGE", storage.url)
-    headline = study.search_report(tmp_path, "s", tmp_path / "reports")
+    headline = search.search_report(*studies.load_study(tmp_path, "s"), tmp_path / "reports")
     assert headline.startswith("Chosen on validation: trial 0 (s-0: ") and "best validation accuracy 0.9700" in headline
     report = (tmp_path / "reports" / "search.md").read_text()
     assert "## Trials left out" in report and "- trial 1: the storage says 0.9990, its MLflow run " in report
@@ -491,21 +497,21 @@ def test_a_trial_whose_params_are_not_a_point_of_the_definition_fails_before_any
     if kind == "grid":
         definition = _grid(grid={"train.activation": ["relu"], "train.dropout": [0.0, 0.5]})
     else:
-        definition = study.Definition(
+        definition = definitions.Definition(
             "search",
             "a" * 40,
             "mnist-mlp",
             {"train.epochs": "1"},
             space={"trials": 2, "startup_trials": 2, "space": {"train.dropout": {"float": [0.0, 0.5]}}},
         )
-    made = study.create("q", definition, storage)
+    made = studies.create("q", definition, storage)
     made.enqueue_trial(
         {"train.activation": "relu", "train.dropout": 0.95} if kind == "grid" else {"train.dropout": 0.95},
         skip_if_exists=False,
     )
-    loaded, stored = study.load("q", storage)
+    loaded, stored = studies.load("q", storage)
     ran = []
-    study.serve(loaded, stored, lambda trial: ran.append(stored.suggest(trial)) or 0.5, poll_s=0.1)
+    worker.take_trials(loaded, stored, lambda trial: ran.append(stored.suggest(trial)) or 0.5, poll_s=0.1)
     pruned = [trial for trial in loaded.get_trials() if trial.state == TrialState.PRUNED]
     assert len(pruned) == 1 and len(ran) == 2 and all(values["train.dropout"] != 0.95 for values in ran)
     assert pruned[0].user_attrs["refused"].startswith(f"not a point of study q's {kind}: ")
@@ -525,7 +531,7 @@ def test_a_killed_worker_leaves_no_command_of_its_trial_running(tmp_path):
     marker = f"{tmp_path}/sleep-marker"
     sleeper = f"{sys.executable} -c 'import time; time.sleep(300)' {marker}"
     code = (
-        "from pathlib import Path; from mnist_mlp.experiments.study import run_ending_with_worker; "
+        "from pathlib import Path; from mnist_mlp.sweeps.worker import run_ending_with_worker; "
         f"run_ending_with_worker(['sh', '-c', {f'{sleeper} & {sleeper}'!r}], Path({str(tmp_path)!r}), "
         f"Path({str(tmp_path / 'log')!r}))"
     )
@@ -562,8 +568,8 @@ def test_a_full_or_locked_study_storage_says_so_and_names_the_fix(cause, fix):
     def tell():
         raise sqlalchemy.exc.OperationalError("UPDATE trials ...", {}, Exception(cause))
 
-    with pytest.raises(study.StudyError) as refused:
-        study._patiently(tell, "study g", patience_s=0)
+    with pytest.raises(definitions.StudyError) as refused:
+        worker._patiently(tell, "study g", patience_s=0)
     assert str(refused.value) == (
         f"study g: the study storage did not answer for 0 s ({cause}); {fix}; nothing ended is "
         "lost: join again with --join"

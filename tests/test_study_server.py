@@ -12,18 +12,19 @@ import time
 import pytest
 from optuna.trial import TrialState
 
-from mnist_mlp.experiments import study
+from mnist_mlp.sweeps import definition as definitions
+from mnist_mlp.sweeps import storage as studies
 from ops import server
 
 pytestmark = [pytest.mark.server, pytest.mark.fault]
 
 POINTS = 8
-# the project's worker loop (study.serve) with an objective that sleeps instead of training
+# the project's worker loop (worker.take_trials) with an objective that sleeps instead of training
 WORKER = """
 import sys, time
-from mnist_mlp.experiments import study
-loaded, definition = study.load("away", study.open_storage(sys.argv[1]))
-study.serve(loaded, definition, lambda trial: (definition.suggest(trial), time.sleep(1.5), 1.0)[-1], poll_s=0.5)
+from mnist_mlp.sweeps import definition as definitions, storage as studies, worker
+loaded, definition = studies.load("away", studies.open_storage(sys.argv[1]))
+worker.take_trials(loaded, definition, lambda trial: (definition.suggest(trial), time.sleep(1.5), 1.0)[-1], poll_s=0.5)
 """
 
 
@@ -48,16 +49,16 @@ def database(monkeypatch):
 
 
 def _complete(url: str) -> int:
-    trials = study.load("away", study.open_storage(url))[0].get_trials()
+    trials = studies.load("away", studies.open_storage(url))[0].get_trials()
     return sum(trial.state == TrialState.COMPLETE for trial in trials)
 
 
 def test_a_study_database_away_for_a_while_is_waited_for_and_nothing_is_lost(database):
     url, name, admin = database
-    study.create(
+    studies.create(
         "away",
-        study.Definition("grid", "0" * 40, "away", {}, grid={"train.seed": list(range(POINTS))}),
-        study.open_storage(url),
+        definitions.Definition("grid", "0" * 40, "away", {}, grid={"train.seed": list(range(POINTS))}),
+        studies.open_storage(url),
     )
     worker = subprocess.Popen(
         [sys.executable, "-c", WORKER, url],
@@ -77,7 +78,7 @@ def test_a_study_database_away_for_a_while_is_waited_for_and_nothing_is_lost(dat
     output, _ = worker.communicate(timeout=180)
     assert worker.returncode == 0, output
     assert "the study storage does not answer" in output and "waiting" in output
-    trials = study.load("away", study.open_storage(url))[0].get_trials()
+    trials = studies.load("away", studies.open_storage(url))[0].get_trials()
     complete = sorted(trial.params["train.seed"] for trial in trials if trial.state == TrialState.COMPLETE)
     assert complete == list(range(POINTS)), [(t.number, t.state.name, t.params) for t in trials]  # each point once
     assert not [trial for trial in trials if trial.state in (TrialState.RUNNING, TrialState.WAITING)]

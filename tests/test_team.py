@@ -76,10 +76,11 @@ def kill_a_worker_mid_trial(client: mlflow.MlflowClient, experiment_id: str, rep
         for found in client.search_runs(
             [experiment_id], f"tags.sweep_id = '{STUDY}' and attributes.status = 'RUNNING'"
         ):
-            try:  # the train stage's process, under `mnist-mlp sweep --as-worker` in `repo`
+            try:  # the train stage's process, under a worker (`python -m mnist_mlp.sweeps.worker`) in `repo`
                 stage = psutil.Process(int(found.data.tags["mnist_mlp.pid"]))
                 worker = next(
-                    (p for p in stage.parents() if "--as-worker" in p.cmdline() and Path(p.cwd()) == repo), None
+                    (p for p in stage.parents() if "mnist_mlp.sweeps.worker" in p.cmdline() and Path(p.cwd()) == repo),
+                    None,
                 )
                 if worker is None:
                     continue

@@ -75,9 +75,9 @@ def test_ensure_experiment_creates_it_once_with_an_absolute_artifact_location(
 def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "bushy-lobe")
     params = {
-        "activation": "tanh",
-        "dropout": 0.5,
-        "seed": 3,
+        "train.activation": "tanh",
+        "train.dropout": 0.5,
+        "train.seed": 3,
         "hidden_sizes": [32],
         "preprocess.normalization": "standardize",
     }
@@ -95,9 +95,9 @@ def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypa
     assert logged.data.tags["device"] == "cpu"
     assert "torch_version" in logged.data.tags
     assert logged.data.params == {
-        "activation": "tanh",
-        "dropout": "0.5",
-        "seed": "3",
+        "train.activation": "tanh",
+        "train.dropout": "0.5",
+        "train.seed": "3",
         "hidden_sizes": "[32]",
         "preprocess.normalization": "standardize",
     }
@@ -109,7 +109,7 @@ def test_a_successful_run_finishes_with_params_metrics_and_tags(client, monkeypa
 
 
 def test_a_run_outside_an_experiment_is_tagged_workspace(client):
-    with runs.training_run("unit", {"activation": "relu", "dropout": 0.0, "seed": 0}, {}) as run:
+    with runs.training_run("unit", {"train.activation": "relu", "train.dropout": 0.0, "train.seed": 0}, {}) as run:
         pass
     logged = client.get_run(run.run_id)
     assert logged.info.run_name == "relu-do0-s0" and logged.data.tags["dvc_exp_name"] == "workspace"

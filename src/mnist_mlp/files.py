@@ -1,4 +1,5 @@
-"""File helpers: atomic writes (a temp file beside the target, then a rename) and checksums."""
+"""File helpers: atomic writes (a temp file beside the target, then a rename), checksums, and the one YAML reader
+(`read_yaml`: safe, bounded, one line per fault) that every params, preset, rules and search space file goes through."""
 
 from __future__ import annotations
 

@@ -292,13 +292,7 @@ def check_unchanged(path: str | Path, read: Params, *sections: str) -> None:
     the stage ends, so a second `dvc exp run -S ...` in the same workspace (refused by DVC's lock only
     after it wrote its values) would have dvc.lock claim params this run did not use."""
 
-    def leaves(tree: dict, prefix: str) -> dict[str, Any]:
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-        return flat
-
-    now, then = leaves(load_params(path).model_dump(), ""), leaves(read.model_dump(), "")
+    now, then = dotted(load_params(path).model_dump()), dotted(read.model_dump())
     changed = [
         f"{key} {then[key]} -> {now[key]}" for key in then if key.split(".")[0] in sections and now[key] != then[key]
     ]
@@ -316,7 +310,9 @@ RESULT_SECTIONS = ("preprocess", "train", "evaluate")
 # the keys a sweep sets on each of its runs
 SWEEP_KEYS = ("tracking.sweep_id", "tracking.sweep_base", "tracking.trial")
 # flatten()'s keys in which runs of one setting may differ: the seed (one sample), the device and thread count, where it is logged
-PER_RUN_KEYS = frozenset({"seed", "device", "threads", *(f"tracking.{key}" for key in TrackingParams.model_fields)})
+PER_RUN_KEYS = frozenset(
+    {"train.seed", "train.device", "train.threads", *(f"tracking.{key}" for key in TrackingParams.model_fields)}
+)
 PRESETS_FOLDER = "params"  # <project>/params/<name>.yaml
 
 
@@ -366,6 +362,11 @@ def preset_values(root: str | Path, name: str) -> dict[str, Any]:
     return {key: resolved[key] for key in keys}
 
 
+# --- dotted keys and `-S` overrides: one home ------------------------------------------------------
+
+MAX_OVERRIDE_LENGTH = 1000  # characters of one override: a path or a list of widths, never a payload
+
+
 def dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{"train": {"augment": {"shift": 2}}} -> {"train.augment.shift": 2}: the keys `dvc exp run -S` takes."""
     flat: dict[str, Any] = {}
@@ -374,11 +375,76 @@ def dotted(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def nested(values: dict[str, Any]) -> dict:
+    """{"train.augment.shift": 2} -> {"train": {"augment": {"shift": 2}}}: dotted's inverse."""
+    tree: dict = {}
+    for key, value in values.items():
+        *sections, name = key.split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return tree
+
+
+def validate_dotted(values: dict[str, Any], source: str) -> Params:
+    """Check {dotted key: value} together against the schema (one key's range can depend on another's); a key
+    without a section is reported as unknown."""
+    return validate_params(nested(values), source=source)
+
+
+def values_at(path: str | Path, keys: list[str]) -> dict[str, Any]:
+    """{dotted key: value} of `keys` in a params file."""
+    tree = read_yaml(path, ParamsError, "params file") or {}
+    found = dotted(tree)
+    if missing := [key for key in keys if key not in found]:
+        raise ParamsError(f"{path}: no {', '.join(missing)}")
+    return {key: found[key] for key in keys}
+
+
+def override_text(key: str, value: object) -> str:
+    """`key=value` as `dvc exp run -S` reads it (Hydra's grammar), with no space or quote, so that it also
+    passes through the shell's word splitting in `dvc exp run $(mnist-mlp preset NAME)`."""
+    import json
+
+    import yaml
+
+    # a list as compact JSON ([512,512], also YAML); `...` is YAML's end-of-document marker
+    text = (
+        json.dumps(value, separators=(",", ":"))
+        if isinstance(value, list)
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    )
+    if any(char.isspace() or char in "'\"" for char in text):
+        raise ParamsError(
+            f"'{key}' = {text}: a value with spaces or quotes cannot pass through "
+            "`$(mnist-mlp preset ...)`; give it with -S on the command line"
+        )
+    return f"{key}={text}"
+
+
+def parse_override(item: str, option: str = "--set"):
+    """One `key=value` as DVC reads `-S` (Hydra's grammar): (key, Hydra's override). Interpolation (`${...}`) is
+    refused before Hydra sees it: DVC's OmegaConf would expand it with the environment of whoever runs it."""
+    from dvc.utils.hydra import to_hydra_overrides
+    from hydra.errors import HydraException
+
+    if len(item) > MAX_OVERRIDE_LENGTH:
+        raise ParamsError(f"{option} {item[:40]!r}...: {len(item):,} characters; at most {MAX_OVERRIDE_LENGTH:,}")
+    if INTERPOLATION in item:
+        raise ParamsError(
+            f"{option} {item!r}: '{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; "
+            "a value here is plain text"
+        )
+    try:
+        (override,) = to_hydra_overrides([item])
+    except HydraException:
+        override = None
+    if override is None or item.partition("=")[0] != override.key_or_group:
+        raise ParamsError(f"{option} {item!r}: expected section.key=value, e.g. train.epochs=2")
+    return override.key_or_group, override
+
+
 def flatten(params: Params) -> dict[str, Any]:
-    """One flat dict for tracking: train keys bare (activation, dropout, augment.shift, ...), others dotted."""
-    flat: dict[str, Any] = {}
-    for section, values in params.model_dump().items():
-        if section == "download":
-            continue  # where the bytes came from does not change them; md5s are tagged instead
-        flat |= dotted(values, "" if section == "train" else f"{section}.")
-    return flat
+    """One flat dict for tracking, keyed as params.yaml and `dvc exp run -S` are (train.dropout, preprocess.val_size)."""
+    return {key: value for key, value in dotted(params.model_dump()).items() if not key.startswith("download.")}

@@ -27,16 +27,18 @@ def _fail(name: str, exc: UserError) -> None:
     sys.exit(1)
 
 
-def run_cli(name: str, main: Callable[[], object]) -> None:
-    """Run `main`; a known failure prints `name: error: ...` and exits 1, Ctrl-C/SIGTERM exits 130."""
+def run_cli(
+    name: str, main: Callable[[], object], explain: Callable[[BaseException], UserError | None] | None = None
+) -> None:
+    """Run `main`; a known failure prints `name: error: ...` and exits 1, Ctrl-C/SIGTERM exits 130. `explain`
+    turns another exception into a known failure, or None (e.g. tracking.failures.store_failure: a locked or
+    damaged store surfaces as SQLAlchemy's error from deep inside MLflow)."""
     try:
         main()
     except UserError as exc:
         _fail(name, exc)
     except Exception as exc:
-        # a store that is locked or damaged surfaces as SQLAlchemy's error from deep inside MLflow
-        tracking = sys.modules.get("mnist_mlp.tracking.store")
-        known = tracking.store_failure(exc) if tracking else None
+        known = explain(exc) if explain else None
         if known is None:
             raise
         _fail(name, known)

@@ -131,7 +131,7 @@ def arrange(models: Sequence[queries.SweepModel]) -> list[tuple[queries.SweepMod
     # tracking.* (the sweep id, base, trial number) names where a run is logged, not what it learned
     keys = sorted({key for model in models for key in model.params if not key.startswith("tracking.")})
     varying = [key for key in keys if len({model.params.get(key) for model in models}) > 1]
-    first = [key for key in ("activation", "dropout", "seed") if key in varying]
+    first = [key for key in ("train.activation", "train.dropout", "train.seed") if key in varying]
     varying = first + [key for key in varying if key not in first]
     if not varying:
         return [(model, model.name) for model in models]
@@ -145,7 +145,11 @@ def arrange(models: Sequence[queries.SweepModel]) -> list[tuple[queries.SweepMod
 
     ranks = {key: rank(key) for key in varying}
     ordered = sorted(models, key=lambda model: [ranks[key][model.params.get(key, "")] for key in varying])
-    return [(model, ", ".join(f"{key} {model.params.get(key, '-')}" for key in varying)) for model in ordered]
+    # shown without the section: `activation relu, dropout 0.2` (train.* is what a sweep varies)
+    return [
+        (model, ", ".join(f"{key.removeprefix('train.')} {model.params.get(key, '-')}" for key in varying))
+        for model in ordered
+    ]
 
 
 class Models:

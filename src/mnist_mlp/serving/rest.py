@@ -58,3 +58,32 @@ def serve_command(model_uri: str, host: str = "127.0.0.1", port: int = DEFAULT_P
         "-p",
         str(port),
     ]
+
+
+def serve_verified(model_uri: str, host: str, port: int) -> int:
+    """Serve `model_uri` with `mlflow models serve` until it stops; its exit code. MLflow is handed only the verified
+    private copy, never the URI, so nothing of a crafted model runs; a SIGTERM to this process stops the server
+    too, then the copy is removed."""
+    import os
+    import signal
+    import subprocess
+
+    from mnist_mlp.tracking import loading, location, store
+
+    store_uri = location.tracking_uri()
+    store.check_tracking_server(store_uri)  # before the server starts: mlflow's own retries would take minutes
+    if not is_loopback(host):
+        print(
+            f"serve: warning: --host {host} accepts requests from other machines; the REST API has no login",
+            file=sys.stderr,
+        )
+    with loading.verified_model(model_uri) as local:
+        print(f"serving {model_uri} from {store_uri} at http://{host}:{port}/invocations", file=sys.stderr)
+        quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+        env = {**quiet, **os.environ, "MLFLOW_TRACKING_URI": store_uri, **loading.NO_PICKLE_ENV, **SERVER_BOUNDS}
+        server = subprocess.Popen(serve_command(str(local), host, port), env=env)
+        signal.signal(signal.SIGTERM, lambda signum, frame: server.terminate())
+        try:
+            return server.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the server as well: let it finish
+            return server.wait()

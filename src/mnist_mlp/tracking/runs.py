@@ -40,9 +40,9 @@ def run_name(params: dict[str, Any]) -> str:
     load test's) by its DVC experiment."""
     if params.get("tracking.trial") is not None:
         return f"{params['tracking.sweep_id']}-{params['tracking.trial']}"
-    if not {"activation", "dropout", "seed"} <= params.keys():
+    if not {"train.activation", "train.dropout", "train.seed"} <= params.keys():
         return os.environ.get("DVC_EXP_NAME") or "workspace"
-    return f"{params['activation']}-do{float(params['dropout']):g}-s{params['seed']}"
+    return f"{params['train.activation']}-do{float(params['train.dropout']):g}-s{params['train.seed']}"
 
 
 def run_tags(extra: dict[str, str]) -> dict[str, str]:

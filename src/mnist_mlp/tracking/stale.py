@@ -26,7 +26,7 @@ class StaleRun(NamedTuple):
     reason: str
 
 
-def _alive(pid: int) -> bool:
+def _running(pid: int) -> bool:
     """A live process: a killed one not yet reaped (a zombie, for a moment after `kill -9`) is gone."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -42,7 +42,7 @@ def close_stale_runs(older_than_minutes: float, dry_run: bool = False) -> list[S
     for run in running.where(running.notna(), None).to_dict("records"):
         pid = run.get("tags.mnist_mlp.pid") or ""
         if run.get("tags.mnist_mlp.host") == socket.gethostname() and pid.isdigit():
-            reason = None if _alive(int(pid)) else f"its process {pid} on this host is gone"
+            reason = None if _running(int(pid)) else f"its process {pid} on this host is gone"
         else:
             reason = f"started over {older_than_minutes:g} minutes ago" if run["start_time"] < cutoff else None
         if reason:

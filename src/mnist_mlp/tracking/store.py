@@ -1,10 +1,9 @@
-"""The MLflow store: a client on it, a preflight of a tracking server, one-line store failures, the experiment."""
+"""The MLflow store: a client on it, a preflight of a tracking server, the experiment."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import sqlite3
 from pathlib import Path
 
 import mlflow
@@ -94,32 +93,6 @@ def check_tracking_server(uri: str | None = None) -> None:
     if probe.status_code != 200:
         raise TrackingServerError(f"{uri}: the tracking server answered HTTP {probe.status_code} to a search; {fix}")
     _answered.add(uri)
-
-
-class StoreError(UserError, RuntimeError):
-    """The local MLflow store cannot be used (locked, damaged); the message names it and what to do."""
-
-
-def store_failure(exc: BaseException) -> StoreError | None:
-    """A one-line StoreError for a SQLite failure anywhere in `exc`'s chain (by SQLite's error code), else None."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, sqlite3.Error):
-        cause = cause.__cause__ or cause.__context__
-    code = getattr(cause, "sqlite_errorname", None)
-    if code is None:
-        return None
-    uri = tracking_uri()
-    if code in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-        return StoreError(
-            f"{uri}: the MLflow store is locked by another process ({code}); "
-            "wait for it to finish, or stop it, then run again"
-        )
-    if code in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-        return StoreError(
-            f"{uri}: the MLflow store is damaged ({code}: {cause}); "
-            "restore it from a backup, or move it aside to start a new store"
-        )
-    return StoreError(f"{uri}: the MLflow store failed ({code}: {cause})")
 
 
 def ensure_experiment(name: str, root: Path | None = None) -> str:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.experiments import gate, stats
 from mnist_mlp.tracking import loading, registry
 from mnist_mlp.tracking.predictions import LocalTest
+from mnist_mlp.verdicts import gate, stats
 
 ACCURACY_TOLERANCE = 1e-4  # a model's accuracy on the test split against its run's logged one (float rounding only)
 
@@ -110,10 +110,10 @@ def promote(
         metrics = registry.metrics_tree(registry.run_metrics(candidate.run_id))
         if champion is not None and champion.version == candidate.version:
             return Promotion(
-                candidate, champion, gate.compare(rules, metrics, None, candidate.label), alias, moved=False
+                candidate, champion, gate.check_rules(rules, metrics, None, candidate.label), alias, moved=False
             )
         baseline = registry.metrics_tree(registry.run_metrics(champion.run_id)) if champion else None
-        rows = gate.compare(rules, metrics, baseline, candidate.label)
+        rows = gate.check_rules(rules, metrics, baseline, candidate.label)
         failures = [failure for row in rows for failure in row.failures]
         against = f"against {name}@{alias} = version {champion.version}" if champion else "with no champion yet"
         if failures:

@@ -1,4 +1,4 @@
-"""sweep.py: the grid and its validation, the safe base (fast). The study that runs it: tests/test_study.py."""
+"""sweeps/plan.py: the grid and its validation, the safe base (fast). The study that runs it: tests/test_study.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_mlp.experiments import sweep
 from mnist_mlp.params import ParamsError
+from mnist_mlp.sweeps import plan as sweep
 from support.cli import cli_in_process, run
 from support.paths import BIN
 
@@ -134,18 +134,19 @@ def test_from_workspace_records_the_keys_taken_from_it(project, capsys):
     assert sweep.sweep_base(project, [*planned.sets, *planned.grid]) == _head(project)
 
 
-def test_a_preset_sweep_sets_every_key_of_the_preset_and_set_keys_win(project, monkeypatch):
-    from mnist_mlp import cli
+def test_a_preset_sweep_sets_every_key_of_the_preset_and_set_keys_win(project):
+    from mnist_mlp.params import preset_values
+    from mnist_mlp.sweeps import study
 
-    monkeypatch.chdir(project)
-    shortened = ["sweep", "--preset", "best", "--seeds", "0", "1", "--set", "train.epochs=2", "--study", "pb"]
+    best_values = preset_values(project, "best")
     with pytest.raises(
         ParamsError, match=r"train\.augment\.last_clean_epochs \(10\) must be below train\.epochs \(2\)"
-    ):
-        cli.sweep_plan(cli.build_parser().parse_args(shortened))  # the preset's 10 clean epochs would be all of them
-    args = cli.build_parser().parse_args([*shortened, "--set", "train.augment.last_clean_epochs=1"])
-    name, definition = cli.study_definition(args, project)
-    assert name == "pb" and definition.grid == {
+    ):  # the preset's 10 clean epochs would be all of them
+        sweep.plan(seeds=[0, 1], sets=["train.epochs=2"], sweep_id="pb", preset=best_values)
+    sets = ["train.epochs=2", "train.augment.last_clean_epochs=1"]
+    planned = sweep.plan(seeds=[0, 1], sets=sets, sweep_id="pb", preset=best_values)
+    definition = study.definition_from(project, planned, "mnist-mlp")
+    assert planned.sweep_id == "pb" and definition.grid == {
         "train.activation": ["relu"],
         "train.dropout": [0.2],
         "train.seed": [0, 1],
@@ -154,7 +155,7 @@ def test_a_preset_sweep_sets_every_key_of_the_preset_and_set_keys_win(project, m
     assert definition.sets["train.hidden_sizes"] == json.dumps(best["hidden_sizes"], separators=(",", ":"))
     assert definition.sets["train.epochs"] == "2" and definition.sets["train.augment.last_clean_epochs"] == "1"
     with pytest.raises(ParamsError, match="no such preset; available: best, fast, tutorial"):
-        cli.sweep_plan(cli.build_parser().parse_args(["sweep", "--preset", "nope"]))
+        preset_values(project, "nope")
 
 
 @pytest.mark.bad_input

@@ -31,9 +31,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.experiments import stats
 from mnist_mlp.files import read_yaml
 from mnist_mlp.tracking import predictions
+from mnist_mlp.verdicts import stats
 
 PREDICTIONS = "predictions.csv"  # beside the metrics file, as the evaluate stage writes them
 
@@ -254,7 +254,7 @@ def judge(name: str, rule: MetricRule, new: float, baseline: float | None, new_m
     return row
 
 
-def compare(rules: Rules, metrics: dict, baseline: dict | None, source: str = "metrics") -> list[Row]:
+def check_rules(rules: Rules, metrics: dict, baseline: dict | None, source: str = "metrics") -> list[Row]:
     """One row per concrete metric, in rules order; every metric a rule names must be in `metrics`."""
     rows = []
     for pattern, rule in rules.metrics.items():
@@ -342,7 +342,7 @@ def run_gate(
         baseline, baseline_source = load_metrics(baseline_path), str(baseline_path)
     else:
         baseline, baseline_source = read_baseline_from_git(baseline_rev, metrics_path)
-    rows = compare(rules, metrics, baseline, str(metrics_path))
+    rows = check_rules(rules, metrics, baseline, str(metrics_path))
     paired, paired_source = _paired(metrics_path, baseline_path, baseline_rev, metrics, baseline)
     return GateReport(str(metrics_path), baseline_source, baseline is not None, rows, paired, paired_source)
 

@@ -1,6 +1,6 @@
 """A sweep's plan: the activation x dropout (x seed) grid and its --set values, validated before a study is made.
 
-experiments/study.py runs it as an Optuna study, each point a `dvc exp run --temp` (tracking finds the store
+sweeps/study.py runs it as an Optuna study, each point a `dvc exp run --temp` (tracking finds the store
 through DVC_ROOT). Here: the grid, the `-S` texts DVC reads (Hydra's grammar), a safe base (each run records
 its commit, and any params.yaml key it takes from the workspace, in tracking.sweep_base), a share of the
 cores per worker.
@@ -8,7 +8,6 @@ cores per worker.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sysconfig
@@ -18,11 +17,10 @@ from datetime import datetime
 from pathlib import Path
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.params import SWEEP_KEYS, validate_params
+from mnist_mlp.params import SWEEP_KEYS, override_text, parse_override, validate_dotted
 
 GRID = {"train.activation": "--activations", "train.dropout": "--dropouts", "train.seed": "--seeds"}
 OWN_KEYS = {*GRID, *SWEEP_KEYS}
-MAX_SET_LENGTH = 1000  # characters of one --set item: a path or a list of widths, never a payload
 MAX_GRID_POINTS = 1000  # a 3 x 3 x 3 grid is 27; a million points would fill the storage, not the CPU
 DEFAULT_AXES = {"train.activation": ["relu", "tanh", "sigmoid"], "train.dropout": [0.0, 0.2, 0.5]}
 
@@ -43,63 +41,14 @@ class Sweep:
         return math.prod(len(values) for values in self.grid.values())
 
 
-def _validate(values: dict[str, object], source: str) -> None:
-    nested: dict[str, dict] = {}
-    for key, value in values.items():  # a key without a section is reported as unknown
-        *sections, name = key.split(".")  # train.augment.shift: nested sections
-        node = nested
-        for section in sections:
-            node = node.setdefault(section, {})
-        node[name] = value
-    validate_params(nested, source=source)
-
-
-def _parse_set(item: str):
-    """One --set item as DVC reads `-S` (Hydra's grammar): (key, value). Interpolation (`${...}`) is refused before
-    Hydra sees it: DVC's OmegaConf would expand it with the environment of whoever runs the trial."""
-    from dvc.utils.hydra import to_hydra_overrides
-    from hydra.errors import HydraException
-
-    from mnist_mlp.params import INTERPOLATION
-
-    if len(item) > MAX_SET_LENGTH:
-        raise SweepError(f"--set {item[:40]!r}...: {len(item):,} characters; at most {MAX_SET_LENGTH:,}")
-    if INTERPOLATION in item:
-        raise SweepError(
-            f"--set {item!r}: '{INTERPOLATION}...}}' is interpolation syntax, which DVC would expand; "
-            "a value here is plain text"
-        )
-
-    try:
-        (override,) = to_hydra_overrides([item])
-    except HydraException:
-        override = None
-    if override is None or item.partition("=")[0] != override.key_or_group:
-        raise SweepError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=2")
-    if override.key_or_group in OWN_KEYS:
-        raise SweepError(f"--set {item!r}: {override.key_or_group} is set by the sweep itself; use its own option")
+def parse_set(item: str):
+    """One --set item as DVC reads `-S`: (key, value); the sweep's own keys and sweeps of values refused."""
+    key, override = parse_override(item, "--set")
+    if key in OWN_KEYS:
+        raise SweepError(f"--set {item!r}: {key} is set by the sweep itself; use its own option")
     if override.is_sweep_override():
         raise SweepError(f"--set {item!r}: one value per key; the grid's axes are {', '.join(GRID.values())}")
-    return override.key_or_group, override.value()
-
-
-def override_text(key: str, value: object) -> str:
-    """`key=value` as `dvc exp run -S` reads it (Hydra's grammar), with no space or quote, so that it also
-    passes through the shell's word splitting in `dvc exp run $(mnist-mlp preset NAME)`."""
-    import yaml
-
-    # a list as compact JSON ([512,512], also YAML); `...` is YAML's end-of-document marker
-    text = (
-        json.dumps(value, separators=(",", ":"))
-        if isinstance(value, list)
-        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-    )
-    if any(char.isspace() or char in "'\"" for char in text):
-        raise SweepError(
-            f"'{key}' = {text}: a value with spaces or quotes cannot pass through "
-            "`$(mnist-mlp preset ...)`; give it with -S on the command line"
-        )
-    return f"{key}={text}"
+    return key, override.value()
 
 
 def plan(
@@ -130,9 +79,9 @@ def plan(
     check_size(grid)
     for key, values in {**grid, "tracking.sweep_id": [sweep_id]}.items():
         for value in values:
-            _validate({key: value}, GRID.get(key, "--study"))
-    parsed = dict(map(_parse_set, sets))
-    _validate(parsed, "--set")
+            validate_dotted({key: value}, GRID.get(key, "--study"))
+    parsed = dict(map(parse_set, sets))
+    validate_dotted(parsed, "--set")
     raw = dict(item.split("=", 1) for item in sets)
     return Sweep(sweep_id, grid, raw, parsed.get("tracking.experiment"))
 

@@ -3,10 +3,10 @@
 Validation chooses, the test digits report: the setting (activation x dropout) with the highest mean best
 validation accuracy is the choice, and every other setting is tested against it on the same test digits,
 paired seed by seed (each digit's share of right answers over the seeds both ran, an exact sign test,
-Holm-corrected: experiments/stats.py); the headline is the group level with the choice and the settings
+Holm-corrected: verdicts/stats.py); the headline is the group level with the choice and the settings
 worse (or better) beyond noise. Which runs count is explicit (`select_runs`): one FINISHED run with finite
 metrics and a usable predictions file per setting and seed; every other run is listed with its reason. Every accuracy carries a 95 % interval:
-a t-interval over seeds, or Wilson's from the digits for a single run (experiments/stats.py). Main
+a t-interval over seeds, or Wilson's from the digits for a single run (verdicts/stats.py). Main
 effects average activation over dropout and dropout over activation. The report names the settings every
 run shared and warns when runs differ in more than the grid axes: such a table mixes settings.
 """
@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.experiments import stats
 from mnist_mlp.files import save_figure, write_text
-from mnist_mlp.params import PER_RUN_KEYS, Params, apply_preset, flatten, preset_paths
 from mnist_mlp.tracking import location, predictions, queries, store
+from mnist_mlp.verdicts import stats
 
 LATEST, ALL = "latest", "all"
 SETTING = ["activation", "dropout"]
@@ -119,7 +118,7 @@ def setting_name(setting) -> str:
     return f"{activation}/{number_text(dropout)}"
 
 
-def _read_predictions(
+def read_predictions(
     runs: pd.DataFrame, test: predictions.LocalTest | None = None
 ) -> tuple[dict[str, predictions.Predictions], dict[str, str]]:
     """run_id -> its per-digit test answers, and run_id -> why it has none usable. With the local test split (`test`),
@@ -155,7 +154,7 @@ def _read_predictions(
     return found, problems
 
 
-def _with_digits(runs: pd.DataFrame, logged: dict[str, predictions.Predictions]) -> pd.DataFrame:
+def with_digits(runs: pd.DataFrame, logged: dict[str, predictions.Predictions]) -> pd.DataFrame:
     """The runs with how many digits each split had and how many were right (NaN where unknown), for Wilson's intervals."""
     runs = runs.copy()
     val_size = pd.to_numeric(runs.get("params.preprocess.val_size", pd.Series(np.nan, runs.index)))
@@ -291,15 +290,15 @@ def compare(experiment: str, sweep_id: str = LATEST, test: predictions.LocalTest
             "name": column("tags.dvc_exp_name").fillna(column("tags.mlflow.runName")),
             "status": found["status"],
             "start_time": column("start_time"),
-            "activation": column("params.activation"),
-            "dropout": pd.to_numeric(column("params.dropout")),
-            "seed": pd.to_numeric(column("params.seed")),
+            "activation": column("params.train.activation"),
+            "dropout": pd.to_numeric(column("params.train.dropout")),
+            "seed": pd.to_numeric(column("params.train.seed")),
             **{name: column(f"metrics.{name}") for name in (*SPLITS.values(), "train_seconds")},
             **found.filter(regex=r"^params\."),
         }
     )
     kept, left_out = select_runs(runs)
-    logged, problems = _read_predictions(kept, test)
+    logged, problems = read_predictions(kept, test)
     if problems:  # a run whose file is unusable is left out, named; the other runs are still paired
         unusable = kept["run_id"].isin(problems)
         left_out = pd.concat([left_out, kept[unusable].assign(reason=kept.loc[unusable, "run_id"].map(problems))])
@@ -319,9 +318,9 @@ def compare(experiment: str, sweep_id: str = LATEST, test: predictions.LocalTest
     mixed = {
         key: sorted(params[key].fillna("(none)").unique())
         for key in sorted(distinct.index[distinct > 1])
-        if key not in (*AXES, "tracking.sweep_id", "tracking.trial")
+        if key not in (*(f"train.{axis}" for axis in AXES), "tracking.sweep_id", "tracking.trial")
     }
-    kept = _with_digits(kept, logged)
+    kept = with_digits(kept, logged)
     rows, curves = [], {}
     for setting, group in kept.groupby(SETTING, sort=True):
         rows.append(
@@ -432,7 +431,7 @@ def notes(result: Comparison) -> list[str]:
     return [*lines, f"Training curves of these runs (DVC experiments of the same names): dvc plots diff {names} --open"]
 
 
-def _table(frame: pd.DataFrame, left: int = 1) -> str:
+def markdown_table(frame: pd.DataFrame, left: int = 1) -> str:
     """A markdown table, numbers in FORMATS (blank when missing), the first `left` columns left-aligned."""
 
     def cell(value, name):
@@ -482,7 +481,7 @@ def markdown(result: Comparison) -> str:
         *notes(result),
         "![validation and test accuracy with 95 % intervals; validation curves per activation](figures/compare.png)",
         "## Settings, ranked on validation",
-        _table(settings_table(result)),
+        markdown_table(settings_table(result)),
     ]
     if result.verdicts:
         parts += [
@@ -495,7 +494,7 @@ def markdown(result: Comparison) -> str:
             f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
             f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more. "
             f"The per-digit answers: {result.answers_from}.",
-            _table(verdicts_table(result)),
+            markdown_table(verdicts_table(result)),
         ]
     if result.untested:
         parts.append(f"No paired test: {result.untested}.")
@@ -503,11 +502,11 @@ def markdown(result: Comparison) -> str:
         other = next(name for name in SETTING if name != axis)
         parts += [
             f"## Main effect of {axis} (averaged over {other}, per seed first)",
-            _table(table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"})),
+            markdown_table(table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"})),
         ]
     parts += [
         "## The runs (each one sample)",
-        _table(
+        markdown_table(
             result.runs.sort_values(AXES)[
                 ["name", *AXES, "best_val_accuracy", "test_accuracy", "test_interval", "train_seconds", "run_id"]
             ],
@@ -517,7 +516,7 @@ def markdown(result: Comparison) -> str:
     if len(result.left_out):
         parts += [
             f"## Runs left out ({len(result.left_out)})",
-            _table(result.left_out[["name", "run_id", "status", "reason"]], left=4),
+            markdown_table(result.left_out[["name", "run_id", "status", "reason"]], left=4),
         ]
     return "\n\n".join(parts) + "\n"
 
@@ -618,81 +617,3 @@ def write_report(result: Comparison, reports: Path) -> tuple[Path, Path]:
         plt.close(fig)
     write_text(table, markdown(result))
     return table, picture
-
-
-def preset_settings(root: Path) -> dict[str, dict[str, str]]:
-    """name -> every param a run of it logs (as MLflow holds them, strings), but PER_RUN_KEYS: `default`
-    (the schema's defaults, which params.yaml ships) and each preset params/<name>.yaml laid over them."""
-    base = Params()
-    resolved = {"default": base} | {name: apply_preset(base, path) for name, path in preset_paths(root).items()}
-    return {
-        name: {key: str(value) for key, value in flatten(params).items() if key not in PER_RUN_KEYS}
-        for name, params in resolved.items()
-    }
-
-
-def compare_presets(experiment: str, root: Path) -> pd.DataFrame:
-    """One row per preset with finished runs, ranked on mean best validation accuracy: each run counted
-    under the preset whose every param it logged, the newest run per seed (a rerun of a seed is not a new
-    sample); 95 % intervals as in compare."""
-    found = queries.search_runs(experiment, "attributes.status = 'FINISHED'")
-    if found.empty or "metrics.test_accuracy" not in found:
-        raise CompareError(
-            f"no finished run with a test accuracy in experiment '{experiment}' yet; run `dvc repro` first"
-        )
-    found = found[found["metrics.test_accuracy"].notna()].sort_values("start_time", ascending=False)
-    rows = []
-    for name, settings in preset_settings(root).items():
-        columns = [f"params.{key}" for key in settings]
-        if not set(columns) <= set(found.columns):
-            continue  # no run logged every key of it (runs from before a key existed)
-        matching = (found[columns] == pd.Series(settings).set_axis(columns)).all(axis=1)
-        matched = found[matching].drop_duplicates("params.seed")  # newest first: the newest run of each seed
-        if matched.empty:
-            continue
-        runs = pd.DataFrame(
-            {
-                "run_id": matched["run_id"],
-                "seed": pd.to_numeric(matched["params.seed"]),
-                **{metric: matched[f"metrics.{metric}"] for metric in (*SPLITS.values(), "train_seconds")},
-                "params.preprocess.val_size": matched["params.preprocess.val_size"],
-            }
-        )
-        logged, _ = _read_predictions(runs)
-        runs = _with_digits(runs, logged)
-        rows.append(
-            {
-                "preset": name,
-                "runs": len(runs),
-                "seeds": ", ".join(sorted(matched["params.seed"], key=int)),
-                **{f"{LABELS[split]} [95 %]": estimate(runs, split) for split in SPLITS},
-                "seconds": round(runs["train_seconds"].mean(), 1),
-            }
-        )
-    if not rows:
-        raise CompareError(
-            f"no finished run of experiment '{experiment}' has the params of default or a preset "
-            f"({', '.join(preset_paths(root))})"
-        )
-    table = pd.DataFrame(rows)
-    order = [value.mean for value in table[f"{LABELS['val']} [95 %]"]]
-    return table.iloc[np.argsort(order, kind="stable")[::-1]].reset_index(drop=True)  # validation ranks
-
-
-def write_presets_report(table: pd.DataFrame, experiment: str, reports: Path) -> Path:
-    """reports/presets.md: the table, and how runs were matched to presets."""
-    path = reports / "presets.md"
-    write_text(
-        path,
-        "\n\n".join(
-            [
-                f"# Presets side by side: experiment `{experiment}`",
-                f"Finished runs in the MLflow store `{location.tracking_uri()}`, each under the preset whose every param it "
-                f"logged ({', '.join(sorted(PER_RUN_KEYS))} may differ); the newest run per seed. Ranked on mean best "
-                "validation accuracy (the test digits never rank); 95 % intervals: t over seeds, Wilson's for one run.",
-                _table(table),
-            ]
-        )
-        + "\n",
-    )
-    return path

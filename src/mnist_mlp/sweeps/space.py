@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.params import PER_RUN_KEYS, ParamsError, validate_params
+from mnist_mlp.files import read_yaml
+from mnist_mlp.params import PER_RUN_KEYS, ParamsError, validate_dotted
 
 
 class SpaceError(UserError, ValueError):
@@ -80,14 +80,6 @@ class Space(BaseModel):
         return drawn
 
 
-def _as_nested(key: str, value: Any) -> dict:
-    *sections, name = key.split(".")
-    nested: dict = {name: value}
-    for section in reversed(sections):
-        nested = {section: nested}
-    return nested
-
-
 def parse(data: Any, source: str, fixed: set[str] = frozenset()) -> Space:
     """A validated search space from the file's mapping; `fixed`: keys the sweep sets itself (refused here)."""
     try:
@@ -97,21 +89,17 @@ def parse(data: Any, source: str, fixed: set[str] = frozenset()) -> Space:
         where = ".".join(str(part) for part in error["loc"])
         raise SpaceError(f"{source}: {where}: {error['msg']}") from None
     for key, dimension in space.space.items():
-        if key in fixed or key in PER_RUN_KEYS or key.split(".")[-1] in PER_RUN_KEYS:
+        if key in fixed or key in PER_RUN_KEYS:
             raise SpaceError(f"{source}: space.{key}: a search cannot draw {key}; it is set per run or by the sweep")
         for value in dimension.values:
             try:
-                validate_params(_as_nested(key, value), source=f"{source}: space.{key}")
+                validate_dotted({key: value}, source=f"{source}: space.{key}")
             except ParamsError as exc:
                 raise SpaceError(str(exc)) from None
     return space
 
 
 def read(path: Path, fixed: set[str] = frozenset()) -> Space:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpaceError(f"{path}: no such search space file; see params/search/default.yaml") from None
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
-    return parse(data, str(path), fixed)
+    if not Path(path).is_file():
+        raise SpaceError(f"{path}: no such search space file; see params/search/default.yaml")
+    return parse(read_yaml(path, SpaceError, "search space file"), str(path), fixed)

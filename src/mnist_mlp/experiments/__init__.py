@@ -1,1 +1,0 @@
-"""Experiments: sweeps, comparisons, the metric gate, promotion."""

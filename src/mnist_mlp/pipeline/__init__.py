@@ -1,0 +1,1 @@
+"""The DVC pipeline's history: the way back to a commit's outputs."""

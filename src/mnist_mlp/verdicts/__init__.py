@@ -1,0 +1,1 @@
+"""Judging results: statistics, a sweep's comparison, a search's report, the presets report, the metric gate, promotion."""
