@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from mnist_mlp.tracking.queries import NoRunsError
-from mnist_mlp.verdicts import compare
+from mnist_mlp.verdicts import compare, stats
 from support.cli import cli_in_process, run
 from support.predictions import LABELS, log_predictions, right
 from support.stores import new_experiment
@@ -30,6 +30,7 @@ def log_run(
     test_accuracy,
     status="FINISHED",
     correct=None,
+    params_as_logged_before=False,
     **params,
 ):
     """A run as the stages log it; `correct` (per test digit) logs its predictions too, and the test accuracy they score."""
@@ -49,6 +50,8 @@ def log_run(
         "tracking.sweep_id": sweep_id or None,
         **{f"train.{key}": value for key, value in params.items()},  # as flatten() keys them
     }
+    if params_as_logged_before:  # train keys bare, as runs were logged before they were dotted
+        params = {key.removeprefix("train."): value for key, value in params.items()}
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     for epoch, accuracy in enumerate(curve, start=1):
@@ -122,11 +125,13 @@ def test_the_headline_names_the_level_group_and_the_worse_and_better_settings(pl
     assert (worse.paired.digits, better.paired.digits) == (80, -40)
     assert worse.p_holm < 0.001 and better.p_holm < 0.001
     assert compare.headline(result) == (
-        "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy "
-        f"{result.summary.loc[0, 'val']} over 3 run(s); its test accuracy, reported beside it: {result.summary.loc[0, 'test']}. "
-        "Level with it on the test digits: tanh/0 (Holm-adjusted p ≥ 0.12). "
-        "Worse by 4.00 points (Holm-adjusted p < 0.001): relu/0.5. "
-        "Better on the test digits than the validation choice by 2.00 points (Holm-adjusted p < 0.001): tanh/0.5."
+        "12 runs: 2 activations × 2 dropouts, 3 seeds each, 2 epochs. Chosen on validation: relu with dropout 0, "
+        f"mean best validation accuracy {result.summary.loc[0, 'val']} over 3 seeds; its test accuracy (reported, "
+        f"never used to choose) {result.summary.loc[0, 'test']}. On the same test digits, paired seed by seed: "
+        "no clear difference from the choice for tanh with dropout 0 (Holm-adjusted p ≥ 0.12); "
+        "worse than the choice by 4.00 points (Holm-adjusted p < 0.001): relu with dropout 0.5; "
+        "better than the choice by 2.00 points (Holm-adjusted p < 0.001), which validation did not choose: "
+        "tanh with dropout 0.5."
     )
     # three seeds: a t-interval over them; the mean of the seeds' 1,901 / 2,000
     choice = result.summary.loc[0]
@@ -148,17 +153,31 @@ def test_the_headline_names_the_level_group_and_the_worse_and_better_settings(pl
     table, picture = compare.write_report(result, tmp_path / "reports")
     text = table.read_text()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    # signed as the setting minus the choice: negative is worse
+    flipped = lambda interval: stats.Interval(-interval.high, -interval.low).points()  # noqa: E731
     assert [
         "relu/0.5",
         "0 1 2",
         "80",
         "0",
-        f"+4.00 {worse.paired.difference.points()}",
+        f"-4.00 {flipped(worse.paired.difference)}",
         "p < 0.001",
         "p < 0.001",
         "worse",
     ] in rows
-    assert ["tanh/0", "0 1 2", "4", "0", f"+0.20 {level.paired.difference.points()}", "0.125", "0.125", "level"] in rows
+    assert [
+        "tanh/0",
+        "0 1 2",
+        "4",
+        "0",
+        f"-0.20 {flipped(level.paired.difference)}",
+        "0.125",
+        "0.125",
+        "no clear difference",
+    ] in rows
+    assert ["tanh/0.5", "0 1 2", "0", "40", f"+2.00 {flipped(better.paired.difference)}"] == next(
+        row[:5] for row in rows if row[0] == "tanh/0.5" and row[1] == "0 1 2"
+    )
     assert "## Main effect of activation (averaged over dropout, per seed first)" in text
     assert "cannot separate settings" not in text
     with Image.open(picture) as image:
@@ -174,7 +193,7 @@ def test_an_untrusted_predictions_file_leaves_out_that_run_only(planted, tmp_pat
     code, out, err = cli_in_process(["compare", "--reports", "reports"], capsys)
     assert code == 0, err
     report = (tmp_path / "reports" / "compare.md").read_text()
-    assert "## Paired tests" in report and "over 3 run(s)" in out  # the other runs are still paired
+    assert "## Each setting against the choice" in report and "over 3 seeds" in out  # the other runs are still paired
     row = next(line for line in report.splitlines() if forged in line)
     assert (
         "| P-forged" in row and "evaluation/predictions.csv: not a predictions file; expected 'actual,predicted'" in row
@@ -191,6 +210,77 @@ def test_predictions_that_do_not_score_the_runs_accuracy_or_carry_other_labels_a
     reasons = result.left_out.set_index("run_id")["reason"]
     assert (
         reasons[other] == f"run {other}: evaluation/predictions.csv scores 0.5000, not the run's test accuracy 0.9500"
+    )
+
+
+def _panels(fig) -> dict:
+    return {axes.get_label(): axes for axes in fig.axes if axes.get_label()}
+
+
+def _colours(artists) -> dict[str, str]:
+    from matplotlib.colors import to_hex
+
+    return {
+        artist.get_label(): to_hex(artist.get_color()) for artist in artists if not artist.get_label().startswith("_")
+    }
+
+
+def test_the_figure_puts_each_dropout_at_its_value_and_gives_each_activation_one_colour(planted):
+    """2 activations x dropouts 0 and 0.5: the accuracy panels' x is the dropout itself, the curves one panel per
+    dropout, and an activation's colour is the same in every panel; one legend names the colours and the choice."""
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import to_hex
+
+    fig = compare.figure(compare.compare("mnist-mlp"))
+    try:
+        panels = _panels(fig)
+        assert set(panels) == {"val", "test", "curves 0", "curves 0.5"}
+        for split in ("val", "test"):
+            assert list(panels[split].get_xticks()) == [0.0, 0.5]
+            assert [label.get_text() for label in panels[split].get_xticklabels()] == ["0", "0.5"]
+            assert panels[split].get_xlabel() == "dropout"
+            means = {
+                container.get_label(): to_hex(container.lines[0].get_color()) for container in panels[split].containers
+            }
+            assert means == {"relu": "#1f77b4", "tanh": "#ff7f0e"}  # compare.ACTIVATION_COLOURS
+        for dropout in ("0", "0.5"):
+            assert _colours(panels[f"curves {dropout}"].get_lines()) == {"relu": "#1f77b4", "tanh": "#ff7f0e"}
+        (legend,) = fig.legends
+        assert [text.get_text() for text in legend.get_texts()] == ["relu", "tanh", "chosen on validation"]
+        (ring,) = [line for line in panels["val"].get_lines() if line.get_label() == "chosen on validation"]
+        assert (ring.get_xdata()[0] < 0.1, ring.get_ydata()[0]) == (True, pytest.approx(0.991))  # relu at dropout 0
+    finally:
+        plt.close(fig)
+
+
+def test_with_one_dropout_the_activations_are_the_axis_and_the_dropout_is_named(mlflow_store):
+    """A 2 x 1 grid of one seed: no single dropout tick with settings spread across it as if at other dropouts."""
+    from matplotlib import pyplot as plt
+
+    client = mlflow.MlflowClient(mlflow_store)
+    experiment_id = new_experiment(client, "mnist-mlp")
+    log_run(client, experiment_id, "W-relu", "W", "relu", 0.2, 0, [0.90, 0.99], 0.95)
+    log_run(client, experiment_id, "W-sigmoid", "W", "sigmoid", 0.2, 0, [0.90, 0.97], 0.98)
+    result = compare.compare("mnist-mlp")
+    fig = compare.figure(result)
+    try:
+        panels = _panels(fig)
+        assert set(panels) == {"val", "test", "curves 0.2"}
+        for split in ("val", "test"):
+            assert list(panels[split].get_xticks()) == [0, 1]
+            assert [label.get_text() for label in panels[split].get_xticklabels()] == ["relu", "sigmoid"]
+            assert panels[split].get_xlabel() == "activation (dropout 0.2 in every run)"
+        assert _colours(panels["curves 0.2"].get_lines()) == {"relu": "#1f77b4", "sigmoid": "#2ca02c"}
+        (legend,) = fig.legends
+        assert [text.get_text() for text in legend.get_texts()] == ["relu", "sigmoid", "chosen on validation"]
+        assert (
+            fig._suptitle.get_text()
+            == "Activation, sweep W: 2 runs: 2 activations × dropout 0.2, 1 seed each, 2 epochs"
+        )
+    finally:
+        plt.close(fig)
+    assert compare.grid_title(result) == "Activation" and compare.describe_runs(result).endswith(
+        "1 seed each, 2 epochs"
     )
 
 
@@ -229,11 +319,11 @@ def test_the_best_setting_is_chosen_on_validation_and_its_test_accuracy_only_rep
     result = compare.compare("mnist-mlp")
     assert tuple(compare.chosen(result)[compare.SETTING]) == ("relu", 0.0)
     assert compare.headline(result) == (
-        "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy 0.9900 "
-        "over 1 run(s); its test accuracy, reported beside it: 0.9500. No paired test: 2 of 2 runs logged no per-digit "
-        "predictions (evaluation/predictions.csv; evaluate logs it with every run): V-relu, V-tanh. Each setting has one "
-        "run (one seed, one sample): the seed-to-seed spread is in no interval or test, so this cannot separate settings; "
-        "`make sweep` runs three seeds per setting."
+        "2 runs: 2 activations × dropout 0, 1 seed each, 2 epochs. Chosen on validation: relu with dropout 0, mean "
+        "best validation accuracy 0.9900 over 1 seed; its test accuracy (reported, never used to choose) 0.9500. "
+        "No paired test: 2 of 2 runs logged no per-digit predictions (evaluation/predictions.csv; evaluate logs it "
+        "with every run): V-relu, V-tanh. Each setting has one run (one seed is one sample): the seed-to-seed spread "
+        "is in no interval or test, so this cannot separate settings; `--seeds 0 1 2` runs three seeds per setting."
     )
 
 
@@ -266,15 +356,13 @@ def test_latest_sweep_by_default_with_intervals_over_seeds(store, tmp_path):
         for line in table.read_text().splitlines()
         if line.startswith("|")
     ]
-    assert ["relu", "0.5", "2", "0.9000 [0.9000, 0.9000]", f"0.9500 {cell['test'].interval}", "20.0"] in rows
+    assert ["relu", "0.5", "2", "0.9000 [0.9000, 0.9000]", f"0.9500 {cell['test'].interval}", "20.0", ""] in rows
+    assert next(row for row in rows if row[0] == "relu" and row[1] == "0")[-1] == "← chosen on validation"
     seeded = result.runs.set_index("name").loc["B-relu-0.5-s1", "run_id"]
     assert ["B-relu-0.5-s1", "relu", "0.5", "1", "0.9000", "0.9700", "", "20.0", seeded] in rows
     text = table.read_text()
     # every setting of B reached 0.9 on validation: the tie goes to the first, whatever the test digits say
-    assert (
-        "Chosen on validation (the test digits never choose): relu/0, mean best validation accuracy 0.9000 over 1 run(s)"
-        in text
-    )
+    assert "Chosen on validation: relu with dropout 0, mean best validation accuracy 0.9000 over 1 seed" in text
     crashed = result.left_out.set_index("name").loc["B-crashed", "run_id"]
     assert [
         "B-crashed",
@@ -381,7 +469,9 @@ def test_a_real_three_seed_sweep_is_reported_with_paired_tests_on_its_logged_pre
     assert len(result.runs) == 12 and set(result.summary["runs"]) == {3} and not result.untested
     # the headline as printed: the validation choice, then every other setting in exactly one group
     line = compare.headline(result)
-    assert line in compared and line.startswith("Chosen on validation (the test digits never choose): ")
+    assert line in compared and line.startswith(
+        "12 runs: 2 activations × 2 dropouts, 3 seeds each, 1 epoch. Chosen on validation: "
+    )
     assert "cannot separate settings" not in line
     choice = compare.chosen(result)
     assert choice["val"].mean == result.summary["val"].map(lambda value: value.mean).max()
@@ -405,7 +495,10 @@ def test_a_real_three_seed_sweep_is_reported_with_paired_tests_on_its_logged_pre
     for estimate in [*result.summary["val"], *result.summary["test"]]:
         assert estimate.interval.low <= estimate.mean <= estimate.interval.high
     report = (project / "reports" / "compare.md").read_text()
-    assert "## Paired tests on the test digits" in report and "## Main effect of dropout" in report
+    assert (
+        "## Each setting against the choice, on the same test digits" in report
+        and "## Main effect of dropout" in report
+    )
     assert (project / "reports" / "figures" / "compare.png").stat().st_size > 20_000
 
 
@@ -530,3 +623,17 @@ def test_with_the_local_test_split_each_runs_own_model_answers_and_a_forged_file
     # the premise: the same comparison from the logged files sees the forged answers
     forged = compare.compare("mnist-mlp").verdicts[0]
     assert (forged.paired.only_first, forged.paired.only_second) != (30, 0)
+
+
+def test_runs_logged_with_bare_train_keys_compare_beside_runs_keyed_as_params_yaml(mlflow_store):
+    """A store's sweeps from before MLflow params were dotted (`dropout`) read as `train.dropout`, also beside new runs."""
+    client = mlflow.MlflowClient(mlflow_store)
+    experiment_id = new_experiment(client, "mnist-mlp")
+    log_run(client, experiment_id, "L-relu", "L", "relu", 0.0, 0, [0.90, 0.99], 0.95)
+    old = log_run(
+        client, experiment_id, "L-tanh", "L", "tanh", 0.0, 0, [0.90, 0.97], 0.98, params_as_logged_before=True
+    )
+    result = compare.compare("mnist-mlp", "L")
+    assert set(result.runs["activation"]) == {"relu", "tanh"} and result.left_out.empty
+    assert result.runs.set_index("run_id").loc[old, "params.train.dropout"] == "0.0"
+    assert "params.dropout" not in result.runs

@@ -9,8 +9,19 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from mnist_mlp.errors import UserError
+from mnist_mlp.params import TrainParams, dotted
 from mnist_mlp.tracking.location import local_sqlite_path, tracking_uri
 from mnist_mlp.tracking.store import check_tracking_server, client, failure_line, literal
+
+# Runs logged before MLflow params were keyed as params.yaml keys them kept the train section's keys bare
+# (`dropout`, `augment.shift`); read back, they carry today's names, so a store's older sweeps still compare.
+LEGACY_TRAIN_KEYS = frozenset(dotted(TrainParams().model_dump()))
+
+
+def current_names(params: dict[str, str]) -> dict[str, str]:
+    """A run's params with a bare train key (`dropout`) under its dotted name (`train.dropout`)."""
+    return {f"train.{key}" if key in LEGACY_TRAIN_KEYS else key: value for key, value in params.items()}
+
 
 # --- the models of a sweep, for `mnist-mlp app` ------------------------------------------------
 
@@ -71,7 +82,7 @@ def sweep_models(experiment: str, sweep_id: str = "latest") -> tuple[str, list[S
         SweepModel(
             run.data.tags.get("dvc_exp_name") or run.info.run_name or run.info.run_id,
             run.info.run_id,
-            dict(run.data.params),
+            current_names(dict(run.data.params)),
         )
         for run in runs
     ]
@@ -86,9 +97,14 @@ def search_runs(experiment: str | None, filter_string: str = "", **options) -> p
         raise NoRunsError(
             f"no experiment '{experiment}' in {tracking_uri()}; `make sweep` (or `make sweep-quick`) makes one"
         )
-    return mlflow.search_runs(
+    found = mlflow.search_runs(
         experiment_names=[experiment] if experiment else None,
         search_all_experiments=experiment is None,
         filter_string=filter_string,
         **options,
     )
+    for key in LEGACY_TRAIN_KEYS & {column.removeprefix("params.") for column in found.columns}:
+        old, new = f"params.{key}", f"params.train.{key}"
+        found[new] = found[new].fillna(found[old]) if new in found else found[old]  # a store may hold both
+        found = found.drop(columns=old)
+    return found

@@ -16,12 +16,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.files import save_figure, write_text
+from mnist_mlp.params import Activation
 from mnist_mlp.tracking import location, predictions, queries, store
 from mnist_mlp.verdicts import stats
 
@@ -358,7 +360,7 @@ def chosen(result: Comparison) -> pd.Series:
 
 
 def _p_bound(verdicts: list[Verdict], at_least: bool) -> str:
-    """`p ≥ 0.31` (the smallest of a level group), or `p ≤ 0.004` / `p < 0.001` (the largest of a decided one)."""
+    """`p ≥ 0.31` (the smallest of a group within noise), or `p ≤ 0.004` / `p < 0.001` (the largest of a decided one)."""
     values = [verdict.p_holm for verdict in verdicts]
     if at_least:
         return f"Holm-adjusted p ≥ {min(values):.2f}"
@@ -374,13 +376,56 @@ def _points(verdicts: list[Verdict]) -> str:  # accuracy differences over the se
     )
 
 
+OUTCOMES = {
+    "worse": "worse",
+    "better": "better",
+    "level": "no clear difference",
+}  # Verdict.outcome -> the report's words
+
+
+def setting_words(setting) -> str:
+    """`relu with dropout 0.2`: a setting as a sentence names it."""
+    activation, dropout = setting
+    return f"{activation} with dropout {number_text(dropout)}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def describe_runs(result: Comparison) -> str:
+    """What the runs were, e.g. `27 runs: 3 activations × 3 dropouts, 3 seeds each, 20 epochs`."""
+    summary = result.summary
+    activations, dropouts = summary["activation"].unique(), summary["dropout"].unique()
+    grid = [
+        _count(len(activations), "activation") if len(activations) > 1 else f"activation {activations[0]}",
+        _count(len(dropouts), "dropout") if len(dropouts) > 1 else f"dropout {number_text(dropouts[0])}",
+    ]
+    runs = sorted(summary["runs"].unique())
+    seeds = f"{_count(runs[0], 'seed')} each" if len(runs) == 1 else f"{runs[0]}–{runs[-1]} seeds each"
+    epochs = result.shared.get("train.epochs")
+    trained = (
+        _count(int(epochs), "epoch")
+        if epochs is not None
+        else "epochs " + ", ".join(result.mixed.get("train.epochs", ["not logged"]))
+    )
+    return f"{_count(len(result.runs), 'run')}: {' × '.join(grid)}, {seeds}, {trained}"
+
+
+def grid_title(result: Comparison) -> str:
+    """`Activation × dropout`, or the one axis that varied, or `One setting`."""
+    varied = [axis for axis in SETTING if result.summary[axis].nunique() > 1]
+    return " × ".join(varied).capitalize() if varied else "One setting"
+
+
 def headline(result: Comparison) -> str:
-    """What the comparison concludes: the validation choice, the settings level with it on the test digits, the worse ones."""
+    """What the comparison concludes, as sentences: what ran, the validation choice with its test accuracy beside it,
+    and each other setting against it on the same test digits."""
     best = chosen(result)
-    choice = setting_name((best["activation"], best["dropout"]))
+    choice = setting_words((best["activation"], best["dropout"]))
     line = (
-        f"Chosen on validation (the test digits never choose): {choice}, mean best validation accuracy {best['val']} "
-        f"over {best['runs']} run(s); its test accuracy, reported beside it: {best['test']}."
+        f"{describe_runs(result)}. Chosen on validation: {choice}, mean best validation accuracy {best['val']} over "
+        f"{_count(best['runs'], 'seed')}; its test accuracy (reported, never used to choose) {best['test']}."
     )
     if not result.verdicts:
         line += f" No paired test: {result.untested}." if result.untested else ""
@@ -388,27 +433,27 @@ def headline(result: Comparison) -> str:
         by_outcome = {
             outcome: [v for v in result.verdicts if v.outcome == outcome] for outcome in ("level", "worse", "better")
         }
-        level = by_outcome["level"]
-        names = lambda verdicts: ", ".join(setting_name(v.setting) for v in verdicts)  # noqa: E731
-        if level:
-            line += f" Level with it on the test digits: {names(level)} ({_p_bound(level, at_least=True)})."
-        else:
-            line += " No other setting is level with it on the test digits."
+        names = lambda verdicts: ", ".join(setting_words(v.setting) for v in verdicts)  # noqa: E731
+        line += " On the same test digits, paired seed by seed:"
+        if by_outcome["level"]:
+            level = by_outcome["level"]
+            line += f" no clear difference from the choice for {names(level)} ({_p_bound(level, at_least=True)});"
         if by_outcome["worse"]:
             worse = by_outcome["worse"]
-            line += f" Worse by {_points(worse)} ({_p_bound(worse, at_least=False)}): {names(worse)}."
+            line += f" worse than the choice by {_points(worse)} ({_p_bound(worse, at_least=False)}): {names(worse)};"
         if by_outcome["better"]:
             better = by_outcome["better"]
             line += (
-                f" Better on the test digits than the validation choice by {_points(better)} "
-                f"({_p_bound(better, at_least=False)}): {names(better)}."
+                f" better than the choice by {_points(better)} ({_p_bound(better, at_least=False)}), which validation "
+                f"did not choose: {names(better)};"
             )
+        line = line.removesuffix(";") + "."
         if result.untested:
             line += f" Not tested: {result.untested}."
     if (result.summary["runs"] == 1).all():
         line += (
-            " Each setting has one run (one seed, one sample): the seed-to-seed spread is in no interval or test, "
-            "so this cannot separate settings; `make sweep` runs three seeds per setting."
+            " Each setting has one run (one seed is one sample): the seed-to-seed spread is in no interval or test, "
+            "so this cannot separate settings; `--seeds 0 1 2` runs three seeds per setting."
         )
     return line
 
@@ -445,26 +490,37 @@ def markdown_table(frame: pd.DataFrame, left: int = 1) -> str:
     )
 
 
+VAL_COLUMN = "validation accuracy, mean [95 %]"
+TEST_COLUMN = "test accuracy, mean [95 %]"
+CHOICE_MARK = "← chosen on validation"
+
+
 def settings_table(result: Comparison) -> pd.DataFrame:
-    """The settings as ranked on validation, accuracies with their 95 % intervals (stdout and the report)."""
+    """The settings as ranked on validation (best first, the choice marked), accuracies with their 95 % intervals."""
     table = result.summary[["activation", "dropout", "runs", "val", "test", "seconds"]].copy()
-    return table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"})
+    table[" "] = [CHOICE_MARK] + [""] * (len(table) - 1)
+    return table.rename(
+        columns={"runs": "runs (seeds)", "val": VAL_COLUMN, "test": TEST_COLUMN, "seconds": "training seconds, mean"}
+    )
 
 
 def verdicts_table(result: Comparison) -> pd.DataFrame:
-    best = chosen(result)
-    choice = setting_name((best["activation"], best["dropout"]))
+    """Each other setting against the choice on the same test digits: differences signed as setting minus choice,
+    so a negative number means the setting did worse."""
     return pd.DataFrame(
         [
             {
                 "setting": setting_name(v.setting),
                 "seeds paired": " ".join(f"{seed:g}" for seed in v.paired.seeds),
-                f"digits {choice} got right more often": v.paired.only_first,
-                "digits it got right more often": v.paired.only_second,
-                f"{choice} minus it, points [95 %]": f"{100 * v.paired.accuracy_difference:+.2f} {v.paired.difference.points()}",
+                "digits only the choice got right more often": v.paired.only_first,
+                "digits only this setting got right more often": v.paired.only_second,
+                "this setting minus the choice, accuracy points [95 %]": (
+                    f"{-100 * v.paired.accuracy_difference:+.2f} "
+                    f"{stats.Interval(-v.paired.difference.high, -v.paired.difference.low).points()}"
+                ),
                 "p": stats.p_text(v.paired.p_value).removeprefix("p = "),
                 "Holm-adjusted p": stats.p_text(v.p_holm).removeprefix("p = "),
-                "outcome": v.outcome,
+                "against the choice": OUTCOMES[v.outcome],
             }
             for v in sorted(result.verdicts, key=lambda v: v.p_holm, reverse=True)
         ]
@@ -474,26 +530,28 @@ def verdicts_table(result: Comparison) -> pd.DataFrame:
 def markdown(result: Comparison) -> str:
     title = "all runs" if result.sweep_id == ALL else f"sweep `{result.sweep_id}`"
     parts = [
-        f"# Activation x dropout: {title}",
-        f"{len(result.runs)} finished run(s) from the MLflow store `{location.tracking_uri()}`. Every accuracy carries its "
-        "95 % interval: a t-interval over seeds where a setting has several runs, Wilson's from the digits for one run.",
+        f"# {grid_title(result)}: {title}",
+        f"{len(result.runs)} finished run(s) from the MLflow store `{location.tracking_uri()}`. Validation chooses; "
+        "the test digits only report. Every accuracy carries its 95 % interval: a t-interval over seeds where a "
+        "setting has several runs, Wilson's from the digits for one run.",
         f"**{headline(result)}**",
         *notes(result),
-        "![validation and test accuracy with 95 % intervals; validation curves per activation](figures/compare.png)",
-        "## Settings, ranked on validation",
+        "![validation and test accuracy per setting with 95 % intervals, and validation accuracy per epoch]"
+        "(figures/compare.png)",
+        "## Settings, ranked on validation (best first)",
         markdown_table(settings_table(result)),
     ]
     if result.verdicts:
         parts += [
-            "## Paired tests on the test digits",
-            "Each setting against the validation choice on the same test digits, paired seed by seed: each digit's "
-            "share of right answers over the seeds both settings ran; the counts are the digits one setting got right "
-            "on more of those seeds than the other; `p` is a paired t-test of the per-digit differences (the exact "
-            "McNemar test where every digit is simply right or wrong in both, as with one seed each); a positive "
-            "difference means the choice is ahead; its 95 % interval "
-            f"from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits, Holm's correction over the "
-            f"{len(result.verdicts)} tests; `level` means a Holm-adjusted p of {stats.ALPHA:g} or more. "
-            f"The per-digit answers: {result.answers_from}.",
+            "## Each setting against the choice, on the same test digits",
+            "Paired seed by seed: for each test digit, the share of the seeds both settings ran on which each got it "
+            "right. The two counts are the digits one setting got right more often than the other. The difference is "
+            "this setting's accuracy minus the choice's, in percentage points: **negative means this setting did "
+            f"worse**; its 95 % interval from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits. `p` is a "
+            "paired t-test of the per-digit differences (the exact McNemar test where each digit is simply right or "
+            f"wrong in both, as with one seed each); Holm's correction adjusts it for the "
+            f"{_count(len(result.verdicts), 'test')}. *No clear difference* means a Holm-adjusted p of {stats.ALPHA:g} or more: the test digits do "
+            f"not tell the two apart. The per-digit answers: {result.answers_from}.",
             markdown_table(verdicts_table(result)),
         ]
     if result.untested:
@@ -502,7 +560,7 @@ def markdown(result: Comparison) -> str:
         other = next(name for name in SETTING if name != axis)
         parts += [
             f"## Main effect of {axis} (averaged over {other}, per seed first)",
-            markdown_table(table.rename(columns={"val": "best val accuracy [95 %]", "test": "test accuracy [95 %]"})),
+            markdown_table(table.rename(columns={"runs": "runs", "val": VAL_COLUMN, "test": TEST_COLUMN})),
         ]
     parts += [
         "## The runs (each one sample)",
@@ -521,87 +579,129 @@ def markdown(result: Comparison) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+# one colour per activation, the same in every panel and every figure (params.Activation's order)
+ACTIVATION_COLOURS = dict(zip(get_args(Activation), ["C0", "C1", "C2", "C3", "C4"]))
+CHOICE_LABEL = "chosen on validation"
+
+
+def _accuracy_panel(panel, result: Comparison, split: str, title: str) -> None:
+    """Mean accuracy per setting with its 95 % interval, each run a faint dot. x is the dropout at its value when
+    dropout varied; else the activation, one position each."""
+    summary, runs = result.summary, result.runs
+    order = list(ACTIVATION_COLOURS)  # the params' order: relu, tanh, sigmoid, ...
+    activations = sorted(
+        summary["activation"].unique(), key=lambda name: (order.index(name) if name in order else 99, name)
+    )
+    dropouts = sorted(summary["dropout"].unique())
+    by_dropout = len(dropouts) > 1
+    span = dropouts[-1] - dropouts[0] if by_dropout else 1.0
+
+    def x_of(activation: str, dropout: float) -> float:
+        index = activations.index(activation)
+        if not by_dropout:
+            return float(index)
+        return dropout + 0.015 * span * (index - (len(activations) - 1) / 2)  # dodged, still at its value
+
+    best = chosen(result)
+    for activation in activations:
+        colour = ACTIVATION_COLOURS.get(activation, "C7")
+        cells = summary[summary["activation"] == activation]
+        x = [x_of(activation, dropout) for dropout in cells["dropout"]]
+        means = [value.mean for value in cells[split]]
+        errors = np.array(
+            [[v.mean - v.interval.low, v.interval.high - v.mean] if v.interval else [0, 0] for v in cells[split]]
+        ).T
+        panel.errorbar(x, means, yerr=errors, fmt="o", capsize=4, color=colour, label=activation, zorder=2)
+        own = runs[runs["activation"] == activation]
+        panel.scatter(
+            [x_of(activation, dropout) for dropout in own["dropout"]],
+            own[SPLITS[split]],
+            s=12,
+            color=colour,
+            alpha=0.35,
+            zorder=1,
+        )
+    panel.plot(  # a ring around the chosen setting's mean, which stays visible inside it
+        x_of(best["activation"], best["dropout"]),
+        best[split].mean,
+        marker="o",
+        markersize=15,
+        markerfacecolor="none",
+        markeredgecolor="black",
+        markeredgewidth=2,
+        linestyle="none",
+        zorder=3,
+        label=CHOICE_LABEL,
+    )
+    if by_dropout:
+        panel.set(xticks=dropouts, xticklabels=[number_text(d) for d in dropouts], xlabel="dropout")
+    else:
+        panel.set(
+            xticks=range(len(activations)),
+            xticklabels=activations,
+            xlabel=f"activation (dropout {number_text(dropouts[0])} in every run)",
+        )
+        panel.set_xlim(-0.6, len(activations) - 0.4)
+    panel.set(ylabel="accuracy", title=title, label=split)
+    panel.grid(alpha=0.3)
+
+
+def _curve_panel(panel, result: Comparison, dropout: float, limits) -> None:
+    """Validation accuracy per epoch at one dropout, one line per activation: the mean over seeds, its 95 % band."""
+    from matplotlib.ticker import MaxNLocator
+
+    for (activation, curve_dropout), curve in sorted(result.curves.items()):
+        if curve_dropout != dropout or curve.empty:
+            continue
+        colour = ACTIVATION_COLOURS.get(activation, "C7")
+        panel.plot(
+            curve["epoch"], curve["mean"], marker="o" if len(curve) < 6 else None, color=colour, label=activation
+        )
+        panel.fill_between(curve["epoch"], curve["low"], curve["high"], color=colour, alpha=0.2)
+    panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if limits is not None:
+        panel.set_ylim(*limits)
+    panel.set(
+        xlabel="epoch",
+        ylabel="validation accuracy",
+        title=f"dropout {number_text(dropout)}: validation accuracy per epoch",
+        label=f"curves {number_text(dropout)}",
+    )
+    panel.grid(alpha=0.3)
+
+
 def figure(result: Comparison):
-    """Top: mean validation (chooses) and test (reported) accuracy per setting with 95 % error bars;
-    below: validation accuracy per epoch, one panel per activation, mean with its band over seeds."""
+    """Top: mean validation accuracy (which chooses) and test accuracy (reported only) per setting, 95 % intervals.
+    Below: validation accuracy per epoch, one panel per dropout. A colour is an activation throughout; one legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    activations = sorted(result.summary["activation"].unique())
     dropouts = sorted(result.summary["dropout"].unique())
-    width = 2 * len(activations)
-    mosaic = [
-        ["val"] * len(activations) + ["test"] * len(activations),
-        [name for activation in activations for name in (f"curve {activation}",) * 2],
-    ]
-    fig, axes = plt.subplot_mosaic(mosaic, figsize=(max(12, 2.2 * width), 9), height_ratios=[1, 1])
-    best = chosen(result)
-    for split, title in (
-        ("val", "best validation accuracy (chooses)"),
-        ("test", "test accuracy (reported, never chooses)"),
-    ):
-        panel = axes[split]
-        for index, activation in enumerate(activations):
-            cells = result.summary[result.summary["activation"] == activation]
-            offset = (index - (len(activations) - 1) / 2) * 0.12
-            x = [dropouts.index(dropout) + offset for dropout in cells["dropout"]]
-            means = [value.mean for value in cells[split]]
-            errors = np.array(
-                [
-                    [value.mean - value.interval.low, value.interval.high - value.mean] if value.interval else [0, 0]
-                    for value in cells[split]
-                ]
-            ).T
-            panel.errorbar(x, means, yerr=errors, fmt="o", capsize=3, label=activation)
-            for position, (_, cell) in zip(x, cells.iterrows()):
-                if (cell["activation"], cell["dropout"]) == (best["activation"], best["dropout"]):
-                    panel.plot(
-                        position,
-                        cell[split].mean,
-                        marker="*",
-                        markersize=16,
-                        color="black",
-                        zorder=3,
-                        label="validation choice",
-                    )
-        panel.set(
-            xticks=range(len(dropouts)),
-            xticklabels=[number_text(d) for d in dropouts],
-            xlabel="dropout",
-            ylabel="accuracy",
-            title=f"{title}, 95 % intervals",
-        )
-        panel.grid(alpha=0.3)
-        panel.legend(fontsize="small", loc="lower left")
-    # one y scale for every panel, so that activations compare across panels; past 5 epochs, from epoch 2 on
-    # (epoch 1 would flatten the rest)
+    fig = plt.figure(figsize=(max(12, 4.5 * len(dropouts)), 9.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
+    val_panel, test_panel = top.subplots(1, 2, sharey=True)
+    _accuracy_panel(val_panel, result, "val", "Validation accuracy: this chooses the setting")
+    _accuracy_panel(test_panel, result, "test", "Test accuracy: reported only, never used to choose")
+    test_panel.tick_params(labelleft=True)
+    # one y scale for every curve panel; past 5 epochs, from epoch 2 on (epoch 1 would flatten the rest)
     curves = [curve[curve["epoch"] > 1] if len(curve) > 5 else curve for curve in result.curves.values()]
     low, high = (pd.concat([curve[column] for curve in curves]) for column in ("low", "high"))
     limits = (low.min() - 0.002, min(1.0, high.max() + 0.002)) if len(low) else None
-    for activation in activations:
-        panel = axes[f"curve {activation}"]
-        for (curve_activation, dropout), curve in result.curves.items():
-            if curve_activation != activation or curve.empty:
-                continue
-            (line,) = panel.plot(
-                curve["epoch"],
-                curve["mean"],
-                marker="o" if len(curve) < 6 else None,
-                label=f"dropout {number_text(dropout)}",
-            )
-            panel.fill_between(curve["epoch"], curve["low"], curve["high"], color=line.get_color(), alpha=0.2)
-        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if limits is not None:
-            panel.set_ylim(*limits)
-        panel.set(xlabel="epoch", ylabel="validation accuracy", title=f"{activation}: mean over seeds, 95 % band")
-        panel.grid(alpha=0.3)
-        panel.legend(fontsize="small", loc="lower right")
+    for panel, dropout in zip(np.atleast_1d(bottom.subplots(1, len(dropouts), sharey=True)), dropouts):
+        _curve_panel(panel, result, dropout, limits)
+    handles, labels = val_panel.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda index: labels[index] == CHOICE_LABEL)  # the activations first
+    fig.legend(
+        [handles[index] for index in order],
+        [labels[index] for index in order],
+        loc="outside upper right",
+        title="colour: activation; each faint dot one run",
+        ncols=len(labels),
+    )
     title = "all runs" if result.sweep_id == ALL else f"sweep {result.sweep_id}"
-    fig.suptitle(f"Activation x dropout, {title} ({len(result.runs)} runs)")
-    fig.tight_layout()
+    fig.suptitle(f"{grid_title(result)}, {title}: {describe_runs(result)}", x=0.02, ha="left")
     return fig
 
 
