@@ -338,7 +338,9 @@ def test_clients_see_no_store_uri_or_server_path_but_the_log_keeps_them(tmp_path
     client = app.create_app(app.Models(str(missing), experiment="nope")).test_client()
     response = client.get("/api/models")
     listed = response.get_json()
-    assert listed["notice"] == "no experiment 'nope' in <store>; `make sweep` (or `make sweep-quick`) makes one"
+    assert (
+        listed["notice"] == "no experiment 'nope' in the MLflow store; `make sweep` (or `make sweep-quick`) makes one"
+    )
     assert listed["models"][0]["error"] == "model.pt: model file not found; run `dvc repro` to train one"
     assert str(tmp_path) not in response.get_data(as_text=True).replace(listed["models"][0]["source"], "")
     assert (
@@ -353,7 +355,7 @@ def test_clients_see_no_store_uri_or_server_path_but_the_log_keeps_them(tmp_path
     [
         (
             lambda root: queries.NoRunsError(f"cannot read the sweeps in sqlite:///{root}/mlflow.db (disk I/O error)"),
-            (400, "cannot read the sweeps in <store> (disk I/O error)"),
+            (400, "cannot read the sweeps in the MLflow store (disk I/O error)"),
         ),
         (
             lambda root: PermissionError(13, "Permission denied", f"{root}/models/model.pt"),

@@ -370,10 +370,7 @@ def test_latest_sweep_by_default_with_intervals_over_seeds(store, tmp_path):
         "FAILED",
         "status FAILED",
     ] in rows and "cannot separate settings" not in text  # relu/0.5: two seeds
-    assert (
-        "Settings all 7 runs shared: tracking.sweep_id=B, train.epochs=2, train.lr=0.002" in text
-        and "WARNING" not in text
-    )
+    assert "All 7 runs had: tracking.sweep_id=B, train.epochs=2, train.lr=0.002" in text and "WARNING" not in text
     assert "dvc plots diff B-relu-0.0 B-relu-0.2" in text
     assert "workspace" not in text and "| old " not in text
     with Image.open(picture) as image:
@@ -389,7 +386,7 @@ def test_runs_that_differ_beyond_the_grid_are_named_in_a_warning(store, tmp_path
     assert code == 0, err
     warning = "WARNING: these runs differ in more than activation, dropout, seed: train.lr (0.002, 0.01); the comparison mixes settings"
     shared = (
-        "Settings all 2 runs shared: tracking.sweep_id=C, train.dropout=0.0, train.epochs=1, "
+        "All 2 runs had: tracking.sweep_id=C, train.dropout=0.0, train.epochs=1, "
         "train.hidden_sizes=[512, 512], train.seed=0"
     )
     plots = "dvc plots diff C-1 C-2 --open"

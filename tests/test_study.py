@@ -335,7 +335,8 @@ def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_p
     )
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert "note: sweeping from the workspace" in output and "[2/2 done" in output
-    assert "study t1 (grid, 2 trials, chosen on validation)" in output and "the packing limit" in output
+    assert "study t1 (grid, 2 trials), ranked on best validation accuracy" in output and "the packing limit" in output
+    assert "  trial 0 t1-0 started: activation=" in output and "← best validation" in output
 
     runs = {found.data.tags["dvc_exp_name"]: found for found in sweep_runs("t1")}
     completed = optuna.load_study(study_name="t1", storage=f"sqlite:///{project / 'optuna.db'}").get_trials()
@@ -574,3 +575,30 @@ def test_a_full_or_locked_study_storage_says_so_and_names_the_fix(cause, fix):
         f"study g: the study storage did not answer for 0 s ({cause}); {fix}; nothing ended is "
         "lost: join again with --join"
     )
+
+
+def test_the_sweeps_last_table_ranks_on_validation_rounds_and_marks_the_best():
+    table = pd.DataFrame(
+        {
+            "state": ["COMPLETE", "FAIL", "COMPLETE"],
+            "experiment": ["s-0", "s-1", "s-2"],
+            "train.activation": ["relu", "tanh", "sigmoid"],
+            "best_val_accuracy": [0.97012345, None, 0.98456789],
+            "train_seconds": [70.292488, None, 61.7],
+            "trial_seconds": [90.4, 3.2, 80.6],
+            "mlflow_run_id": ["a", None, "c"],
+        },
+        index=pd.Index([0, 1, 2], name="trial"),
+    )
+    ranked = sweep_study.ranked_table(table)
+    assert list(ranked.index) == [2, 0, 1] and list(ranked["activation"]) == ["sigmoid", "relu", "tanh"]
+    assert list(ranked[" "]) == ["← best validation", "", ""] and "mlflow_run_id" not in ranked
+    assert ranked.loc[2, "best_val_accuracy"] == 0.9846 and ranked.loc[0, "train_seconds"] == 70.0
+
+
+def test_the_thread_line_says_what_each_trial_trains_on(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  threads: 0\n")
+    grid = _grid(grid={"train.seed": [0, 1]})
+    assert sweep_study.threads_line(tmp_path, grid, 2).endswith("train.threads is 0, the worker's share of the cores")
+    pinned = definitions.Definition("grid", "a" * 40, "mnist-mlp", {"train.threads": "1"}, grid={"train.seed": [0]})
+    assert sweep_study.threads_line(tmp_path, pinned, 2) == "each trial trains on 1 thread(s): train.threads"

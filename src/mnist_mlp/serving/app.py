@@ -70,7 +70,7 @@ class Busy(AppError):
 
 def for_client(message: str) -> str:
     """`message` without the store's URI or absolute server paths (a file keeps its name); the log keeps it whole."""
-    message = STORE_URI.sub("<store>", message)
+    message = STORE_URI.sub("the MLflow store", message)
     return ABSOLUTE_PATH.sub(lambda match: Path(match.group()).name or "<path>", message)
 
 

@@ -126,14 +126,34 @@ def overhead_line(table, wall_s: float, jobs: int) -> str:
     )
 
 
+BEST_MARK = "← best validation"
+
+
+def ranked_table(table):
+    """The trials as the sweep's last table shows them: best validation accuracy first (trials without one last),
+    rounded, the params by their last name, the best trial marked."""
+    ranked = table.sort_values("best_val_accuracy", ascending=False, na_position="last", kind="stable")
+    ranked = ranked.drop(columns=["mlflow_run_id"]).rename(columns=lambda name: name.split(".")[-1])
+    ranked = ranked.round({"best_val_accuracy": 4, "train_seconds": 0, "trial_seconds": 0})
+    ranked[" "] = [BEST_MARK if ranked["best_val_accuracy"].notna().any() else ""] + [""] * (len(ranked) - 1)
+    return ranked
+
+
 def finish(study: optuna.Study, definition: Definition, wall_s: float, jobs: int) -> None:
-    """Print the trials and the overhead; a study with trials that failed for good raises."""
+    """Print the trials ranked on validation and the overhead; a study with trials that failed for good raises."""
     import pandas as pd
 
     table = trials_table(study)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+    seeds = len(definition.grid.get("train.seed", [])) > 1
+    chooses = (
+        "one run per trial; `mnist-mlp compare` chooses a setting over its seeds, with intervals"
+        if seeds
+        else "one run per trial; `mnist-mlp compare` adds intervals and paired tests"
+    )
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:g}".format):
         print(
-            f"study {study.study_name} ({definition.kind}, {definition.size} trials, chosen on validation):\n{table.to_string()}"
+            f"study {study.study_name} ({definition.kind}, {definition.size} trials), ranked on best validation "
+            f"accuracy ({chooses}):\n{ranked_table(table).to_string()}"
         )
     print(overhead_line(table, wall_s, jobs), flush=True)
     trials = study.get_trials(deepcopy=False)
@@ -167,6 +187,17 @@ def used_names(root: Path, name: str) -> list[str]:
         )
 
 
+def threads_line(root: Path, definition: Definition, jobs: int) -> str:
+    """How many threads each trial trains on: train.threads as the trials get it, 0 being the worker's share."""
+    given = definition.sets.get("train.threads")
+    threads = (
+        int(given) if given is not None else values_at(Path(root) / "params.yaml", ["train.threads"])["train.threads"]
+    )
+    if threads:
+        return f"each trial trains on {threads} thread(s): train.threads"
+    return f"each trial trains on {threads_per_worker(jobs)} thread(s): train.threads is 0, the worker's share of the cores"
+
+
 def start(root: Path, name: str, definition: Definition, jobs: int, push: str | None = None) -> None:
     """Make the study (refused when it or its experiment names exist), run `jobs` workers here, report."""
     from mnist_mlp.tracking import location, store
@@ -180,10 +211,9 @@ def start(root: Path, name: str, definition: Definition, jobs: int, push: str | 
     storage = open_storage(url)
     experiment_id = store.ensure_experiment(definition.experiment, root)  # before two workers race to make the store
     study = create(name, definition, storage)
-    threads = threads_per_worker(jobs)
     print(
         f"study {name}: {definition.size} {'grid points' if definition.kind == 'grid' else 'TPE trials'} on {jobs} "
-        f"worker(s) here ({threads} thread(s) each where train.threads is 0); study storage {shown(url)}; MLflow store "
+        f"worker(s) here ({threads_line(root, definition, jobs)}); study storage {shown(url)}; MLflow store "
         f"{location.tracking_uri(root)}, experiment '{definition.experiment}' (id {experiment_id}); more machines: "
         f"`mnist-mlp sweep --study {name} --join` with the same {STORAGE_ENV} and MLFLOW_TRACKING_URI",
         flush=True,

@@ -9,9 +9,12 @@ COMPLETE twice. A worker that dies takes its `dvc exp run` with it; its trial is
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -27,6 +30,7 @@ from mnist_mlp.tracking.failures import store_failure
 LOGS = Path("build") / "studies"  # <repo>/build/studies/<study>/<experiment>.log: each trial's `dvc exp run`
 POLL_S = 2.0  # an idle worker looks for retried trials this often while others run
 DATABASE_PATIENCE_S = 120.0  # a worker waits this long for a storage that went away, then stops
+PROGRESS_S = 5.0  # a running trial's epochs are looked up in MLflow this often
 
 
 class TrialFailed(StudyError):
@@ -84,10 +88,13 @@ def _end_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_ending_with_worker(command: list[str], cwd: Path, log: Path) -> int:
-    """`command`'s exit code, its output in `log`; it and every process it starts end if this process dies."""
+def run_ending_with_worker(
+    command: list[str], cwd: Path, log: Path, while_running: Callable[[], None] | None = None
+) -> int:
+    """`command`'s exit code, its output in `log`; it and every process it starts end if this process dies (or
+    raises). `while_running` is called every PROGRESS_S until it ends."""
     with log.open("w") as out:
-        return subprocess.run(
+        process = subprocess.Popen(
             ["sh", "-c", _GROUP_ENDS_WITH_WORKER, "sh", *command],
             cwd=cwd,
             env=with_own_scripts(),
@@ -96,11 +103,47 @@ def run_ending_with_worker(command: list[str], cwd: Path, log: Path) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_end_with_parent if sys.platform == "linux" else None,
-        ).returncode
+        )
+        try:
+            while True:
+                try:
+                    return process.wait(timeout=PROGRESS_S)
+                except subprocess.TimeoutExpired:
+                    if while_running is not None:
+                        while_running()
+        finally:
+            if process.poll() is None:  # this worker raised: the command's group ends with it
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait()
 
 
-def _dvc(root: Path, args: list[str], log: Path) -> int:
-    return run_ending_with_worker(["dvc", *args], root, log)
+def _dvc(root: Path, args: list[str], log: Path, while_running: Callable[[], None] | None = None) -> int:
+    return run_ending_with_worker(["dvc", *args], root, log, while_running)
+
+
+def _minutes(seconds: float) -> str:
+    """`45 s`, `3 min 20 s`: a duration as a person reads it."""
+    seconds = round(seconds)
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def epoch_reporter(definition: Definition, study_name: str, trial: int, name: str) -> Callable[[], None]:
+    """Prints the trial's epochs as its MLflow run logs them (one line per new epoch count), with the time left."""
+    from mnist_mlp.tracking.queries import trial_epochs
+
+    started, shown = time.monotonic(), [0]
+
+    def report() -> None:
+        found = trial_epochs(definition.experiment, study_name, trial)
+        if found is None or found[0] <= shown[0]:
+            return
+        done, planned = found
+        shown[0] = done
+        took = time.monotonic() - started
+        left = f"; about {_minutes(took / done * (planned - done))} left in this trial" if planned > done else ""
+        print(f"  trial {trial} {name}: epoch {done} of {planned} done after {_minutes(took)}{left}", flush=True)
+
+    return report
 
 
 def experiment_row(root: Path, name: str) -> dict:
@@ -130,7 +173,9 @@ def objective(root: Path, study: optuna.Study, definition: Definition, push: str
             f"tracking.trial={trial.number}",
         ]
         log = logs / f"{name}.log"
-        if _dvc(root, ["exp", "run", "--temp", "-n", name, *[part for item in sets for part in ("-S", item)]], log):
+        print(f"  trial {trial.number} {name} started: {describe(values)}", flush=True)
+        command = ["exp", "run", "--temp", "-n", name, *[part for item in sets for part in ("-S", item)]]
+        if _dvc(root, command, log, epoch_reporter(definition, study.study_name, trial.number, name)):
             lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
             raise TrialFailed(
                 f"trial {trial.number} ({name}) failed: {lines[-1] if lines else 'no output'}; its log: {log}"
@@ -223,8 +268,11 @@ def take_trials(study: optuna.Study, definition: Definition, run_trial, poll_s: 
         what = f"best val accuracy {trial.value:.4f}" if trial.state == TrialState.COMPLETE else trial.state.name
         seconds = trial.user_attrs.get("train_seconds")
         trained = f", trained {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        took = time.monotonic() - started
+        # this worker's pace so far, over the trials every worker ended: the study's time left, roughly
+        left = f"; about {_minutes(took / ended * (size - ended))} left" if 0 < ended < size else ""
         print(
-            f"[{ended}/{size} done, {time.monotonic() - started:.0f} s] trial {trial.number} "
+            f"[{ended}/{size} done, {_minutes(took)}{left}] trial {trial.number} "
             f"{trial.user_attrs.get('dvc_exp_name', '')} ({describe(trial.params)}): {what}{trial_line(trial)}{trained}",
             flush=True,
         )

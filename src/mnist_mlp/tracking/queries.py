@@ -108,3 +108,25 @@ def search_runs(experiment: str | None, filter_string: str = "", **options) -> p
         found[new] = found[new].fillna(found[old]) if new in found else found[old]  # a store may hold both
         found = found.drop(columns=old)
     return found
+
+
+def trial_epochs(experiment: str, sweep_id: str, trial: int) -> tuple[int, int] | None:
+    """(epochs done, epochs planned) of a sweep trial's RUNNING training run, from the run's own metric history and
+    params; None before its run starts, after it ends, or while the store does not answer (progress is a courtesy)."""
+    try:
+        store = client()
+        found = store.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        running = store.search_runs(
+            [found.experiment_id],
+            f"tags.sweep_id = {literal(sweep_id, 'sweep id')} and tags.sweep_trial = '{int(trial)}' "
+            "and attributes.status = 'RUNNING'",
+            max_results=1,
+        )
+        if not running:
+            return None
+        planned = int(current_names(running[0].data.params).get("train.epochs", "0"))
+        return len(store.get_metric_history(running[0].info.run_id, "val_accuracy")), planned
+    except (MlflowException, OSError, ValueError):
+        return None

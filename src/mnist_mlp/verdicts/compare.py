@@ -461,7 +461,7 @@ def headline(result: Comparison) -> str:
 def notes(result: Comparison) -> list[str]:
     """What the report and stdout both say: the shared settings, a warning on mixed ones, the plots command."""
     lines = [
-        f"Settings all {len(result.runs)} runs shared: "
+        ("The run had: " if len(result.runs) == 1 else f"All {len(result.runs)} runs had: ")
         + ", ".join(f"{key}={value}" for key, value in result.shared.items())
     ]
     if result.mixed:
@@ -696,7 +696,7 @@ def figure(result: Comparison):
     fig.legend(
         [handles[index] for index in order],
         [labels[index] for index in order],
-        loc="outside upper right",
+        loc="outside lower center",
         title="colour: activation; each faint dot one run",
         ncols=len(labels),
     )
