@@ -443,6 +443,18 @@ def add_study_options(group) -> None:
     )
 
 
+def ui_links(experiment: str, sweep_id: str) -> str:
+    """The MLflow UI's saved view of the sweep: its runs table with the columns that compare settings, its charts."""
+    from mnist_mlp.errors import UserError
+    from mnist_mlp.tracking.ui_view import sweep_view_url
+
+    try:
+        runs, charts = (sweep_view_url(experiment, sweep_id, charts=charts) for charts in (False, True))
+    except UserError as exc:
+        return f"note: no MLflow UI view saved for the sweep ({exc})"
+    return f"In the MLflow UI (`make ui`): the sweep's runs {runs}\n  and its charts (dropout x validation accuracy) {charts}"
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from mnist_mlp.verdicts import compare, presets
 
@@ -465,6 +477,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     table, picture = compare.write_report(result, args.reports)
     print(compare.settings_table(result).to_string(index=False))
     print("\n".join([compare.headline(result), *compare.notes(result)]))
+    if result.sweep_id != compare.ALL:
+        print(ui_links(experiment, result.sweep_id))
     print(f"wrote {table} and {picture} ({len(result.runs)} runs, sweep {result.sweep_id})")
 
 

@@ -512,8 +512,8 @@ def verdicts_table(result: Comparison) -> pd.DataFrame:
             {
                 "setting": setting_name(v.setting),
                 "seeds paired": " ".join(f"{seed:g}" for seed in v.paired.seeds),
-                "digits only the choice got right more often": v.paired.only_first,
-                "digits only this setting got right more often": v.paired.only_second,
+                "digits the choice got right on more seeds": v.paired.only_first,
+                "digits this setting got right on more seeds": v.paired.only_second,
                 "this setting minus the choice, accuracy points [95 %]": (
                     f"{-100 * v.paired.accuracy_difference:+.2f} "
                     f"{stats.Interval(-v.paired.difference.high, -v.paired.difference.low).points()}"
@@ -545,7 +545,7 @@ def markdown(result: Comparison) -> str:
         parts += [
             "## Each setting against the choice, on the same test digits",
             "Paired seed by seed: for each test digit, the share of the seeds both settings ran on which each got it "
-            "right. The two counts are the digits one setting got right more often than the other. The difference is "
+            "right. The two counts are the digits one setting got right on more of those seeds than the other. The difference is "
             "this setting's accuracy minus the choice's, in percentage points: **negative means this setting did "
             f"worse**; its 95 % interval from {stats.BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the digits. `p` is a "
             "paired t-test of the per-digit differences (the exact McNemar test where each digit is simply right or "
