@@ -72,7 +72,7 @@ def test_repro_experiment_metrics_and_plots(project, store, tmp_path):
 
     runs = finished_runs(store)
     assert len(runs) == 2  # the workspace run and the experiment's, none left RUNNING or FAILED
-    (experiment_run,) = [r for r in runs if r.data.params["dropout"] == "0.5"]
+    (experiment_run,) = [r for r in runs if r.data.params["train.dropout"] == "0.5"]
     assert experiment_run.info.run_name == "relu-do0.5-s0"  # the setting; the DVC experiment is a tag
     assert experiment_run.data.tags["dvc_exp_name"] == name
     assert experiment_run.data.metrics["test_accuracy"] == pytest.approx(
@@ -94,7 +94,7 @@ def test_a_temp_experiment_lands_in_the_same_store(project, store):
     dvc(project, "exp", "run", "--temp", "-S", "train.activation=tanh")
     assert not (project / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
     (tanh_run,) = finished_runs(store)
-    assert tanh_run.data.params["activation"] == "tanh"
+    assert tanh_run.data.params["train.activation"] == "tanh"
     assert tanh_run.info.run_name == "tanh-do0.2-s0" and tanh_run.data.tags["dvc_exp_name"] != "workspace"
     assert "test_accuracy" in tanh_run.data.metrics
 

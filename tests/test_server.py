@@ -301,7 +301,7 @@ def test_the_pipeline_registry_and_serving_against_the_server(project, pg_server
     assert "Running stage 'train'" in out
     experiment_runs = store.search_runs([trained.info.experiment_id], "tags.dvc_exp_name != 'workspace'")
     (exp_run,) = experiment_runs
-    assert exp_run.info.status == "FINISHED" and exp_run.data.params["dropout"] == "0.5"
+    assert exp_run.info.status == "FINISHED" and exp_run.data.params["train.dropout"] == "0.5"
     assert store.get_model_version("mnist-mlp", "2").run_id == exp_run.info.run_id
 
     from support.digit_images import picture, save_picture

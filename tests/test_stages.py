@@ -131,7 +131,7 @@ def test_train_and_evaluate_share_one_finished_mlflow_run(pipeline, monkeypatch)
     logged = client.get_run(metrics["mlflow_run_id"])
     assert logged.info.status == "FINISHED"
     assert logged.info.run_name == "relu-do0.2-s0" and logged.data.tags["dvc_exp_name"] == "workspace"
-    assert logged.data.params["hidden_sizes"] == "[32]" and logged.data.params["dropout"] == "0.2"
+    assert logged.data.params["train.hidden_sizes"] == "[32]" and logged.data.params["train.dropout"] == "0.2"
     assert logged.data.metrics["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_accuracy")] == [1, 2]
     figures = {a.path for a in client.list_artifacts(logged.info.run_id, "figures")}

@@ -352,7 +352,8 @@ def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_p
             and tags["sweep_base"] == f"{head}+train.lr"
         )
         assert (
-            logged.data.params["activation"] == trial.params["train.activation"] and logged.data.params["lr"] == "0.02"
+            logged.data.params["train.activation"] == trial.params["train.activation"]
+            and logged.data.params["train.lr"] == "0.02"
         )
         # the objective is validation, never test
         assert trial.value == pytest.approx(logged.data.metrics["best_val_accuracy"])
@@ -387,8 +388,8 @@ def test_a_grid_study_on_two_workers_makes_one_experiment_and_one_finished_run_p
 
 @pytest.mark.integration
 def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_importances(project: Path):
-    search = project.parent / "search.yaml"
-    search.write_text(
+    space_file = project.parent / "search.yaml"
+    space_file.write_text(
         "trials: 12\nstartup_trials: 4\nspace:\n"
         "  train.lr: {float: [0.0001, 0.5], log: true}\n  train.weight_decay: {float: [0.0, 0.2]}\n"
         "  train.dropout: {float: [0.0, 0.5]}\n  train.hidden_sizes: {choice: [[8], [32]]}\n"
@@ -399,7 +400,7 @@ def test_a_tpe_search_on_two_workers_names_the_validation_best_trial_and_the_imp
             str(BIN / "mnist-mlp"),
             "sweep",
             "--search",
-            str(search),
+            str(space_file),
             "--set",
             "train.epochs=1",
             "--study",
