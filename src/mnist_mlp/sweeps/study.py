@@ -134,8 +134,11 @@ def ranked_table(table):
     rounded, the params by their last name, the best trial marked."""
     ranked = table.sort_values("best_val_accuracy", ascending=False, na_position="last", kind="stable")
     ranked = ranked.drop(columns=["mlflow_run_id"]).rename(columns=lambda name: name.split(".")[-1])
-    ranked = ranked.round({"best_val_accuracy": 4, "train_seconds": 0, "trial_seconds": 0})
-    ranked[" "] = [BEST_MARK if ranked["best_val_accuracy"].notna().any() else ""] + [""] * (len(ranked) - 1)
+    ranked = ranked.round({"train_seconds": 0, "trial_seconds": 0})
+    accuracy = ranked["best_val_accuracy"]
+    ranked[" "] = [BEST_MARK if accuracy.notna().any() else ""] + [""] * (len(ranked) - 1)
+    # four decimals each, 0.9570 too (a column of floats would print 0.957); none where the trial has no value
+    ranked["best_val_accuracy"] = [f"{value:.4f}" if known else "" for value, known in zip(accuracy, accuracy.notna())]
     return ranked
 
 
