@@ -72,13 +72,12 @@ def _with_values(study: optuna.Study, done) -> optuna.Study:
     return copy
 
 
-def search_report(study: optuna.Study, definition: Definition, reports: Path) -> str:
-    """reports/search.md for a TPE search: the trials ranked on validation, the validation-best trial with
-    its test accuracy beside it (reported, never choosing), and Optuna's parameter importances; the headline
-    returned. A grid study is reported by `compare` as a sweep."""
+def verified_trials(study: optuna.Study, definition: Definition):
+    """(the completed trials whose value MLflow confirms, best validation first; {trial: why} for the others; the
+    study's MLflow runs by id)."""
     import pandas as pd
 
-    from mnist_mlp.tracking import predictions, queries, store
+    from mnist_mlp.tracking import queries, store
 
     name = study.study_name
     table = trials_table(study)
@@ -93,48 +92,57 @@ def search_report(study: optuna.Study, definition: Definition, reports: Path) ->
             f"study {name}: no completed trial has a finished MLflow run with its value: "
             + "; ".join(f"trial {trial}: {why}" for trial, why in unverified.items())
         )
-    done = done.sort_values("best_val_accuracy", ascending=False, kind="stable")
-    test = {
-        run_id: by_id.loc[run_id].get("metrics.test_accuracy")
-        for run_id in done["mlflow_run_id"]
-        if run_id in by_id.index
-    }
-    val_digits = {
-        run_id: pd.to_numeric(by_id.loc[run_id].get("params.preprocess.val_size"), errors="coerce") for run_id in test
-    }
+    return done.sort_values("best_val_accuracy", ascending=False, kind="stable"), unverified, by_id
+
+
+def _logged(by_id, run_id: str, column: str) -> float | None:
+    """A run's logged value (a metric, or a param read as a number); None where the run or the value is missing."""
+    import pandas as pd
+
+    if run_id not in by_id.index:
+        return None
+    value = pd.to_numeric(by_id.loc[run_id].get(column), errors="coerce")
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _headline(done, unverified: dict, by_id, definition: Definition) -> str:
+    """The validation-best trial, its test accuracy beside it, and how many others validation cannot separate."""
+    from mnist_mlp.tracking import predictions
+
     best = done.iloc[0]
-    logged = predictions.logged(best["mlflow_run_id"]) if best["mlflow_run_id"] in test else None
-    best_test = test.get(best["mlflow_run_id"])
-    test_text = (
-        _wilson(best_test, len(logged.actual) if logged else None)
-        if best_test is not None and math.isfinite(best_test)
-        else "not logged"
-    )
-    # Optuna's fANOVA over the completed trials' validation accuracies (two or more); its forest seeded, so the
-    # report and a reader's own call agree
-    importances = (
-        optuna.importance.get_param_importances(_with_values(study, done), evaluator=importance_evaluator())
-        if len(done) >= 2
-        else {}
-    )
-    best_low = _interval(best["best_val_accuracy"], val_digits.get(best["mlflow_run_id"]))
+    best_test = _logged(by_id, best["mlflow_run_id"], "metrics.test_accuracy")
+    logged = predictions.logged(best["mlflow_run_id"]) if best_test is not None else None
+    test_text = _wilson(best_test, len(logged.actual) if logged else None) if best_test is not None else "not logged"
+
+    def val_digits(row) -> float | None:  # the validation digits the run was scored on
+        return _logged(by_id, row["mlflow_run_id"], "params.preprocess.val_size")
+
+    best_interval = _interval(best["best_val_accuracy"], val_digits(best))
     overlapping = [
         trial
         for trial, row in done.iloc[1:].iterrows()
-        if best_low is not None
-        and (_interval(row["best_val_accuracy"], val_digits.get(row["mlflow_run_id"])) or best_low).high >= best_low.low
+        if best_interval is not None
+        and (_interval(row["best_val_accuracy"], val_digits(row)) or best_interval).high >= best_interval.low
     ]
     space_keys = list(definition.space["space"])
-    headline = (
+    left_out = f" ({len(unverified)} more left out: see the report)" if unverified else ""
+    return (
         f"Chosen on validation: trial {best.name} ({best['experiment']}: {describe({k: best[k] for k in space_keys})}), "
-        f"best validation accuracy {_wilson(best['best_val_accuracy'], val_digits.get(best['mlflow_run_id']))}; "
+        f"best validation accuracy {_wilson(best['best_val_accuracy'], val_digits(best))}; "
         f"its test accuracy {test_text} (reported once, not used to choose). "
-        f"{len(done)} of {definition.size} trials completed"
-        f"{f' ({len(unverified)} more left out: see the report)' if unverified else ''}; {len(overlapping)} other(s) have a validation interval "
-        f"overlapping the chosen one's, so validation does not separate them from it."
+        f"{len(done)} of {definition.size} trials completed{left_out}; {len(overlapping)} other(s) have a validation "
+        "interval overlapping the chosen one's, so validation does not separate them from it."
     )
+
+
+def _markdown(name: str, definition: Definition, headline: str, done, by_id, importances: dict, unverified: dict):
+    import pandas as pd
+
+    space_keys = list(definition.space["space"])
     ranked = done[["experiment", *space_keys, "best_val_accuracy", "train_seconds"]].copy()
-    ranked["test_accuracy"] = [test.get(run_id) for run_id in done["mlflow_run_id"]]
+    ranked["test_accuracy"] = pd.to_numeric(
+        [_logged(by_id, run_id, "metrics.test_accuracy") for run_id in done["mlflow_run_id"]]
+    )
     importance_rows = pd.DataFrame(
         {"param": list(importances), "importance": [round(v, 3) for v in importances.values()]}
     )
@@ -170,8 +178,25 @@ def search_report(study: optuna.Study, definition: Definition, reports: Path) ->
             *[f"- trial {trial}: {why}" for trial, why in unverified.items()],
             "",
         ]
+    return "\n".join(lines)
+
+
+def search_report(study: optuna.Study, definition: Definition, reports: Path) -> str:
+    """reports/search.md for a TPE search: the trials ranked on validation, the validation-best trial with
+    its test accuracy beside it (reported, never choosing), and Optuna's parameter importances; the headline
+    returned. A grid study is reported by `compare` as a sweep."""
+    done, unverified, by_id = verified_trials(study, definition)
+    # Optuna's fANOVA over the completed trials' validation accuracies (two or more); its forest seeded, so the
+    # report and a reader's own call agree
+    importances = (
+        optuna.importance.get_param_importances(_with_values(study, done), evaluator=importance_evaluator())
+        if len(done) >= 2
+        else {}
+    )
+    headline = _headline(done, unverified, by_id, definition)
     reports.mkdir(parents=True, exist_ok=True)
-    write_text(reports / SEARCH_REPORT, "\n".join(lines))
+    text = _markdown(study.study_name, definition, headline, done, by_id, importances, unverified)
+    write_text(reports / SEARCH_REPORT, text)
     described = ", ".join(f"{key} {value:.2f}" for key, value in importances.items())
     return "\n".join(
         [
