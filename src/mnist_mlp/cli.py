@@ -446,13 +446,16 @@ def add_study_options(group) -> None:
 def ui_links(experiment: str, sweep_id: str) -> str:
     """The MLflow UI's saved view of the sweep: its runs table with the columns that compare settings, its charts."""
     from mnist_mlp.errors import UserError
-    from mnist_mlp.tracking.ui_view import sweep_view_url
+    from mnist_mlp.tracking.ui_view import chart_view, sweep_view_url
 
     try:
-        runs, charts = (sweep_view_url(experiment, sweep_id, charts=charts) for charts in (False, True))
+        runs = sweep_view_url(experiment, sweep_id)  # saves the view once; both links open it
     except UserError as exc:
         return f"note: no MLflow UI view saved for the sweep ({exc})"
-    return f"In the MLflow UI (`make ui`): the sweep's runs {runs}\n  and its charts (dropout x validation accuracy) {charts}"
+    return (
+        f"In the MLflow UI (`make ui`): the sweep's runs {runs}\n"
+        f"  and its charts (dropout x validation accuracy) {chart_view(runs)}"
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

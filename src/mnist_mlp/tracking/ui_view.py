@@ -108,7 +108,11 @@ def sweep_view_url(experiment_name: str, sweep_id: str, base_url: str | None = N
     # workflowType: that switch, GenAI unless this browser chose otherwise; and no search facet
     # (searchFilter, orderByKey...) in the address, or the UI skips the saved view
     query = {"viewStateShareKey": key, "workflowType": "machine_learning"}
-    if charts:
-        query["compareRunsMode"] = "CHART"  # the chart view; the table without it
     path = f"/experiments/{urllib.parse.quote(experiment.experiment_id)}/runs"
-    return f"{base_url.rstrip('/')}/#{path}?{urllib.parse.urlencode(query)}"
+    table = f"{base_url.rstrip('/')}/#{path}?{urllib.parse.urlencode(query)}"
+    return chart_view(table) if charts else table
+
+
+def chart_view(table_url: str) -> str:
+    """The same saved view opened on its charts instead of its runs table."""
+    return f"{table_url}&{urllib.parse.urlencode({'compareRunsMode': 'CHART'})}"
